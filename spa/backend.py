@@ -1,0 +1,164 @@
+"""Array backend: NumPy on CPU, CuPy on a GPU, chosen once per process.
+
+Kernels never import CuPy themselves.  They call :func:`get_backend` (or
+:func:`array_module` on an array they were handed) and use ``xp`` with the
+subset of the API that NumPy and CuPy share.  The handful of operations that
+differ between the two live here, one function each:
+
+* FFTs (``scipy.fft`` with worker threads on CPU, ``cupy.fft`` with its plan
+  cache on GPU),
+* scatter-add (``np.add.at`` vs ``cupyx.scatter_add``),
+* host/device transfer and the GPU memory pool.
+
+Selection: ``auto`` (CuPy if a CUDA device is usable, else NumPy), ``numpy`` or
+``cupy``; from the argument, else the ``SPA_BACKEND`` environment variable,
+else ``auto``.  ``auto`` never fails on a machine without a GPU or driver, even
+with CuPy installed (``cupy.is_available()`` returns False there).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+VALID = ("auto", "numpy", "cupy")
+
+
+def cupy_available() -> bool:
+    """True when CuPy imports *and* a CUDA device can be used."""
+    try:
+        import cupy  # noqa: PLC0415 - optional dependency, imported lazily
+    except Exception:
+        return False
+    try:
+        return bool(cupy.is_available())
+    except Exception:
+        return False
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The array module and the few backend-specific operations."""
+
+    name: str
+    xp: ModuleType
+    fft_workers: int = 1
+
+    # -- FFTs -----------------------------------------------------------------
+    def rfftn(self, a, axes=None):
+        if self.name == "numpy":
+            import scipy.fft as sfft
+
+            return sfft.rfftn(a, axes=axes, workers=self.fft_workers)
+        return self.xp.fft.rfftn(a, axes=axes)
+
+    def irfftn(self, a, s=None, axes=None):
+        if self.name == "numpy":
+            import scipy.fft as sfft
+
+            return sfft.irfftn(a, s=s, axes=axes, workers=self.fft_workers)
+        return self.xp.fft.irfftn(a, s=s, axes=axes)
+
+    def fftn(self, a, axes=None):
+        if self.name == "numpy":
+            import scipy.fft as sfft
+
+            return sfft.fftn(a, axes=axes, workers=self.fft_workers)
+        return self.xp.fft.fftn(a, axes=axes)
+
+    def ifftn(self, a, axes=None):
+        if self.name == "numpy":
+            import scipy.fft as sfft
+
+            return sfft.ifftn(a, axes=axes, workers=self.fft_workers)
+        return self.xp.fft.ifftn(a, axes=axes)
+
+    # -- scatter-add ----------------------------------------------------------
+    def scatter_add(self, target, indices, values) -> None:
+        """``target[indices] += values`` with repeated indices accumulated.
+
+        ``indices`` is a flat integer index array into ``target.ravel()``
+        (``target`` must be contiguous), ``values`` the same length.
+        """
+        flat = target.reshape(-1)
+        if self.name == "numpy":
+            # bincount is much faster than np.add.at for large index sets
+            if np.iscomplexobj(flat):
+                flat += (
+                    np.bincount(indices, weights=values.real, minlength=flat.size)
+                    + 1j * np.bincount(indices, weights=values.imag, minlength=flat.size)
+                ).astype(flat.dtype)
+            else:
+                flat += np.bincount(indices, weights=values, minlength=flat.size).astype(flat.dtype)
+        else:
+            import cupyx  # noqa: PLC0415
+
+            if self.xp.iscomplexobj(flat):
+                view = flat.view(self.xp.float32 if flat.dtype == self.xp.complex64 else self.xp.float64)
+                cupyx.scatter_add(view, 2 * indices, values.real.astype(view.dtype))
+                cupyx.scatter_add(view, 2 * indices + 1, values.imag.astype(view.dtype))
+            else:
+                cupyx.scatter_add(flat, indices, values.astype(flat.dtype))
+
+    # -- transfers ------------------------------------------------------------
+    def asarray(self, a, dtype=None):
+        return self.xp.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a) -> np.ndarray:
+        if self.name == "numpy":
+            return np.asarray(a)
+        return self.xp.asnumpy(a)
+
+    def free_memory(self) -> None:
+        """Return cached GPU blocks to the driver (no-op on CPU)."""
+        if self.name == "cupy":
+            self.xp.get_default_memory_pool().free_all_blocks()
+            self.xp.get_default_pinned_memory_pool().free_all_blocks()
+
+
+def resolve_name(name: str | None = None) -> str:
+    """Turn ``auto``/``numpy``/``cupy`` (or None → $SPA_BACKEND → auto) into a concrete name."""
+    name = (name or os.environ.get("SPA_BACKEND") or "auto").lower()
+    if name not in VALID:
+        raise ValueError(f"backend must be one of {VALID}, got {name!r}")
+    if name == "auto":
+        return "cupy" if cupy_available() else "numpy"
+    if name == "cupy" and not cupy_available():
+        raise RuntimeError("backend 'cupy' requested but no usable CUDA device/CuPy installation was found")
+    return name
+
+
+@lru_cache(maxsize=None)
+def _make(name: str, fft_workers: int) -> Backend:
+    if name == "cupy":
+        import cupy  # noqa: PLC0415
+
+        return Backend("cupy", cupy, fft_workers)
+    return Backend("numpy", np, fft_workers)
+
+
+def get_backend(name: str | None = None, fft_workers: int | None = None) -> Backend:
+    """The backend for ``name`` (``auto``/``numpy``/``cupy``; None: $SPA_BACKEND or auto)."""
+    if fft_workers is None:
+        fft_workers = int(os.environ.get("SPA_FFT_WORKERS", "1"))
+    return _make(resolve_name(name), fft_workers)
+
+
+def array_module(a: Any) -> ModuleType:
+    """NumPy or CuPy, whichever owns array ``a`` (dispatch on the data, not on globals)."""
+    mod = type(a).__module__
+    if mod.startswith("cupy"):
+        import cupy  # noqa: PLC0415
+
+        return cupy
+    return np
+
+
+def backend_of(a: Any) -> Backend:
+    """The :class:`Backend` that owns array ``a``."""
+    return get_backend("cupy" if array_module(a) is not np else "numpy")

@@ -1,0 +1,111 @@
+"""Contrast transfer function, exactly as RELION and CTFFIND4 define it.
+
+For spatial frequency k (1/Å) at azimuth θ (angle from +x, counter-clockwise;
+x = array column, y = array row):
+
+* Δf(θ) = ½(U + V) + ½(U − V)·cos(2(θ − θ_ast)),   U, V in Å (positive = underfocus)
+* χ(k, θ) = π·λ·Δf(θ)·k² − (π/2)·Cs·λ³·k⁴ + φ + arctan(Q/√(1 − Q²))
+* CTF = sin(χ)·exp(−B·k²/4)
+
+so the CTF equals +Q at k = 0 and its first lobe is positive for underfocus.
+Cs is given in mm (as in STAR files) and converted to Å here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spa.fourier import freq_2d
+
+
+def electron_wavelength(voltage_kv: float) -> float:
+    """Relativistic electron wavelength in Å for an acceleration voltage in kV."""
+    v = float(voltage_kv) * 1e3
+    return 12.2643247 / np.sqrt(v * (1.0 + 0.978466e-6 * v))
+
+
+def ctf_2d(
+    box: int,
+    pixel_size: float,
+    defocus_u,
+    defocus_v,
+    defocus_angle,
+    voltage: float,
+    cs: float,
+    amplitude_contrast: float,
+    phase_shift=0.0,
+    bfactor=0.0,
+    *,
+    rfft: bool = True,
+    xp=np,
+):
+    """CTF on the Fourier grid of a box (rfft layout by default).
+
+    Parameters
+    ----------
+    box, pixel_size : int, float
+        Box size (pixels) and pixel size (Å/px).
+    defocus_u, defocus_v : float or array (N,)
+        Defocus in Å, positive = underfocus.
+    defocus_angle : float or array (N,)
+        Astigmatism angle in degrees (U axis from +x, counter-clockwise).
+    voltage, cs, amplitude_contrast : float
+        kV, mm, fraction.
+    phase_shift : float or array
+        Additional phase shift in degrees (phase plate).
+    bfactor : float or array
+        Envelope B-factor in Å² (0 = none).
+
+    Returns
+    -------
+    float32 array (N, B, B//2+1) — or (B, B//2+1) when all parameters are scalars.
+    """
+    scalar = all(np.ndim(p) == 0 for p in (defocus_u, defocus_v, defocus_angle, phase_shift, bfactor))
+    lam = electron_wavelength(voltage)
+    cs_a = float(cs) * 1e7
+    ky, kx = freq_2d(box, xp, rfft)
+    kx = kx / pixel_size
+    ky = ky / pixel_size
+    k2 = kx * kx + ky * ky
+    theta = xp.arctan2(ky, kx)
+
+    def col(p):
+        return xp.asarray(np.atleast_1d(np.asarray(p, dtype=np.float64)), dtype=xp.float64)[:, None, None]
+
+    u, v, ang = col(defocus_u), col(defocus_v), xp.deg2rad(col(defocus_angle))
+    phi = xp.deg2rad(col(phase_shift))
+    b = col(bfactor)
+    q = float(amplitude_contrast)
+    dfocus = 0.5 * (u + v) + 0.5 * (u - v) * xp.cos(2.0 * (theta - ang))
+    chi = np.pi * lam * dfocus * k2 - 0.5 * np.pi * cs_a * lam**3 * k2 * k2 + phi + np.arctan(q / np.sqrt(1 - q * q))
+    out = xp.sin(chi)
+    if np.any(np.asarray(bfactor) != 0):
+        out = out * xp.exp(-b * k2 / 4.0)
+    out = out.astype(xp.float32)
+    return out[0] if scalar else out
+
+
+def ctf_from_table(table, box: int, pixel_size: float | None = None, *, xp=np, rfft: bool = True):
+    """CTFs (N, B, B//2+1) for the rows of a particle table with RELION columns.
+
+    The table must carry rlnDefocusU/V/Angle, rlnVoltage, rlnSphericalAberration,
+    rlnAmplitudeContrast (optics merged in, see :func:`spa.io.star.read_particles`)
+    and optionally rlnPhaseShift, rlnCtfBfactor.  Rows may come from different
+    optics groups (voltage/Cs/Q are taken per group).
+    """
+    if pixel_size is None:
+        pixel_size = float(table["rlnImagePixelSize"].iloc[0])
+    out = xp.empty((len(table), box, box // 2 + 1 if rfft else box), dtype=xp.float32)
+    keys = ["rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"]
+    groups = table.groupby(keys, sort=False).indices if len(table) else {}
+    for (volt, cs, q), idx in groups.items():
+        rows = table.iloc[idx]
+        ps = rows["rlnPhaseShift"].to_numpy() if "rlnPhaseShift" in rows else 0.0
+        bf = rows["rlnCtfBfactor"].to_numpy() if "rlnCtfBfactor" in rows else 0.0
+        c = ctf_2d(
+            box, pixel_size,
+            rows["rlnDefocusU"].to_numpy(), rows["rlnDefocusV"].to_numpy(), rows["rlnDefocusAngle"].to_numpy(),
+            volt, cs, q, ps, bf, rfft=rfft, xp=xp,
+        )
+        out[xp.asarray(idx)] = c
+    return out
