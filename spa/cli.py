@@ -1,0 +1,100 @@
+"""The ``spa`` command: a thin dispatcher over one module per stage.
+
+Each stage lives in ``spa/commands/<name>.py`` with a module docstring (its
+``--help`` text), ``add_args(parser)`` and ``main(args) -> int``.  Modules are
+imported only when their command runs, so ``spa --help`` is instant.
+
+Every error that a user can cause is a :class:`spa.errors.SpaInputError`
+(or ``FileNotFoundError``/``ValueError`` from validation) and is printed as one
+line on stderr with a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command name -> (module, one-line summary)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "simulate": ("spa.commands.simulate", "make the built-in demo data with ground truth"),
+    "reconstruct": ("spa.commands.reconstruct", "reconstruct a map from particles with known poses"),
+    "fsc": ("spa.commands.fsc", "Fourier shell correlation between two maps"),
+    "convert": ("spa.commands.convert", "convert particle stacks between RELION .mrcs and spa .zarr"),
+    "class2d": ("spa.commands.class2d", "2D classification (regularised likelihood)"),
+    "select": ("spa.commands.select", "select 2D classes (by hand or automatically), recentre, remove duplicates"),
+    "initial-model": ("spa.commands.initial_model", "ab-initio 3D initial model by stochastic gradient descent"),
+    "class3d": ("spa.commands.class3d", "3D classification"),
+    "refine3d": ("spa.commands.refine3d", "gold-standard 3D auto-refinement"),
+    "consensus": ("spa.commands.consensus", "keep what repeated runs agree on (classes, poses)"),
+    "provenance": ("spa.commands.provenance", "print what made an output file"),
+}
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """Options every stage shares (see CLI.md)."""
+    g = parser.add_argument_group("common options")
+    g.add_argument("--config", help="YAML config; command-line options win over it")
+    g.add_argument("--seed", type=int, default=None, help="random seed (default: from config, else 0)")
+    g.add_argument("--workers", type=int, default=None, help="local Dask workers (default 1: in-process)")
+    g.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
+    g.add_argument("--backend", choices=["auto", "numpy", "cupy"], default=None, help="array backend (default: $SPA_BACKEND or auto)")
+    g.add_argument("--continue", dest="continue_", action="store_true", help="resume from the last finished iteration")
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    out = {}
+    for name, (mod, summary) in COMMANDS.items():
+        if importlib.util.find_spec(mod) is not None:
+            out[name] = (mod, summary)
+    return out
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    from spa import __version__
+
+    parser = argparse.ArgumentParser(prog="spa", description="cryo-EM single-particle analysis")
+    parser.add_argument("--version", action="version", version=f"spa {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (mod, summary) in _available().items():
+        if command is not None and name != command:
+            sub.add_parser(name, help=summary)
+            continue
+        module = importlib.import_module(mod)
+        p = sub.add_parser(
+            name, help=summary, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        module.add_args(p)
+        if getattr(module, "COMMON_ARGS", True):
+            add_common_args(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from spa.errors import SpaInputError
+
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 2
+    args.argv = ["spa", *argv]
+    try:
+        return int(args._module.main(args) or 0)
+    except SpaInputError as exc:
+        print(f"spa {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        name = getattr(exc, "filename", None)
+        print(f"spa {args.command}: error: {name or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"spa {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

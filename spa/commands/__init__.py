@@ -1,0 +1,1 @@
+"""One module per ``spa`` sub-command: docstring = help, ``add_args``, ``main``."""
