@@ -1,0 +1,117 @@
+"""Insertion of image transforms into a 3D Fourier volume, and reconstruction.
+
+The adjoint of :class:`spa.em.projector.Projector`: each image's transform
+(usually CTF·X̂ with X centred by its origin) is spread with trilinear weights
+onto the padded half grid at pad·Aᵀ(kx, ky, 0); the same weights times CTF²
+accumulate in a weight grid.  Reconstruction divides data by weight plus a
+regulariser (Wiener / MAP, Scheres 2012), transforms back, crops and divides
+by the gridding factor.
+
+A BackProjector is also the partial sum of a distributed reconstruction: two
+of them add (``+``) so Dask can tree-reduce per-chunk insertions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spa.backend import array_module, backend_of, get_backend
+from spa.em.gridding import crop_centered, gridding_factor, padded_size
+from spa.em.projector import image_frequencies, slice_coordinates, trilinear_setup
+from spa.fourier import irfft_centered, radius_3d
+
+
+class BackProjector:
+    """Accumulates Σ CTF·X̂ (``data``) and Σ CTF² (``weight``) on a padded half grid."""
+
+    def __init__(self, box: int, pad: float = 2.0, max_radius: float | None = None, xp=None):
+        xp = xp or get_backend().xp
+        self.xp = xp
+        self.box = int(box)
+        self.padded = padded_size(self.box, pad)
+        self.pad = self.padded / self.box
+        shape = (self.padded, self.padded, self.padded // 2 + 1)
+        self.data = xp.zeros(shape, dtype=xp.complex64)
+        self.weight = xp.zeros(shape, dtype=xp.float32)
+        self.max_radius = self.box // 2 if max_radius is None else max_radius
+        self.index, self.jx, self.jy = image_frequencies(self.box, self.max_radius, xp)
+
+    # -- accumulation -------------------------------------------------------------
+    def insert_active(self, values, weights, rotations, jx=None, jy=None):
+        """Insert per-pixel ``values`` (R, F) complex and ``weights`` (R, F) real at rotations (R,3,3)."""
+        xp = self.xp
+        be = backend_of(self.data)
+        if jx is None:
+            jx, jy = self.jx, self.jy
+        q = slice_coordinates(xp.asarray(rotations), jx, jy, self.pad)
+        idx, w, conj = trilinear_setup(q, self.padded)
+        values = xp.where(conj, values.conj(), values)
+        be.scatter_add(self.data, idx.reshape(-1), (values[..., None] * w).reshape(-1).astype(xp.complex64))
+        be.scatter_add(self.weight, idx.reshape(-1), (weights[..., None] * w).reshape(-1).astype(xp.float32))
+
+    def insert(self, fimages, fweights, rotations):
+        """Insert full rfft-layout slices (R, B, B//2+1): values and their weights (e.g. CTF·X̂, CTF²)."""
+        n = fimages.shape[0]
+        flat_v = fimages.reshape(n, -1)[:, self.index]
+        flat_w = fweights.reshape(n, -1)[:, self.index]
+        self.insert_active(flat_v, flat_w, rotations)
+
+    def __add__(self, other: "BackProjector") -> "BackProjector":
+        out = BackProjector.__new__(BackProjector)
+        out.__dict__.update(self.__dict__)
+        out.data = self.data + other.data
+        out.weight = self.weight + other.weight
+        return out
+
+    # -- reconstruction -----------------------------------------------------------
+    def _hermitian(self):
+        """Enforce V̂(0, −y, −z) = conj V̂(0, y, z) on the kx = 0 plane (both halves were filled)."""
+        xp = self.xp
+        p = self.padded
+        mirror = (-xp.arange(p)) % p
+        d0 = self.data[:, :, 0]
+        w0 = self.weight[:, :, 0]
+        d = self.data.copy()
+        w = self.weight.copy()
+        d[:, :, 0] = d0 + d0[mirror][:, mirror].conj()
+        w[:, :, 0] = w0 + w0[mirror][:, mirror]
+        return d, w
+
+    def shell_weight(self, n_shells: int | None = None):
+        """Mean weight per shell (shells in Fourier pixels of the *original* box)."""
+        xp = self.xp
+        _, w = self._hermitian()
+        shells = xp.rint(radius_3d(self.padded, xp) / self.pad).astype(xp.int64)
+        n = n_shells or self.box // 2 + 1
+        keep = shells < n
+        tot = xp.bincount(shells[keep], weights=w[keep], minlength=n)
+        cnt = xp.bincount(shells[keep], minlength=n)
+        return tot / xp.maximum(cnt, 1)
+
+    def reconstruct(self, ssnr=None, min_weight_fraction: float = 1e-3, max_radius: float | None = None):
+        """The map (B, B, B) float32.
+
+        ``ssnr``: per-shell spectral SNR (length ≥ B//2+1, shells of the original
+        box) for the MAP/Wiener term W̄_shell/SSNR added to the weight (as
+        RELION's 1/τ² with τ² = SSNR·σ²_recon); None: no prior, only a floor of
+        ``min_weight_fraction`` × the shell-mean weight keeps empty voxels finite.
+        Frequencies beyond ``max_radius`` (default: the insertion radius) are zeroed.
+        """
+        xp = self.xp
+        d, w = self._hermitian()
+        shells = xp.rint(radius_3d(self.padded, xp) / self.pad).astype(xp.int64)
+        n = self.box // 2 + 1
+        mean_w = self.shell_weight(n)
+        mean_w_vox = mean_w[xp.minimum(shells, n - 1)]
+        if ssnr is not None:
+            s = xp.asarray(ssnr, dtype=xp.float64)[:n]
+            reg = mean_w_vox / xp.maximum(s[xp.minimum(shells, n - 1)], 1e-6)
+        else:
+            reg = min_weight_fraction * mean_w_vox
+        denom = xp.maximum(w + reg, 1e-30)
+        f = xp.where(w + reg > 0, d / denom, 0)
+        limit = self.max_radius if max_radius is None else max_radius
+        f = xp.where(shells <= limit, f, 0).astype(xp.complex64)
+        vol = irfft_centered(f, self.padded, ndim=3)
+        vol = crop_centered(vol, self.box)
+        return (vol / gridding_factor(self.box, self.padded, 3, xp)).astype(xp.float32)

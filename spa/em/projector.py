@@ -1,0 +1,138 @@
+"""Fourier-slice projection of 3D maps (the forward model of every 3D stage).
+
+By the central-slice theorem the 2D transform of the projection of V in
+direction A (RELION's Euler matrix, see :mod:`spa.geometry.euler`) is the
+central slice of V̂ through Aᵀ·(kx, ky, 0).  The map is zero-padded ``pad``
+times (finer Fourier sampling, less interpolation error), pre-divided by the
+trilinear gridding factor (see :mod:`spa.em.gridding`) and transformed once;
+each slice is then trilinear interpolation in the half (rfft) grid, using
+Friedel symmetry V̂(−k) = conj V̂(k) for kx < 0.
+
+Slices are returned in the layout of :func:`spa.fourier.rfft_centered` for
+the original box B, so ``irfft_centered(slice, B)`` is the real-space
+projection (sum along z, pixel units) and a slice multiplied by a CTF and
+phase-shifted is directly comparable to an image's transform.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spa.backend import array_module, backend_of
+from spa.em.gridding import gridding_factor, pad_centered, padded_size
+from spa.fourier import freq_2d, rfft_centered
+
+
+def image_frequencies(box: int, max_radius: float | None = None, xp=np):
+    """Active Fourier pixels of a B×B image's rfft grid.
+
+    Returns ``(index, jx, jy)``: flat indices into the (B, B//2+1) grid of the
+    pixels with |j| ≤ max_radius (Fourier pixels; default B//2, i.e. Nyquist),
+    and their frequencies in Fourier pixels (cycles per box).
+    """
+    ky, kx = freq_2d(box, xp)
+    jx = (kx * box).reshape(-1)
+    jy = (ky * box).reshape(-1)
+    r_max = box // 2 if max_radius is None else max_radius
+    index = xp.nonzero(jx * jx + jy * jy <= r_max * r_max + 1e-6)[0]
+    return index, jx[index], jy[index]
+
+
+def trilinear_setup(q, padded: int):
+    """Neighbour indices and weights for points ``q`` (…, 3) = (x, y, z) in padded Fourier pixels.
+
+    Points with qx < 0 are reflected through the origin (Friedel) so they fall
+    in the stored half grid; ``conj`` marks them.  Returns (flat_index (…, 8),
+    weight (…, 8), conj (…)).  Grid layout: [z, y, x] with z, y in FFT order
+    (mod P) and x in 0 … P//2.
+    """
+    xp = array_module(q)
+    conj = q[..., 0] < 0
+    q = xp.where(conj[..., None], -q, q)
+    base = xp.floor(q)
+    frac = (q - base).astype(xp.float32)
+    base = base.astype(xp.int64)
+    half = padded // 2 + 1
+    x0 = xp.minimum(base[..., 0], half - 1)
+    x1 = xp.minimum(x0 + 1, half - 1)
+    y0 = base[..., 1] % padded
+    y1 = (base[..., 1] + 1) % padded
+    z0 = base[..., 2] % padded
+    z1 = (base[..., 2] + 1) % padded
+    fx, fy, fz = frac[..., 0], frac[..., 1], frac[..., 2]
+    gx, gy, gz = 1 - fx, 1 - fy, 1 - fz
+    idx = []
+    wts = []
+    for zi, wz in ((z0, gz), (z1, fz)):
+        for yi, wy in ((y0, gy), (y1, fy)):
+            for xi, wx in ((x0, gx), (x1, fx)):
+                idx.append((zi * padded + yi) * half + xi)
+                wts.append(wz * wy * wx)
+    return xp.stack(idx, axis=-1), xp.stack(wts, axis=-1), conj
+
+
+def slice_coordinates(rotations, jx, jy, pad_factor: float):
+    """Padded-grid coordinates (R, F, 3) = pad·Aᵀ(jx, jy, 0) of image pixels for rotations A (R,3,3)."""
+    xp = array_module(jx)
+    a = xp.asarray(rotations, dtype=xp.float32)
+    j = xp.stack([jx, jy], axis=-1).astype(xp.float32)  # (F, 2)
+    # row vector form: (Aᵀ j)ᵀ = jᵀ A, only rows 0, 1 of A matter since jz = 0
+    return pad_factor * xp.einsum("fi,rij->rfj", j, a[:, :2, :])
+
+
+class Projector:
+    """Padded Fourier transform of a map, ready to cut central slices.
+
+    Parameters
+    ----------
+    volume : (B, B, B) float array, indexed [z, y, x], centre at B//2.
+    pad : padding factor (RELION's default 2).
+    max_radius : largest image frequency (Fourier pixels of the B box) that
+        slices are computed for; default B//2 (Nyquist).
+    """
+
+    def __init__(self, volume, pad: float = 2.0, max_radius: float | None = None):
+        xp = array_module(volume)
+        self.xp = xp
+        self.box = int(volume.shape[-1])
+        self.padded = padded_size(self.box, pad)
+        self.pad = self.padded / self.box
+        vol = xp.asarray(volume, dtype=xp.float32) / gridding_factor(self.box, self.padded, 3, xp)
+        self.fourier = rfft_centered(pad_centered(vol, self.padded), ndim=3).astype(xp.complex64)
+        self._flat = self.fourier.reshape(-1)
+        self.max_radius = self.box // 2 if max_radius is None else max_radius
+        self.index, self.jx, self.jy = image_frequencies(self.box, self.max_radius, xp)
+
+    def project_active(self, rotations, index=None, jx=None, jy=None):
+        """Slices at the active pixels only: complex64 (R, F).
+
+        ``index, jx, jy`` select another pixel set (e.g. a smaller resolution
+        window, see :func:`image_frequencies`); default: all pixels ≤ max_radius.
+        """
+        if jx is None:
+            jx, jy = self.jx, self.jy
+        q = slice_coordinates(rotations, jx, jy, self.pad)
+        idx, w, conj = trilinear_setup(q, self.padded)
+        vals = (self._flat[idx] * w).sum(axis=-1)
+        return self.xp.where(conj, vals.conj(), vals).astype(self.xp.complex64)
+
+    def project(self, rotations):
+        """Central slices complex64 (R, B, B//2+1) in :func:`spa.fourier.rfft_centered` layout."""
+        xp = self.xp
+        rotations = xp.asarray(rotations)
+        n = rotations.shape[0]
+        out = xp.zeros((n, self.box * (self.box // 2 + 1)), dtype=xp.complex64)
+        out[:, self.index] = self.project_active(rotations)
+        return out.reshape(n, self.box, self.box // 2 + 1)
+
+    def project_images(self, rotations, batch: int = 512):
+        """Real-space projections float32 (R, B, B) (sum along z, in map units × pixels)."""
+        xp = self.xp
+        be = backend_of(self.fourier)
+        rotations = xp.asarray(rotations)
+        out = []
+        for s in range(0, rotations.shape[0], batch):
+            f = self.project(rotations[s : s + batch])
+            img = be.irfftn(f, s=(self.box, self.box), axes=(-2, -1))
+            out.append(xp.fft.fftshift(img, axes=(-2, -1)).astype(xp.float32))
+        return xp.concatenate(out) if out else xp.zeros((0, self.box, self.box), xp.float32)
