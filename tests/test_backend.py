@@ -1,0 +1,56 @@
+"""Backend selection and the backend-specific operations."""
+
+import numpy as np
+import pytest
+
+from spa import backend
+
+
+def test_auto_never_fails_without_a_gpu(monkeypatch):
+    monkeypatch.delenv("SPA_BACKEND", raising=False)
+    be = backend.get_backend("auto")
+    assert be.name in ("numpy", "cupy")
+    if not backend.cupy_available():
+        assert be.name == "numpy" and be.xp is np
+
+
+def test_env_variable_and_bad_names(monkeypatch):
+    monkeypatch.setenv("SPA_BACKEND", "numpy")
+    assert backend.get_backend().name == "numpy"
+    with pytest.raises(ValueError):
+        backend.get_backend("tensorflow")
+    if not backend.cupy_available():
+        with pytest.raises(RuntimeError):
+            backend.get_backend("cupy")
+
+
+def test_scatter_add_accumulates_repeated_indices():
+    be = backend.get_backend("numpy")
+    t = np.zeros(5, np.float32)
+    be.scatter_add(t, np.array([0, 2, 2, 4]), np.array([1.0, 2.0, 3.0, 4.0], np.float32))
+    assert t.tolist() == [1, 0, 5, 0, 4]
+    c = np.zeros((2, 2), np.complex64)
+    be.scatter_add(c, np.array([3, 3]), np.array([1 + 1j, 2 - 3j], np.complex64))
+    assert c[1, 1] == 3 - 2j
+
+
+def test_fft_roundtrip_float32():
+    be = backend.get_backend("numpy")
+    a = np.random.default_rng(0).normal(size=(4, 16, 16)).astype(np.float32)
+    back = be.irfftn(be.rfftn(a, axes=(-2, -1)), s=(16, 16), axes=(-2, -1))
+    assert np.allclose(back, a, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not backend.cupy_available(), reason="needs a CUDA GPU with CuPy")
+def test_cupy_matches_numpy_projection():
+    from spa.em.projector import Projector
+    from spa.geometry.euler import euler_to_matrix
+    from tests.conftest import blob_volume
+
+    cp = backend.get_backend("cupy").xp
+    vol = blob_volume(32)
+    rots = euler_to_matrix([10, 50], [20, 80], [30, -40])
+    cpu = Projector(vol).project_images(rots)
+    gpu = cp.asnumpy(Projector(cp.asarray(vol)).project_images(cp.asarray(rots)))
+    assert np.allclose(cpu, gpu, atol=1e-3 * np.abs(cpu).max())
