@@ -1,0 +1,184 @@
+"""3D references for 3D classification, refinement and ab initio.
+
+The 3D implementation of the reference-model protocol that the E-step uses
+(see :class:`spa.em.inplane.InplaneReferences` for the 2D one): K maps,
+"projected" at rotations given as RELION Euler angles (R, 3) = (rot, tilt,
+psi) in degrees by Fourier-slice interpolation (:mod:`spa.em.projector`), and
+the exact transpose for the M-step sums (:mod:`spa.em.backprojector`).
+Sums live on the padded half grid; :meth:`VolumeReferences.reconstruct` is
+the MAP/Wiener update with τ² per shell (classification: from the reference
+power; gold-standard refinement: from the half-map FSC via the SSNR).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spa.backend import array_module, backend_of
+from spa.em.gridding import crop_centered, gridding_factor, pad_centered, padded_size
+from spa.em.projector import slice_coordinates, trilinear_setup
+from spa.fourier import irfft_centered, radius_3d, rfft_centered, shells_3d, soft_spherical_mask
+from spa.geometry.euler import euler_to_matrix
+
+
+def rotation_matrices(rotations, xp):
+    """(R, 3) Euler angles in degrees → (R, 3, 3) matrices on the backend (float32)."""
+    r = np.asarray(backend_of(rotations).to_numpy(rotations) if not isinstance(rotations, np.ndarray) else rotations)
+    return xp.asarray(euler_to_matrix(r[:, 0], r[:, 1], r[:, 2]), dtype=xp.float32)
+
+
+def _hermitian_plane(data, weight):
+    """Add the mirrored halves of the kx = 0 plane of (…, P, P, P//2+1) sums (in place)."""
+    xp = array_module(data)
+    p = data.shape[-2]
+    mirror = (-xp.arange(p)) % p
+    d0 = data[..., :, :, 0]
+    w0 = weight[..., :, :, 0]
+    data[..., :, :, 0] = d0 + d0[..., mirror, :][..., :, mirror].conj()
+    weight[..., :, :, 0] = w0 + w0[..., mirror, :][..., :, mirror]
+
+
+class VolumeReferences:
+    """K 3D references (K, B, B, B) float32, centred at B//2, ready to project and to insert into."""
+
+    ndim = 3
+
+    def __init__(self, volumes, pad: float = 2.0):
+        xp = array_module(volumes)
+        self.xp = xp
+        volumes = xp.asarray(volumes, dtype=xp.float32)
+        if volumes.ndim == 3:
+            volumes = volumes[None]
+        self.images = volumes  # the name the engine uses for the references in real space
+        self.n_classes = int(volumes.shape[0])
+        self.box = int(volumes.shape[-1])
+        self.padded = padded_size(self.box, pad)
+        self.pad = self.padded / self.box
+        g = gridding_factor(self.box, self.padded, 3, xp)
+        self.fourier = xp.stack([rfft_centered(pad_centered(v / g, self.padded), 3) for v in volumes]).astype(
+            xp.complex64
+        )
+
+    # -- forward model ------------------------------------------------------------
+    def _setup(self, rotations, active):
+        mats = rotation_matrices(rotations, self.xp)
+        q = slice_coordinates(mats, active.jx, active.jy, self.pad)
+        return trilinear_setup(q, self.padded)
+
+    def project_all(self, rotations, active):
+        """All classes at all rotations: complex64 (K, R, F) at the active pixels."""
+        xp = self.xp
+        idx, w, conj = self._setup(rotations, active)
+        out = xp.empty((self.n_classes,) + idx.shape[:2], xp.complex64)
+        for k in range(self.n_classes):
+            vals = (self.fourier[k].reshape(-1)[idx] * w).sum(axis=-1)
+            out[k] = xp.where(conj, vals.conj(), vals)
+        return out
+
+    def project(self, class_index: int, rotations, active):
+        """Class ``class_index`` at rotations (R, 3): complex64 (R, F)."""
+        xp = self.xp
+        idx, w, conj = self._setup(rotations, active)
+        vals = (self.fourier[class_index].reshape(-1)[idx] * w).sum(axis=-1)
+        return xp.where(conj, vals.conj(), vals).astype(xp.complex64)
+
+    # -- adjoint ----------------------------------------------------------------------
+    def new_sums(self) -> dict:
+        shape = (self.n_classes, self.padded, self.padded, self.padded // 2 + 1)
+        return {"data": self.xp.zeros(shape, self.xp.complex128), "weight": self.xp.zeros(shape, self.xp.float64)}
+
+    def insert(self, sums: dict, class_index: int, rotations, active, data, weight) -> None:
+        """Add per-pose sums (R, F) into class ``class_index`` (transpose of :meth:`project_all`)."""
+        xp = self.xp
+        be = backend_of(sums["data"])
+        idx, w, conj = self._setup(rotations, active)
+        data = xp.asarray(data)
+        data = xp.where(conj, data.conj(), data)
+        flat = idx.reshape(-1)
+        be.scatter_add(sums["data"][class_index], flat, (data[..., None] * w).reshape(-1).astype(xp.complex128))
+        be.scatter_add(sums["weight"][class_index], flat, (xp.asarray(weight)[..., None] * w).reshape(-1).astype(xp.float64))
+
+    # -- spectra and reconstruction -------------------------------------------------
+    def power_spectrum(self):
+        """Per-class signal power per shell (K, B//2+1): mean |V̂|²/2 of a central section.
+
+        A slice of the 3D transform carries the map's power scaled by B (sum
+        along z), so the per-pixel power that images see is B² × the 3D
+        spectrum of the map's transform normalised per voxel; computed directly
+        from the padded transform's shells for consistency with the E-step.
+        """
+        xp = self.xp
+        nsh = self.box // 2 + 1
+        sh = xp.rint(radius_3d(self.padded, xp) / self.pad).astype(xp.int64).reshape(-1)
+        keep = sh < nsh
+        out = []
+        for k in range(self.n_classes):
+            p = (xp.abs(self.fourier[k]) ** 2).reshape(-1)[keep] / 2
+            tot = xp.bincount(sh[keep], weights=p, minlength=nsh)
+            cnt = xp.bincount(sh[keep], minlength=nsh)
+            out.append(tot / xp.maximum(cnt, 1))
+        return xp.stack(out).astype(xp.float64)
+
+    def shells_padded(self):
+        xp = self.xp
+        return xp.rint(radius_3d(self.padded, xp) / self.pad).astype(xp.int32)
+
+    def reconstruct(self, sums: dict, tau2, tau2_fudge: float, mask_radius_px: float | None = None,
+                    mask_edge_px: float = 5.0, max_shell: int | None = None, ssnr=None):
+        """MAP update V = Σ ΓCX/σ² ÷ (Σ ΓC²/σ² + 1/(T·τ²)) per class (τ² (K, B//2+1) per component).
+
+        ``ssnr`` (K, B//2+1), gold-standard refinement: the regulariser is
+        W̄_shell / SSNR_shell instead (SSNR = T·FSC/(1 − FSC) from the half
+        maps, which is RELION's τ² = SSNR·σ²_recon with σ²_recon = 1/W̄).
+        ``tau2=None`` and ``ssnr=None``: the plain ratio with a small floor
+        (like :meth:`spa.em.backprojector.BackProjector.reconstruct`).
+        Symmetry is imposed by the caller by inserting every pose once per
+        group element.  Returns (new references, data_vs_prior (K, B//2+1)).
+        """
+        xp = self.xp
+        nsh = self.box // 2 + 1
+        max_shell = nsh - 1 if max_shell is None else min(int(max_shell), nsh - 1)
+        data = sums["data"].copy()
+        weight = sums["weight"].copy()
+        _hermitian_plane(data, weight)
+        sh = self.shells_padded()
+        shc = xp.minimum(sh, nsh - 1)
+        inside = sh <= max_shell
+        over = self.pad**3
+        out, dvp = [], []
+        g = gridding_factor(self.box, self.padded, 3, xp)
+        count = xp.bincount(shc.reshape(-1), minlength=nsh)
+        for k in range(self.n_classes):
+            w = weight[k]
+            mean_w = xp.bincount(shc.reshape(-1), weights=w.reshape(-1), minlength=nsh) / xp.maximum(count, 1)
+            tau_k = None
+            if ssnr is not None:
+                reg = mean_w[shc] / xp.maximum(xp.asarray(ssnr, dtype=xp.float64)[k][shc], 1e-6)
+            elif tau2 is None:
+                reg = 1e-3 * mean_w[shc]
+            else:
+                tau_k = xp.asarray(tau2, dtype=xp.float64)[k][shc]
+                with np.errstate(divide="ignore"):
+                    reg = xp.where(tau_k > 0, 1.0 / (tau2_fudge * tau_k * over), np.inf)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                vol = xp.where(inside & (w + reg > 0), data[k] / (w + reg), 0)
+            vol = xp.where(xp.isfinite(vol.real) & xp.isfinite(vol.imag), vol, 0).astype(xp.complex64)
+            real = crop_centered(irfft_centered(vol, self.padded, 3), self.box) / g
+            if mask_radius_px is not None:
+                real = real * soft_spherical_mask(self.box, mask_radius_px, mask_edge_px, xp)
+            out.append(real.astype(xp.float32))
+            if tau_k is not None:
+                d = xp.bincount(shc.reshape(-1), weights=(w * over * tau2_fudge * tau_k).reshape(-1), minlength=nsh)
+                dvp.append(d / xp.maximum(count, 1))
+            else:
+                dvp.append(xp.zeros(nsh))
+        return VolumeReferences(xp.stack(out), self.pad), xp.stack(dvp)
+
+    def with_images(self, volumes) -> "VolumeReferences":
+        return VolumeReferences(volumes, self.pad)
+
+    def __getstate__(self):
+        return {"images": backend_of(self.images).to_numpy(self.images), "pad": self.pad}
+
+    def __setstate__(self, state):
+        self.__init__(state["images"], state["pad"])
