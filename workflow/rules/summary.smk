@@ -1,0 +1,18 @@
+# One JSON file that says where the final map is and how good it is.
+
+
+rule summary:
+    input:
+        halves=fsc_table("halves"),
+        truth=fsc_table("truth"),
+        map=final_map(),
+    output:
+        result("summary.json"),
+    log:
+        log_file("summary"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../scripts/summary.py"

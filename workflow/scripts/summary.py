@@ -1,0 +1,63 @@
+"""Write results/summary.json: where the final map is and the resolutions its
+FSC curves reach (gold-standard halves at 0.143, map vs. ground truth at 0.5).
+
+Run by Snakemake's ``script:`` directive. The resolutions are the ones
+``spa fsc`` computed and wrote in the ``data_general`` block of each fsc.star
+(rlnFinalResolution at FSC 0.143, rlnSpaResolutionFsc05 at FSC 0.5); this
+script only gathers them. By hand:
+``python workflow/scripts/summary.py HALVES_FSC.star TRUTH_FSC.star MAP.mrc``.
+"""
+
+import json
+import os
+import sys
+
+from spa.io.atomic import atomic_path
+from spa.io.star import read_star
+
+
+def read_fsc(path: str) -> dict:
+    """Resolutions (Å) at FSC 0.143 and 0.5 and the Nyquist limit of one fsc.star."""
+    blocks = read_star(path)
+    general, table = blocks["general"], blocks["fsc"]
+    return {
+        "fsc_star": path,
+        "resolution_fsc0143_A": round(float(general["rlnFinalResolution"]), 3),
+        "resolution_fsc05_A": round(float(general["rlnSpaResolutionFsc05"]), 3),
+        "nyquist_A": round(float(table["rlnAngstromResolution"].iloc[-1]), 3),
+    }
+
+
+def summarise(halves_star: str, truth_star: str, final_map: str) -> dict:
+    halves, truth = read_fsc(halves_star), read_fsc(truth_star)
+    return {
+        "final_map": final_map,
+        "nyquist_A": halves.pop("nyquist_A"),
+        "halves": halves,
+        "truth": {k: v for k, v in truth.items() if k != "nyquist_A"},
+    }
+
+
+def write_summary(summary: dict, path: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def describe(summary: dict) -> str:
+    return (
+        f"final map {summary['final_map']}: gold-standard FSC 0.143 at "
+        f"{summary['halves']['resolution_fsc0143_A']} Å; FSC 0.5 against the truth at "
+        f"{summary['truth']['resolution_fsc05_A']} Å (Nyquist {summary['nyquist_A']} Å)"
+    )
+
+
+if "snakemake" in globals():
+    sm = snakemake  # noqa: F821 - injected by Snakemake's script directive
+    result = summarise(str(sm.input.halves), str(sm.input.truth), str(sm.input.map))
+    write_summary(result, str(sm.output[0]))
+    with open(str(sm.log[0]), "w") as log:
+        print(describe(result), file=log)
+elif __name__ == "__main__":
+    if len(sys.argv) != 4:
+        sys.exit(f"usage: {os.path.basename(sys.argv[0])} HALVES_FSC.star TRUTH_FSC.star FINAL_MAP.mrc")
+    print(json.dumps(summarise(*sys.argv[1:]), indent=2))
