@@ -1,0 +1,1 @@
+"""2D classification: the EM engine applied to in-plane poses, class selection, recentring."""

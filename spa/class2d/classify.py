@@ -1,0 +1,265 @@
+"""2D classification by regularised likelihood (RELION's Class2D, Scheres 2012).
+
+K classes start as averages of K random subsets of the particles, each image
+at a random in-plane angle (as RELION).  Every iteration runs the shared EM
+engine (:mod:`spa.em.engine`): an E-step over ψ (coarse ``psi_step`` with
+oversampled children) and shifts (``offset_range``/``offset_step`` pixels
+around each particle's current offset) on a Fourier window that grows with
+the estimated resolution, then the M-step (Wiener/MAP with T =
+``tau2_fudge``, CTF correction, σ² per optics group), class averages masked
+with a soft circle of ``particle_diameter`` Å and re-centred on their centre
+of mass (RELION's --center_classes).  State is written after every iteration
+and a run continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from spa.backend import get_backend
+from spa.em.engine import (
+    EStepContext, load_checkpoint, last_checkpoint, make_chunks, map_reduce, particle_arrays, particle_ctfs,
+    run_estep, save_checkpoint,
+)
+from spa.em.estep import ActivePixels, prepare_chunk
+from spa.em.inplane import InplaneReferences, InplaneSampling
+from spa.em.model import MlModel, WsumModel
+from spa.em.mstep import maximize, next_window
+from spa.em.noise import group_power, initial_sigma2
+from spa.fourier import lowpass, shift_image, soft_circular_mask
+from spa.class2d import outputs
+
+
+@dataclass
+class Class2DOptions:
+    """Options with RELION's meaning (lengths Å, angles degrees, shifts pixels)."""
+
+    n_classes: int
+    n_iter: int = 25
+    tau2_fudge: float = 2.0
+    particle_diameter: float | None = None  # Å; default 90 % of the box
+    highres_limit: float | None = None  # Å; default Nyquist
+    ini_high: float = 30.0  # Å: resolution of the initial references / first window
+    do_ctf: bool = True
+    ignore_ctf_first_peak: bool = False
+    ctf_premultiplied: bool = False
+    psi_step: float = 6.0
+    offset_range: float = 5.0
+    offset_step: float = 1.0
+    oversampling: int = 1
+    significant_fraction: float = 0.999
+    max_significant: int = 64
+    incr_shells: int = 10
+    center_classes: bool = True
+    chunk_size: int = 256
+    seed: int = 0
+    backend: str | None = None
+
+
+def mask_radius_px(opts: Class2DOptions, box: int, pixel_size: float) -> float:
+    d = opts.particle_diameter if opts.particle_diameter else 0.9 * box * pixel_size
+    return min(0.5 * d / pixel_size, box / 2 - 1.0)
+
+
+def shells_for(resolution: float | None, box: int, pixel_size: float) -> int:
+    """Window (shells) reaching ``resolution`` Å, at most Nyquist + 1."""
+    nyq = box // 2 + 1
+    if not resolution:
+        return nyq
+    return int(min(nyq, max(2, math.floor(box * pixel_size / resolution) + 1)))
+
+
+def coarse_shells_for(psi_step_deg: float, radius_px: float, box: int) -> int:
+    """Window of the coarse pass: frequencies where half a ψ step moves the particle edge < ¼ wavelength."""
+    d = max(radius_px * math.radians(psi_step_deg) / 2.0, 1e-3)
+    return int(max(8, math.ceil(box / (4.0 * d))))
+
+
+def center_of_mass_shift(images):
+    """(K, 2) shift (px, x then y) that moves each image's positive mass to the box centre."""
+    box = images.shape[-1]
+    c = np.arange(box) - box // 2
+    w = np.maximum(images, 0)
+    tot = np.maximum(w.sum(axis=(1, 2)), 1e-30)
+    cx = (w.sum(axis=1) * c).sum(axis=1) / tot
+    cy = (w.sum(axis=2) * c).sum(axis=1) / tot
+    return -np.stack([cx, cy], axis=1)
+
+
+# -- initial references -----------------------------------------------------------------------
+@dataclass
+class _InitShared:
+    refs: object
+    mask_radius_px: float
+    n_groups: int
+    backend: str
+
+
+def _init_chunk(source, idx, particles, shared: _InitShared):
+    """Unweighted sums of images at their random (class, ψ) and per-group image power."""
+    be = get_backend(shared.backend)
+    xp = be.xp
+    refs = shared.refs
+    box = refs.box
+    images = xp.asarray(source.read(idx), dtype=xp.float32)
+    n = images.shape[0]
+    active = ActivePixels.make(box, box // 2 + 1, xp)
+    ones = xp.ones((n, box, box // 2 + 1), xp.float32)
+    sig = np.ones((shared.n_groups, box // 2 + 1))
+    data = prepare_chunk(images, ones, particles["group"], particles["centres"], sig, active, shared.mask_radius_px)
+    sums = refs.new_sums()
+    cls = particles["init_class"]
+    for k in np.unique(cls):
+        sel = np.nonzero(cls == k)[0]
+        refs.insert(sums, int(k), particles["init_psi"][sel], active, data.X[xp.asarray(sel)],
+                    xp.ones((len(sel), active.size), xp.float32))
+    power = group_power(data.power, data.group, shared.n_groups)
+    counts = xp.bincount(data.group, minlength=shared.n_groups).astype(xp.float64)
+    w = WsumModel(sums, power, counts, xp.zeros(refs.n_classes, xp.float64), 0.0, int(n), 0.0)
+    return w.to_host(), None
+
+
+def initial_references(source, particles, opts, box, pixel_size, n_groups, client=None):
+    """K random-subset averages (random ψ per image), low-passed to ``ini_high`` and masked; plus σ²."""
+    rng = np.random.default_rng(opts.seed)
+    n = len(particles["group"])
+    parts = dict(particles)
+    # every class gets particles even for tiny sets: a shuffled round-robin assignment
+    parts["init_class"] = rng.permutation(np.arange(n) % opts.n_classes)
+    parts["init_psi"] = rng.uniform(0.0, 360.0, n)
+    radius = mask_radius_px(opts, box, pixel_size)
+    empty = InplaneReferences(np.zeros((opts.n_classes, box, box), np.float32))
+    shared = _InitShared(empty, radius, n_groups, get_backend(opts.backend).name)
+    wsum, _ = map_reduce(_init_chunk, source, parts, make_chunks(n, opts.chunk_size), shared, client)
+    flat_tau = np.full((opts.n_classes, box // 2 + 1), 1e30)
+    refs, _ = empty.reconstruct(wsum.sums, flat_tau, 1.0)
+    images = lowpass(np.asarray(refs.images), pixel_size, opts.ini_high) * soft_circular_mask(box, radius, 5.0)
+    sigma2 = initial_sigma2(wsum.sigma2, wsum.sigma2_count, box)
+    return images.astype(np.float32), sigma2
+
+
+# -- the run ------------------------------------------------------------------------------------
+class Class2D:
+    """One 2D classification run over a particle table and its image source."""
+
+    def __init__(self, table, source, opts: Class2DOptions, output_dir, *, optics=None, client=None,
+                 provenance=None, log=print):
+        self.table = table.reset_index(drop=True)
+        self.source = source
+        self.opts = opts
+        self.output_dir = output_dir
+        self.client = client
+        self.provenance = provenance
+        self.log = log or (lambda *a: None)
+        self.box = int(source.box)
+        px = float(self.table["rlnImagePixelSize"].iloc[0]) if "rlnImagePixelSize" in self.table else \
+            float(source.pixel_size)
+        self.pixel_size = px
+        self.optics = optics if optics is not None else outputs.optics_from_table(self.table, px, self.box)
+        self.particles = particle_arrays(self.table, px)
+        og = self.table["rlnOpticsGroup"].to_numpy() if "rlnOpticsGroup" in self.table else np.ones(len(self.table))
+        self.group_ids = np.unique(og)
+        self.n_groups = len(self.group_ids)
+        self.chunks = make_chunks(len(self.table), opts.chunk_size)
+        self.sampling = InplaneSampling(opts.psi_step, opts.offset_range, opts.offset_step, opts.oversampling)
+        self.radius = mask_radius_px(opts, self.box, px)
+        self.max_shells = shells_for(opts.highres_limit, self.box, px)
+        self.backend = get_backend(opts.backend).name
+
+    # state: model (MlModel), refs (InplaneReferences), results (per particle) ------------
+    def initialise(self):
+        images, sigma2 = initial_references(self.source, self.particles, self.opts, self.box, self.pixel_size,
+                                            self.n_groups, self.client)
+        window = min(self.max_shells, max(8, shells_for(self.opts.ini_high, self.box, self.pixel_size)))
+        model = MlModel.initial(self.box, self.pixel_size, self.opts.n_classes, sigma2,
+                                max(self.opts.offset_range / 2.0, self.opts.offset_step), window)
+        return model, InplaneReferences(images), None
+
+    def checkpoint_arrays(self, model, refs, results) -> dict:
+        arr = model.to_arrays()
+        arr["refs_images"] = np.asarray(refs.images, np.float32)
+        arr["centres"] = self.particles["centres"]
+        for k, v in results.items():
+            arr["result_" + k] = v
+        arr["options"] = np.array(repr(sorted(asdict(self.opts).items())))
+        return arr
+
+    def restore(self, arrays):
+        model = MlModel.from_arrays(arrays)
+        refs = InplaneReferences(arrays["refs_images"])
+        self.particles["centres"] = np.array(arrays["centres"])
+        results = {k[len("result_"):]: np.array(v) for k, v in arrays.items() if k.startswith("result_")}
+        return model, refs, results
+
+    def iterate(self, model, refs):
+        """One EM iteration → (new model, new references, per-particle results)."""
+        o = self.opts
+        ctx = EStepContext(
+            refs=refs, sampling=self.sampling, sigma2=model.sigma2_noise,
+            log_class_prior=np.log(np.maximum(model.pdf_class, 1e-300)), sigma_offset_px=model.sigma_offset_px,
+            coarse_shells=min(model.current_shells, coarse_shells_for(o.psi_step, self.radius, self.box)),
+            fine_shells=model.current_shells, pixel_size=self.pixel_size, mask_radius_px=self.radius,
+            do_ctf=o.do_ctf, ignore_first_peak=o.ignore_ctf_first_peak, ctf_premultiplied=o.ctf_premultiplied,
+            significant_fraction=o.significant_fraction, max_significant=o.max_significant, backend=self.backend,
+        )
+        wsum, results = run_estep(ctx, self.source, self.particles, self.chunks, self.client)
+        new_model, new_refs = maximize(model, wsum, refs, tau2_fudge=o.tau2_fudge, mask_radius_px=self.radius)
+        images = np.asarray(get_backend(self.backend).to_numpy(new_refs.images), np.float32)
+        if o.center_classes:
+            shifts = center_of_mass_shift(images)
+            images = shift_image(images, shifts[:, 0], shifts[:, 1]).astype(np.float32)
+            images = images * soft_circular_mask(self.box, self.radius, 5.0)
+        new_refs = InplaneReferences(images)
+        new_model.current_shells = next_window(new_model.resolution_shell, self.max_shells, o.incr_shells)
+        new_model.iteration = model.iteration + 1
+        self.particles["centres"] = results["offset"].astype(np.float64)
+        return new_model, new_refs, results
+
+    def write(self, model, refs, results):
+        psi = self.sampling.fine_rotations[results["rot"]]
+        table = outputs.particles_table(self.table, results, psi, self.pixel_size)
+        outputs.write_iteration(
+            self.output_dir, model.iteration, np.asarray(refs.images), model, table, self.optics,
+            tau2_fudge=self.opts.tau2_fudge, acc_rot=self.sampling.fine_psi_step,
+            acc_trans_angst=self.opts.offset_step / 2 * self.pixel_size, group_ids=self.group_ids,
+            provenance=self.provenance,
+        )
+        save_checkpoint(self.output_dir, model.iteration, self.checkpoint_arrays(model, refs, results))
+        return table
+
+    def run(self, continue_: bool = False):
+        """Run (or continue) to ``n_iter`` iterations; returns (model, refs, particle table)."""
+        found = last_checkpoint(self.output_dir) if continue_ else None
+        if found:
+            model, refs, results = self.restore(load_checkpoint(found[1]))
+            self.log(f"class2d: continuing after iteration {model.iteration}")
+        else:
+            model, refs, results = self.initialise()
+        table = None
+        while model.iteration < self.opts.n_iter:
+            model, refs, results = self.iterate(model, refs)
+            table = self.write(model, refs, results)
+            res = model.resolution_angstrom()
+            self.log(f"class2d: iteration {model.iteration}/{self.opts.n_iter}: best resolution "
+                     f"{res.min():.1f} Å, window {model.current_shells} shells, "
+                     f"<Pmax> {results['max_prob'].mean():.3f}")
+        if results is None:
+            raise ValueError("no iterations to run (n_iter must be ≥ 1)")
+        if table is None:
+            table = outputs.particles_table(self.table, results, self.sampling.fine_rotations[results["rot"]],
+                                            self.pixel_size)
+        outputs.write_final(self.output_dir, model.iteration)
+        return model, refs, table
+
+
+def run_class2d(table, source, opts: Class2DOptions, output_dir, *, optics=None, client=None, provenance=None,
+                continue_: bool = False, log=print):
+    """Convenience wrapper: ``Class2D(...).run(continue_)`` → (MlModel, InplaneReferences, particle table)."""
+    return Class2D(table, source, opts, output_dir, optics=optics, client=client, provenance=provenance,
+                   log=log).run(continue_)
+
+
+__all__ = ["Class2DOptions", "Class2D", "run_class2d", "particle_ctfs"]

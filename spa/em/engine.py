@@ -1,0 +1,275 @@
+"""One EM iteration over a particle set, distributed over Dask workers, and its checkpoints.
+
+Data flow (DESIGN.md, "Data flow of one EM iteration"): the particle stack is
+read chunk by chunk on the workers; each task runs the E-step of one chunk
+(:mod:`spa.em.estep`) and returns its partial sums (:class:`WsumModel`) and
+the per-particle results; partial sums are added by a tree reduction whose
+shape depends only on the number of chunks (so 1 or N workers add in the same
+order: deterministic results); the per-iteration context (references, noise
+spectra, priors, sampling) is broadcast once per iteration.  With no client
+everything runs in-process, chunk after chunk, through the same code.
+
+The driver of a stage (2D classification, 3D classification, refinement)
+owns the loop: it builds an :class:`EStepContext`, calls :func:`run_estep`,
+then the M-step (:mod:`spa.em.mstep`), writes its outputs and a checkpoint
+(:func:`save_checkpoint`), and resumes from :func:`last_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spa.backend import get_backend
+from spa.ctf import ctf_2d, electron_wavelength
+from spa.em.estep import ActivePixels, expectation, prepare_chunk
+from spa.em.model import WsumModel, tree_sum
+from spa.em.noise import sigma2_sums
+from spa.fourier import freq_2d
+from spa.io.atomic import atomic_path
+
+
+# -- particle metadata as plain arrays -------------------------------------------------
+def particle_arrays(table, pixel_size: float) -> dict:
+    """Per-particle arrays the E-step needs, from a table with RELION columns.
+
+    CTF (rlnDefocusU/V/Angle, rlnVoltage, rlnSphericalAberration,
+    rlnAmplitudeContrast, optional rlnPhaseShift, rlnCtfBfactor), optics group
+    (rlnOpticsGroup → 0-based ``group``) and current offsets in pixels
+    (rlnOriginX/YAngst ÷ pixel size → ``centres``).  ``has_ctf`` is False when
+    the defocus columns are missing.
+    """
+    n = len(table)
+    out = {}
+    has_ctf = all(c in table for c in ("rlnDefocusU", "rlnDefocusV", "rlnVoltage", "rlnSphericalAberration",
+                                       "rlnAmplitudeContrast"))
+    out["has_ctf"] = np.array(has_ctf)
+    if has_ctf:
+        out["defocus_u"] = table["rlnDefocusU"].to_numpy(np.float64)
+        out["defocus_v"] = table["rlnDefocusV"].to_numpy(np.float64)
+        out["defocus_angle"] = table["rlnDefocusAngle"].to_numpy(np.float64) if "rlnDefocusAngle" in table \
+            else np.zeros(n)
+        out["voltage"] = table["rlnVoltage"].to_numpy(np.float64)
+        out["cs"] = table["rlnSphericalAberration"].to_numpy(np.float64)
+        out["q"] = table["rlnAmplitudeContrast"].to_numpy(np.float64)
+        out["phase_shift"] = table["rlnPhaseShift"].to_numpy(np.float64) if "rlnPhaseShift" in table else np.zeros(n)
+        out["bfactor"] = table["rlnCtfBfactor"].to_numpy(np.float64) if "rlnCtfBfactor" in table else np.zeros(n)
+    og = table["rlnOpticsGroup"].to_numpy() if "rlnOpticsGroup" in table else np.ones(n, int)
+    out["group"] = np.unique(og, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    cx = table["rlnOriginXAngst"].to_numpy(np.float64) / pixel_size if "rlnOriginXAngst" in table else np.zeros(n)
+    cy = table["rlnOriginYAngst"].to_numpy(np.float64) / pixel_size if "rlnOriginYAngst" in table else np.zeros(n)
+    out["centres"] = np.stack([cx, cy], axis=1)
+    return out
+
+
+def take(arrays: dict, idx) -> dict:
+    """Rows ``idx`` of every per-particle array (scalars passed through)."""
+    n = len(arrays["group"])
+    return {k: (v[idx] if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == n else v) for k, v in arrays.items()}
+
+
+def first_peak_mask(p: dict, box: int, pixel_size: float):
+    """True where |χ| < π/2, i.e. before the CTF's first peak (RELION's --ctf_intact_first_peak)."""
+    ky, kx = freq_2d(box, np)
+    kx, ky = kx / pixel_size, ky / pixel_size
+    k2 = kx * kx + ky * ky
+    theta = np.arctan2(ky, kx)
+    u, v = p["defocus_u"][:, None, None], p["defocus_v"][:, None, None]
+    ang = np.deg2rad(p["defocus_angle"])[:, None, None]
+    lam = np.array([electron_wavelength(x) for x in p["voltage"]])[:, None, None]
+    cs = p["cs"][:, None, None] * 1e7
+    q = p["q"][:, None, None]
+    df = 0.5 * (u + v) + 0.5 * (u - v) * np.cos(2 * (theta - ang))
+    chi = (np.pi * lam * df * k2 - 0.5 * np.pi * cs * lam**3 * k2 * k2 + np.deg2rad(p["phase_shift"])[:, None, None]
+           + np.arctan(q / np.sqrt(1 - q * q)))
+    return np.abs(chi) < np.pi / 2
+
+
+def particle_ctfs(p: dict, box: int, pixel_size: float, *, do_ctf: bool = True, ignore_first_peak: bool = False,
+                  premultiplied: bool = False) -> np.ndarray:
+    """CTFs (n, B, B//2+1) float32 for a chunk (ones without CTF information or with ``do_ctf`` off).
+
+    ``premultiplied``: the images were already multiplied by their CTF
+    (RELION's --ctf_multiplied), so the reference is modulated by CTF².
+    """
+    n = len(p["group"])
+    if not (do_ctf and bool(p["has_ctf"])):
+        return np.ones((n, box, box // 2 + 1), np.float32)
+    out = np.empty((n, box, box // 2 + 1), np.float32)
+    keys = np.stack([p["voltage"], p["cs"], p["q"]], axis=1)
+    uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+    for j, (volt, cs, q) in enumerate(uniq):
+        sel = np.nonzero(inv.reshape(-1) == j)[0]
+        out[sel] = ctf_2d(box, pixel_size, p["defocus_u"][sel], p["defocus_v"][sel], p["defocus_angle"][sel],
+                          volt, cs, q, p["phase_shift"][sel], p["bfactor"][sel]).reshape(len(sel), box, -1)
+    if ignore_first_peak:
+        out = np.where(first_peak_mask(p, box, pixel_size), np.float32(1.0), out)
+    if premultiplied:
+        out = out * out
+    return out
+
+
+# -- image sources ----------------------------------------------------------------------
+class ArrayImages:
+    """An in-memory image source with the :class:`spa.io.images.ParticleImages` reading interface."""
+
+    def __init__(self, images: np.ndarray, pixel_size: float = 1.0):
+        self.images = np.asarray(images, dtype=np.float32)
+        self.box = int(self.images.shape[-1])
+        self.pixel_size = float(pixel_size)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def read(self, indices) -> np.ndarray:
+        return self.images[np.asarray(indices)]
+
+
+def make_chunks(n: int, chunk_size: int) -> list[np.ndarray]:
+    """Consecutive row ranges of at most ``chunk_size`` (aligning with Zarr chunks of that size)."""
+    chunk_size = max(1, int(chunk_size))
+    return [np.arange(s, min(n, s + chunk_size)) for s in range(0, n, chunk_size)]
+
+
+# -- one E-step task ----------------------------------------------------------------------
+@dataclass
+class EStepContext:
+    """What every E-step task of one iteration shares (broadcast once per iteration).
+
+    ``refs``: a ReferenceModel (see :mod:`spa.em.model`); ``sampling``: the pose
+    grid; ``sigma2`` (G, B//2+1); ``log_class_prior`` (K,); ``sigma_offset_px``;
+    ``coarse_shells`` / ``fine_shells``: Fourier windows of the two passes;
+    ``mask_radius_px``: soft circular mask on the images (None: none).
+    """
+
+    refs: object
+    sampling: object
+    sigma2: np.ndarray
+    log_class_prior: np.ndarray
+    sigma_offset_px: float
+    coarse_shells: int
+    fine_shells: int
+    pixel_size: float
+    mask_radius_px: float | None = None
+    do_ctf: bool = True
+    ignore_first_peak: bool = False
+    ctf_premultiplied: bool = False
+    significant_fraction: float = 0.999
+    max_significant: int = 64
+    backend: str = "numpy"
+
+
+def estep_chunk(source, indices, particles: dict, ctx: EStepContext):
+    """E-step of one chunk → (WsumModel on the host, per-particle results dict of NumPy arrays).
+
+    Results: ``class`` (0-based), ``rot`` (fine rotation index), ``offset``
+    (n, 2) absolute offsets in pixels (RELION sign), ``max_prob``
+    (rlnMaxValueProbDistribution), ``n_significant``
+    (rlnNrOfSignificantSamples), ``loglike`` (rlnLogLikeliContribution).
+    """
+    be = get_backend(ctx.backend)
+    xp = be.xp
+    refs = ctx.refs
+    box = refs.box
+    images = xp.asarray(source.read(indices), dtype=xp.float32)
+    ctf = xp.asarray(particle_ctfs(particles, box, ctx.pixel_size, do_ctf=ctx.do_ctf,
+                                   ignore_first_peak=ctx.ignore_first_peak, premultiplied=ctx.ctf_premultiplied))
+    active = ActivePixels.make(box, ctx.fine_shells, xp)
+    n_groups = ctx.sigma2.shape[0]
+    data = prepare_chunk(images, ctf, particles["group"], particles["centres"], ctx.sigma2, active,
+                         ctx.mask_radius_px)
+    post, fine = expectation(data, refs, ctx.sampling, ctx.log_class_prior, ctx.sigma_offset_px,
+                             min(ctx.coarse_shells, ctx.fine_shells), ctx.significant_fraction, ctx.max_significant)
+    sums = refs.new_sums()
+    resid = xp.zeros((n_groups, active.size), xp.float64)
+    fine.accumulate(post.weight, refs, sums, resid)
+    wsig, count = sigma2_sums(resid, active.shell, active.n_shells, data.power, data.group, n_groups, box)
+    n = images.shape[0]
+    class_w = xp.zeros(refs.n_classes, xp.float64)
+    be.scatter_add(class_w, post.cls, post.weight.astype(xp.float64))
+    shifts = xp.asarray(ctx.sampling.fine_translations, dtype=xp.float32)[post.shift]
+    t = data.centres[post.img] + shifts
+    offset2 = float(((t * t).sum(-1) * post.weight).sum())
+    # per image: the candidate with the largest weight
+    order = xp.lexsort(xp.stack([-post.weight, post.img]))
+    first = xp.searchsorted(post.img[order], xp.arange(n))
+    best = order[first]
+    results = {
+        "class": post.cls[best], "rot": post.rot[best], "offset": t[best],
+        "max_prob": post.weight[best], "n_significant": post.n_significant, "loglike": post.log_evidence,
+    }
+    results = {k: be.to_numpy(v) for k, v in results.items()}
+    wsum = WsumModel(sums, wsig, count, class_w, offset2, int(n), float(be.to_numpy(post.log_evidence).sum()))
+    return wsum.to_host(), results
+
+
+# -- distribution -------------------------------------------------------------------------
+def map_reduce(func, source, particles: dict, chunks: list, shared, client=None):
+    """Run ``func(source, idx, particles_chunk, shared) -> (sum_item, results)`` on every chunk.
+
+    Returns (tree sum of the sum items in chunk order, list of per-chunk
+    results in chunk order).  With a Dask ``client`` the tasks run on its
+    workers; ``shared`` and ``source`` are broadcast once; the tree reduction
+    runs on the workers with the same pairing as in-process.
+    """
+    if client is None:
+        outs = [func(source, idx, take(particles, idx), shared) for idx in chunks]
+        return tree_sum([o[0] for o in outs]), [o[1] for o in outs]
+    shared_f = client.scatter(shared, broadcast=True)
+    source_f = client.scatter(source, broadcast=True)
+    futs = [client.submit(func, source_f, idx, take(particles, idx), shared_f, pure=False) for idx in chunks]
+    sums = [client.submit(operator.getitem, f, 0) for f in futs]
+    res = [client.submit(operator.getitem, f, 1) for f in futs]
+    while len(sums) > 1:  # same pairing as tree_sum
+        nxt = [client.submit(operator.add, sums[i], sums[i + 1]) for i in range(0, len(sums) - 1, 2)]
+        if len(sums) % 2:
+            nxt.append(sums[-1])
+        sums = nxt
+    total = sums[0].result()
+    results = client.gather(res)
+    del futs
+    return total, results
+
+
+def run_estep(ctx: EStepContext, source, particles: dict, chunks: list, client=None):
+    """E-step of every chunk plus the tree reduction → (WsumModel, per-particle results in row order)."""
+    wsum, parts = map_reduce(estep_chunk, source, particles, chunks, ctx, client)
+    results = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return wsum, results
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+def checkpoint_path(output_dir, iteration: int, rootname: str = "run") -> Path:
+    return Path(output_dir) / f"{rootname}_it{iteration:03d}_optimiser.npz"
+
+
+def save_checkpoint(output_dir, iteration: int, arrays: dict, rootname: str = "run") -> Path:
+    """Write ``arrays`` (name → NumPy array) as the checkpoint of ``iteration`` (atomically)."""
+    path = checkpoint_path(output_dir, iteration, rootname)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    return path
+
+
+def load_checkpoint(path) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def last_checkpoint(output_dir, rootname: str = "run") -> tuple[int, Path] | None:
+    """(iteration, path) of the last complete checkpoint in ``output_dir``, or None."""
+    pat = re.compile(rf"^{re.escape(rootname)}_it(\d{{3,}})_optimiser\.npz$")
+    best = None
+    d = Path(output_dir)
+    if not d.is_dir():
+        return None
+    for p in d.iterdir():
+        m = pat.match(p.name)
+        if m and (best is None or int(m.group(1)) > best[0]):
+            best = (int(m.group(1)), p)
+    return best

@@ -1,0 +1,367 @@
+"""E-step: posterior over (class, rotation, shift) for a chunk of images, as batched matrix products.
+
+Notation (Scheres 2012; RELION): image i's transform X_i at the F active
+Fourier pixels (those with shell < the current limit, ordered by radius so a
+smaller window is a prefix), its CTF C_i, the noise power σ²_i per pixel
+(per real component, from its optics group's spectrum), the reference
+"projection" A_kr of class k at rotation r, and a shift s applied to the image
+as the phase factor P_s (the image moved by +s; RELION: moving the image by
++rlnOrigin centres it).  With Y_is = X_i·P_s·C_i/σ²_i
+
+    log p(X_i | k, r, s) = Re Σ_f Y_is·conj(A_kr) − ½ Σ_f (C_i²/σ²_i)·|A_kr|² + const
+
+The first term is one real GEMM, [Re Y, Im Y] (N·S × 2F) by [Re A, Im A]ᵀ
+(2F × K·R); the second another, (N × F) by (F × K·R).  Class priors and the
+Gaussian prior on the absolute offset (σ = the model's rlnSigmaOffsetsAngst)
+are added, and each image's posterior is normalised by a log-sum-exp.
+
+Coarse-to-fine (RELION's adaptive oversampling): pass 1 scores the coarse
+grid on a smaller Fourier window; per image the best samples holding
+``significant_fraction`` of the mass (at most ``max_significant``) are kept;
+pass 2 rescores their oversampled children (finer ψ and shifts, see the
+sampling object) on the full window.  Pass 2 works on a flat candidate list
+(image, class·rotation row, shift) gathered into (P, F) blocks; its norm term
+is still a GEMM, and the weighted sums for the M-step are one-hot GEMMs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from spa.backend import array_module, backend_of
+from spa.fourier import freq_2d, rfft_centered, shell_sum, shells_2d, soft_circular_mask
+
+# elements per temporary block (float32): bounds memory at ~64–128 MB per array
+BLOCK_ELEMENTS = 1 << 24
+
+
+@dataclass
+class ActivePixels:
+    """Fourier pixels of a B×B image's rfft grid that take part, sorted by radius.
+
+    ``index`` flat indices into (B, B//2+1); ``jx``, ``jy`` frequencies in
+    Fourier pixels (float32); ``shell`` = rint(|j|) (int32).  Every pixel with
+    shell < ``n_shells`` is included, so any smaller shell window is a prefix.
+    """
+
+    box: int
+    n_shells: int
+    index: object
+    jx: object
+    jy: object
+    shell: object
+
+    @classmethod
+    def make(cls, box: int, n_shells: int, xp=np) -> "ActivePixels":
+        n_shells = int(min(max(n_shells, 1), box // 2 + 1))
+        ky, kx = freq_2d(box, xp)
+        jx = (kx * box).reshape(-1)
+        jy = (ky * box).reshape(-1)
+        r = xp.sqrt(jx * jx + jy * jy)
+        sh = shells_2d(box, xp).reshape(-1)
+        sel = xp.nonzero(sh < n_shells)[0]
+        order = xp.argsort(r[sel], kind="stable")
+        idx = sel[order]
+        return cls(box, n_shells, idx, jx[idx].astype(xp.float32), jy[idx].astype(xp.float32), sh[idx].astype(xp.int32))
+
+    @property
+    def size(self) -> int:
+        return int(self.index.shape[0])
+
+    def count(self, n_shells: int) -> int:
+        """Number of pixels with shell < n_shells (a prefix length)."""
+        xp = array_module(self.shell)
+        return int(xp.searchsorted(self.shell, n_shells, side="left"))
+
+    def window(self, n_shells: int) -> "ActivePixels":
+        n = self.count(n_shells)
+        return ActivePixels(self.box, min(n_shells, self.n_shells), self.index[:n], self.jx[:n], self.jy[:n],
+                            self.shell[:n])
+
+
+def phase_factors(shifts, active: ActivePixels):
+    """exp(−2πi j·t/B) (S, F) complex64: multiplying moves an image by +t (pixels)."""
+    xp = array_module(active.jx)
+    t = xp.asarray(shifts, dtype=xp.float32).reshape(-1, 2)
+    arg = (t[:, :1] * active.jx[None, :] + t[:, 1:2] * active.jy[None, :]) * np.float32(-2 * np.pi / active.box)
+    return (xp.cos(arg) + 1j * xp.sin(arg)).astype(xp.complex64)
+
+
+@dataclass
+class ChunkData:
+    """One chunk of images prepared for the E-step (all arrays on the backend).
+
+    X (N, F) complex64: transforms at the active pixels, already moved by the
+    current offsets ``centres`` (N, 2) px; ctf (N, F); inv_sigma2 (N, F);
+    group (N,) optics-group index; power (N, B//2+1) float64: Σ|X̂|² per shell
+    over the whole grid (for σ² beyond the window).
+    """
+
+    X: object
+    ctf: object
+    inv_sigma2: object
+    group: object
+    centres: object
+    power: object
+    active: ActivePixels
+
+
+def prepare_chunk(images, ctf, group, centres, sigma2, active: ActivePixels, mask_radius_px=None,
+                  mask_edge_px: float = 5.0) -> ChunkData:
+    """Mask, transform and gather a chunk of images.
+
+    images (N, B, B) float32; ctf (N, B, B//2+1) float32 (ones for no CTF);
+    group (N,) int; centres (N, 2) current offsets in pixels (rlnOrigin/pixel);
+    sigma2 (G, B//2+1) noise power per optics group and shell.  Images are
+    multiplied by a soft circular mask (zeros outside), as the references are.
+    """
+    xp = array_module(images)
+    box = images.shape[-1]
+    nsh = box // 2 + 1
+    img = xp.asarray(images, dtype=xp.float32)
+    if mask_radius_px is not None:
+        img = img * soft_circular_mask(box, mask_radius_px, mask_edge_px, xp)
+    f = rfft_centered(img, 2).astype(xp.complex64)
+    power = shell_sum((f.real**2 + f.imag**2).astype(xp.float64), shells_2d(box, xp), nsh)
+    n = f.shape[0]
+    flat = f.reshape(n, -1)[:, active.index]
+    centres = xp.asarray(centres, dtype=xp.float32).reshape(n, 2)
+    # per-image phase factor for its own centre: exp(-2πi j·c/B)
+    arg = (centres[:, :1] * active.jx[None] + centres[:, 1:] * active.jy[None]) * np.float32(-2 * np.pi / box)
+    X = (flat * (xp.cos(arg) + 1j * xp.sin(arg))).astype(xp.complex64)
+    c = xp.asarray(ctf, dtype=xp.float32).reshape(n, -1)[:, active.index]
+    group = xp.asarray(group, dtype=xp.int64)
+    s2 = xp.asarray(sigma2, dtype=xp.float64)
+    inv = (1.0 / xp.maximum(s2, 1e-30)).astype(xp.float32)
+    inv_s2 = inv[group][:, active.shell]
+    return ChunkData(X, c, inv_s2, group, centres, power, active)
+
+
+@dataclass
+class Posterior:
+    """Pass-2 candidates of a chunk and their posterior weights.
+
+    Flat arrays over P candidates: ``img`` (image row), ``cls`` (class),
+    ``rot`` (fine rotation index), ``shift`` (fine shift index), ``weight``
+    (posterior, sums to 1 per image).  Per image: ``n_significant`` (coarse
+    samples kept), ``log_evidence`` (log Σ p over pass-2 candidates plus the
+    −Σ|X|²/2σ² term: rlnLogLikeliContribution).
+    """
+
+    img: object
+    cls: object
+    rot: object
+    shift: object
+    weight: object
+    n_significant: object
+    log_evidence: object
+
+
+def _stack_real(z):
+    xp = array_module(z)
+    return xp.concatenate([z.real, z.imag], axis=-1)
+
+
+def _translation_log_prior(centres, shifts, sigma_offset_px: float):
+    """Gaussian log prior of absolute offsets centre + shift: (N, S)."""
+    xp = array_module(centres)
+    if sigma_offset_px is None or sigma_offset_px <= 0:
+        return xp.zeros((centres.shape[0], shifts.shape[0]), xp.float32)
+    t = centres[:, None, :] + xp.asarray(shifts, dtype=xp.float32)[None]
+    s2 = float(sigma_offset_px) ** 2
+    return (-(t * t).sum(-1) / (2 * s2) - np.log(2 * np.pi * s2)).astype(xp.float32)
+
+
+def _logsumexp_rows(a):
+    xp = array_module(a)
+    m = a.max(axis=-1, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0)
+    return (m + xp.log(xp.exp(a - m).sum(axis=-1, keepdims=True)))[..., 0]
+
+
+def coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_offset_px, coarse_shells: int,
+                significant_fraction: float = 0.999, max_significant: int = 64):
+    """Pass 1 on the coarse grid: per image the significant (shift, class, rotation) samples.
+
+    Returns (sample (N, M) int64 flat index s·K·R + k·R + r, valid (N, M) bool,
+    n_significant (N,)), M = min(max_significant, S·K·R), best first.
+    """
+    xp = array_module(data.X)
+    act = data.active.window(coarse_shells)
+    fc = act.size
+    rots = sampling.coarse_rotations
+    shifts = xp.asarray(sampling.coarse_translations, dtype=xp.float32)
+    K, R, S = refs.n_classes, len(rots), shifts.shape[0]
+    A = refs.project_all(rots, act).reshape(K * R, fc)
+    A_st = _stack_real(A)  # (KR, 2Fc)
+    A_pow = (A.real**2 + A.imag**2).astype(xp.float32)  # (KR, Fc)
+    ph = phase_factors(shifts, act)  # (S, Fc)
+    Y = data.X[:, :fc] * (data.ctf[:, :fc] * data.inv_sigma2[:, :fc])
+    c2s = data.ctf[:, :fc] ** 2 * data.inv_sigma2[:, :fc]
+    lp_class = xp.repeat(xp.asarray(log_class_prior, dtype=xp.float32), R)  # (KR,)
+    lp_trans = _translation_log_prior(data.centres, shifts, sigma_offset_px)  # (N, S)
+    n = Y.shape[0]
+    m = int(min(max_significant, S * K * R))
+    sample = xp.zeros((n, m), xp.int64)
+    valid = xp.zeros((n, m), bool)
+    n_sig = xp.zeros(n, xp.int64)
+    nb = max(1, BLOCK_ELEMENTS // max(1, S * max(K * R, 2 * fc)))
+    for b0 in range(0, n, nb):
+        b = slice(b0, min(n, b0 + nb))
+        ys = (Y[b, None, :] * ph[None]).reshape(-1, fc)  # (nb·S, Fc)
+        cross = (_stack_real(ys) @ A_st.T).reshape(-1, S, K * R)  # the big GEMM
+        norm = c2s[b] @ A_pow.T  # (nb, KR)
+        logp = cross - 0.5 * norm[:, None, :] + lp_class[None, None, :] + lp_trans[b][:, :, None]
+        logp = logp.reshape(logp.shape[0], -1)
+        lse = _logsumexp_rows(logp)
+        if m < logp.shape[1]:
+            top = xp.argpartition(-logp, m - 1, axis=1)[:, :m]
+        else:
+            top = xp.broadcast_to(xp.arange(logp.shape[1]), logp.shape).copy()
+        vals = xp.take_along_axis(logp, top, axis=1)
+        order = xp.argsort(-vals, axis=1)
+        top = xp.take_along_axis(top, order, axis=1)
+        w = xp.exp(xp.take_along_axis(vals, order, axis=1) - lse[:, None])
+        cum = xp.cumsum(w, axis=1)
+        k_sig = xp.minimum((cum < significant_fraction).sum(axis=1) + 1, m)
+        sample[b] = top
+        valid[b] = xp.arange(m)[None, :] < k_sig[:, None]
+        n_sig[b] = k_sig
+    return sample, valid, n_sig
+
+
+def fine_candidates(sample, valid, refs, sampling):
+    """Expand significant coarse samples into their oversampled children (flat candidate arrays)."""
+    xp = array_module(sample)
+    K, R = refs.n_classes, len(sampling.coarse_rotations)
+    cr, ct = sampling.rotation_children, sampling.translation_children
+    n, m = sample.shape
+    s = sample // (K * R)
+    k = (sample // R) % K
+    r = sample % R
+    a = xp.arange(cr)
+    t = xp.arange(ct)
+    rf = (r[:, :, None, None] * cr + a[None, None, :, None]) + 0 * t[None, None, None, :]
+    sf = (s[:, :, None, None] * ct + t[None, None, None, :]) + 0 * a[None, None, :, None]
+    kf = xp.broadcast_to(k[:, :, None, None], rf.shape)
+    vf = xp.broadcast_to(valid[:, :, None, None], rf.shape)
+    img = xp.broadcast_to(xp.arange(n)[:, None, None, None], rf.shape)
+    sel = xp.nonzero(vf.reshape(-1))[0]
+    return img.reshape(-1)[sel], kf.reshape(-1)[sel], rf.reshape(-1)[sel], sf.reshape(-1)[sel], (n, m * cr * ct)
+
+
+class FinePass:
+    """Pass 2: rescoring the candidates on the full window, and their weighted sums.
+
+    Works on the (class, fine rotation) pairs the candidates actually use
+    (``U`` rows): their projections (U, F) are computed once, and candidates
+    gather rows of them and of the phase factors of the shifts they use.
+    """
+
+    def __init__(self, data: ChunkData, refs, sampling, img, cls, rot, shift):
+        xp = array_module(data.X)
+        self.xp, self.data = xp, data
+        self.img, self.cls, self.rot, self.shift = img, cls, rot, shift
+        n_rot = len(sampling.fine_rotations)
+        self.pairs, row = xp.unique(cls * n_rot + rot, return_inverse=True)
+        self.row = row.reshape(-1)
+        self.shift_u, spos = xp.unique(shift, return_inverse=True)
+        self.spos = spos.reshape(-1)
+        host_pairs = backend_of(self.pairs).to_numpy(self.pairs)
+        self.pair_class = host_pairs // n_rot
+        self.pair_rot = host_pairs % n_rot
+        f = data.active.size
+        self.A = xp.zeros((len(host_pairs), f), xp.complex64)
+        for k in np.unique(self.pair_class):
+            sel = np.nonzero(self.pair_class == k)[0]
+            self.A[xp.asarray(sel)] = refs.project(int(k), sampling.fine_rotations[self.pair_rot[sel]], data.active)
+        self.rotations = sampling.fine_rotations
+        self.fine_shifts = xp.asarray(sampling.fine_translations, dtype=xp.float32)[self.shift_u]
+        self.ph = phase_factors(self.fine_shifts, data.active)  # (S_u, F)
+        self.Y = data.X * (data.ctf * data.inv_sigma2)
+        self.c2s = data.ctf**2 * data.inv_sigma2
+        self.block = max(1, BLOCK_ELEMENTS // (4 * max(1, f)))
+
+    def _blocks(self):
+        p = int(self.img.shape[0])
+        for b0 in range(0, p, self.block):
+            yield slice(b0, min(p, b0 + self.block))
+
+    def score(self, log_class_prior, sigma_offset_px, dense_shape):
+        """Normalised posterior per candidate → (weights (P,), log-sum-exp per image (N,))."""
+        xp = self.xp
+        p = int(self.img.shape[0])
+        cross = xp.zeros(p, xp.float32)
+        for b in self._blocks():
+            z = self.Y[self.img[b]] * self.ph[self.spos[b]]
+            a = self.A[self.row[b]]
+            cross[b] = (z.real * a.real + z.imag * a.imag).sum(axis=-1)
+        a_pow = (self.A.real**2 + self.A.imag**2).astype(xp.float32)
+        norm = (self.c2s @ a_pow.T)[self.img, self.row]  # (N, U) GEMM, then gather
+        lp_trans = _translation_log_prior(self.data.centres, self.fine_shifts, sigma_offset_px)[self.img, self.spos]
+        lp_class = xp.asarray(log_class_prior, dtype=xp.float32)[self.cls]
+        logp = cross - 0.5 * norm + lp_class + lp_trans
+        n, mc = dense_shape
+        # candidates come image-major, so rank within image = position − first position of the image
+        counts = xp.bincount(self.img, minlength=n)
+        starts = xp.cumsum(counts) - counts
+        col = xp.arange(p) - starts[self.img]
+        dense = xp.full((n, mc), -xp.inf, dtype=xp.float32)
+        dense[self.img, col] = logp
+        lse = _logsumexp_rows(dense)
+        weight = xp.exp(logp - lse[self.img]).astype(xp.float32)
+        return weight, lse
+
+    def accumulate(self, weight, refs, sums, wsum_sigma2):
+        """Add Σ Γ·Y·P (data) and Σ Γ·C²/σ² (weights) per used (class, rotation) row into ``sums``
+        through ``refs.insert``, and Σ Γ·|X·P − C·A|² per (optics group, active pixel) into
+        ``wsum_sigma2`` (G, F) float64."""
+        xp = self.xp
+        be = backend_of(self.Y)
+        u = self.A.shape[0]
+        n = self.Y.shape[0]
+        f = self.data.active.size
+        n_groups = wsum_sigma2.shape[0]
+        data_rows = xp.zeros((u, 2 * f), xp.float64)
+        cols = xp.arange(2 * f)
+        for b in self._blocks():
+            rows = self.row[b]
+            w = weight[b]
+            z = self.Y[self.img[b]] * self.ph[self.spos[b]]
+            # segment sum over candidates sharing a row, on a compact target
+            urows, local = xp.unique(rows, return_inverse=True)
+            part = xp.zeros((urows.shape[0], 2 * f), xp.float64)
+            be.scatter_add(part, (local.reshape(-1)[:, None] * (2 * f) + cols[None]).reshape(-1),
+                           (_stack_real(z) * w[:, None]).reshape(-1))
+            data_rows[urows] += part
+            xs = self.data.X[self.img[b]] * self.ph[self.spos[b]]
+            diff = xs - self.data.ctf[self.img[b]] * self.A[rows]
+            r2 = (diff.real**2 + diff.imag**2) * w[:, None]
+            g = self.data.group[self.img[b]]
+            gh = (g[None, :] == xp.arange(n_groups)[:, None]).astype(xp.float32)
+            wsum_sigma2 += (gh @ r2).astype(xp.float64)  # (G, P_b) × (P_b, F)
+        w_img = xp.zeros(u * n, xp.float64)
+        be.scatter_add(w_img, self.row * n + self.img, weight.astype(xp.float64))
+        weight_rows = w_img.reshape(u, n).astype(xp.float32) @ self.c2s  # (U, N) × (N, F) GEMM
+        data_c = data_rows[:, :f] + 1j * data_rows[:, f:]
+        for k in np.unique(self.pair_class):
+            sel = np.nonzero(self.pair_class == k)[0]
+            sel_x = xp.asarray(sel)
+            refs.insert(sums, int(k), self.rotations[self.pair_rot[sel]], self.data.active, data_c[sel_x],
+                        weight_rows[sel_x])
+
+
+def expectation(data: ChunkData, refs, sampling, log_class_prior, sigma_offset_px, coarse_shells: int,
+                significant_fraction: float = 0.999, max_significant: int = 64):
+    """Both passes for one chunk → (:class:`Posterior`, :class:`FinePass`)."""
+    xp = array_module(data.X)
+    sample, valid, n_sig = coarse_pass(data, refs, sampling, log_class_prior, sigma_offset_px, coarse_shells,
+                                       significant_fraction, max_significant)
+    img, cls, rot, shift, dense_shape = fine_candidates(sample, valid, refs, sampling)
+    fine = FinePass(data, refs, sampling, img, cls, rot, shift)
+    weight, lse = fine.score(log_class_prior, sigma_offset_px, dense_shape)
+    xnorm = 0.5 * ((data.X.real**2 + data.X.imag**2) * data.inv_sigma2).sum(axis=1)
+    post = Posterior(img, cls, rot, shift, weight, n_sig, lse.astype(xp.float64) - xnorm.astype(xp.float64))
+    return post, fine

@@ -1,0 +1,253 @@
+"""2D references for 2D classification: in-plane rotation in Fourier space and its adjoint.
+
+This is the 2D :class:`spa.em.model.ReferenceModel`.  A 2D class average is
+treated like a map seen along z: the "projection" at in-plane angle ψ
+(RELION's rlnAnglePsi, rot = tilt = 0) samples the class transform at
+Aᵀ·(kx, ky) with A = euler_to_matrix(0, 0, ψ), i.e. the frequency rotated by
++ψ counter-clockwise — the same convention as the 3D projector, so a 2D ψ
+means the same thing as the ψ of a 3D pose.
+
+Interpolation is bilinear on a grid padded ``pad`` times (RELION's padding
+factor 2); the reference is divided by the bilinear gridding factor
+sinc²(πx/P)·sinc²(πy/P) before the transform, and reconstructions are divided
+by it after the inverse transform.  :meth:`InplaneReferences.insert` is the
+exact transpose of :meth:`InplaneReferences.project` (scatter-add with the same
+weights), so the M-step is the adjoint of the forward model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spa.backend import array_module, backend_of
+from spa.em.gridding import crop_centered, gridding_factor, pad_centered, padded_size
+from spa.fourier import irfft_centered, radial_average, rfft_centered, shells_2d, soft_circular_mask
+
+
+def bilinear_setup(q, padded: int):
+    """Neighbour indices and weights for 2D points ``q`` (…, 2) = (x, y) in padded Fourier pixels.
+
+    Points with qx < 0 are reflected through the origin (Friedel symmetry) so
+    they fall in the stored half grid; ``conj`` marks them.  Returns
+    (flat_index (…, 4), weight (…, 4) float32, conj (…)) for a (P, P//2+1) grid.
+    """
+    xp = array_module(q)
+    conj = q[..., 0] < 0
+    q = xp.where(conj[..., None], -q, q)
+    base = xp.floor(q)
+    frac = (q - base).astype(xp.float32)
+    base = base.astype(xp.int64)
+    half = padded // 2 + 1
+    x0 = xp.minimum(base[..., 0], half - 1)
+    x1 = xp.minimum(x0 + 1, half - 1)
+    y0 = base[..., 1] % padded
+    y1 = (base[..., 1] + 1) % padded
+    fx, fy = frac[..., 0], frac[..., 1]
+    idx = xp.stack([y0 * half + x0, y0 * half + x1, y1 * half + x0, y1 * half + x1], axis=-1)
+    w = xp.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], axis=-1)
+    return idx, w, conj
+
+
+def rotated_coordinates(psi_deg, jx, jy, pad: float):
+    """pad·Aᵀ(jx, jy) for in-plane angles ψ (R,) in degrees → (R, F, 2) padded-grid coordinates."""
+    xp = array_module(jx)
+    psi = xp.asarray(np.deg2rad(np.asarray(psi_deg, dtype=np.float64)), dtype=xp.float32)
+    c = xp.cos(psi)[:, None]
+    s = xp.sin(psi)[:, None]
+    # A = [[c, s], [-s, c]] (RELION, rot = tilt = 0); Aᵀ j = (c·jx − s·jy, s·jx + c·jy)
+    qx = c * jx[None, :] - s * jy[None, :]
+    qy = s * jx[None, :] + c * jy[None, :]
+    return pad * xp.stack([qx, qy], axis=-1)
+
+
+def enforce_hermitian_2d(data, weight=None):
+    """Make the kx = 0 column of half-grid sums Hermitian (adds the two mirrored halves).
+
+    Insertion near kx = 0 lands on one of the two mirrored copies (ky and −ky)
+    only; their sum is the true total for both.  Works on (…, P, P//2+1).
+    """
+    xp = array_module(data)
+    p = data.shape[-2]
+    col = data[..., :, 0]
+    mirror = xp.roll(col[..., ::-1], 1, axis=-1)  # value at −ky
+    data[..., :, 0] = col + mirror.conj()
+    if weight is not None:
+        wcol = weight[..., :, 0]
+        weight[..., :, 0] = wcol + xp.roll(wcol[..., ::-1], 1, axis=-1)
+    del p
+    return data, weight
+
+
+class InplaneReferences:
+    """K 2D class references, ready for in-plane rotated "projections" and insertion.
+
+    Parameters
+    ----------
+    images : (K, B, B) float32 real-space class averages (centre at B//2).
+    pad : padding factor for interpolation (2 as RELION).
+
+    Rotations are in-plane angles ψ in degrees (array (R,)).  ``active`` is an
+    :class:`spa.em.estep.ActivePixels` (flat rfft indices with their (jx, jy)).
+    """
+
+    ndim = 2
+
+    def __init__(self, images, pad: float = 2.0):
+        xp = array_module(images)
+        self.xp = xp
+        images = xp.asarray(images, dtype=xp.float32)
+        self.images = images
+        self.n_classes = int(images.shape[0])
+        self.box = int(images.shape[-1])
+        self.padded = padded_size(self.box, pad)
+        self.pad = self.padded / self.box
+        g = gridding_factor(self.box, self.padded, 2, xp)
+        padded = xp.stack([pad_centered(im / g, self.padded) for im in images]) if self.n_classes else \
+            xp.zeros((0, self.padded, self.padded), xp.float32)
+        self.fourier = rfft_centered(padded, 2).astype(xp.complex64)  # (K, P, P//2+1)
+
+    # -- forward model ------------------------------------------------------------
+    def _setup(self, rotations, active):
+        q = rotated_coordinates(rotations, active.jx, active.jy, self.pad)
+        return bilinear_setup(q, self.padded)
+
+    def project_all(self, rotations, active):
+        """All classes at all rotations: complex64 (K, R, F)."""
+        xp = self.xp
+        idx, w, conj = self._setup(rotations, active)
+        flat = self.fourier.reshape(self.n_classes, -1)
+        vals = (flat[:, idx] * w[None]).sum(axis=-1)
+        return xp.where(conj[None], vals.conj(), vals).astype(xp.complex64)
+
+    def project(self, class_index: int, rotations, active):
+        """Class ``class_index`` at rotations ψ (R,): complex64 (R, F) at the active pixels."""
+        xp = self.xp
+        idx, w, conj = self._setup(rotations, active)
+        vals = (self.fourier[class_index].reshape(-1)[idx] * w).sum(axis=-1)
+        return xp.where(conj, vals.conj(), vals).astype(xp.complex64)
+
+    # -- adjoint: weighted sums for the M-step ------------------------------------------
+    def new_sums(self) -> dict:
+        """Empty accumulators: ``data`` complex128 and ``weight`` float64, (K, P, P//2+1)."""
+        shape = (self.n_classes, self.padded, self.padded // 2 + 1)
+        return {"data": self.xp.zeros(shape, self.xp.complex128), "weight": self.xp.zeros(shape, self.xp.float64)}
+
+    def insert(self, sums: dict, class_index: int, rotations, active, data, weight) -> None:
+        """Add per-pose sums (R, F) back into class ``class_index``'s frame (transpose of :meth:`project`)."""
+        xp = self.xp
+        be = backend_of(sums["data"])
+        idx, w, conj = self._setup(rotations, active)
+        data = xp.where(conj, xp.asarray(data).conj(), xp.asarray(data))
+        flat_idx = idx.reshape(-1)
+        be.scatter_add(sums["data"][class_index], flat_idx, (data[..., None] * w).reshape(-1).astype(xp.complex128))
+        be.scatter_add(sums["weight"][class_index], flat_idx,
+                       (xp.asarray(weight)[..., None] * w).reshape(-1).astype(xp.float64))
+
+    # -- spectra and reconstruction -------------------------------------------------
+    def power_spectrum(self):
+        """Per-class signal power per shell (K, B//2+1): mean |V̂|²/2 (per real component, as σ²)."""
+        xp = self.xp
+        f = rfft_centered(self.images, 2)
+        sh = shells_2d(self.box, xp)
+        return radial_average((f.real**2 + f.imag**2) / 2, sh, self.box // 2 + 1).astype(xp.float64)
+
+    def shells_padded(self):
+        """Shell (in unpadded Fourier pixels) of every padded half-grid pixel."""
+        xp = self.xp
+        return xp.rint(shells_2d(self.padded, xp, True).astype(xp.float32) / self.pad).astype(xp.int32)
+
+    def reconstruct(self, sums: dict, tau2, tau2_fudge: float, mask_radius_px: float | None = None,
+                    mask_edge_px: float = 5.0, max_shell: int | None = None):
+        """Wiener/MAP update V = Σ ΓCX/σ² ÷ (Σ ΓC²/σ² + 1/(T·τ²)) for every class.
+
+        ``tau2`` (K, B//2+1) per-component signal power per shell; ``max_shell``
+        zeroes frequencies beyond it.  Returns (new :class:`InplaneReferences`,
+        data_vs_prior (K, B//2+1): mean of weight·T·τ² per shell, RELION's SSNR
+        estimate).  The padded weights are ``pad²`` times thinner than an
+        unpadded grid's, so the regulariser is scaled likewise (as RELION).
+        """
+        xp = self.xp
+        nsh = self.box // 2 + 1
+        max_shell = nsh - 1 if max_shell is None else min(int(max_shell), nsh - 1)
+        data = sums["data"].copy()
+        weight = sums["weight"].copy()
+        enforce_hermitian_2d(data, weight)
+        sh = self.shells_padded()
+        inside = sh <= max_shell
+        shc = xp.minimum(sh, nsh - 1)
+        tau = xp.asarray(tau2, dtype=xp.float64)[:, shc]  # (K, P, P//2+1)
+        over = self.pad**2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            reg = xp.where(tau > 0, 1.0 / (tau2_fudge * tau * over), np.inf)
+            vol = xp.where(inside[None] & (weight + reg > 0), data / (weight + reg), 0)
+        vol = xp.where(xp.isfinite(vol.real) & xp.isfinite(vol.imag), vol, 0).astype(xp.complex64)
+        g = gridding_factor(self.box, self.padded, 2, xp)
+        out = []
+        for k in range(self.n_classes):
+            real = irfft_centered(vol[k], self.padded, 2)
+            out.append(crop_centered(real, self.box) / g)
+        images = xp.stack(out).astype(xp.float32) if out else xp.zeros((0, self.box, self.box), xp.float32)
+        if mask_radius_px is not None:
+            images = images * soft_circular_mask(self.box, mask_radius_px, mask_edge_px, xp)
+        ones = xp.ones(sh.shape, xp.float32)
+        count = _shell_sum(ones[None], shc, nsh)
+        dvp = _shell_sum(weight * over * tau2_fudge * tau, shc, nsh) / xp.maximum(count, 1)
+        return InplaneReferences(images, self.pad), dvp
+
+    def with_images(self, images) -> "InplaneReferences":
+        return InplaneReferences(images, self.pad)
+
+    def __getstate__(self):
+        return {"images": backend_of(self.images).to_numpy(self.images), "pad": self.pad}
+
+    def __setstate__(self, state):
+        self.__init__(state["images"], state["pad"])
+
+
+def _shell_sum(values, shells, n_shells: int):
+    """Σ over the last two axes per shell: (…, P, P') → (…, n_shells), float64."""
+    xp = array_module(values)
+    flat = shells.reshape(-1)
+    v = values.reshape(values.shape[:-2] + (-1,)).astype(xp.float64)
+    out = xp.zeros(v.shape[:-1] + (n_shells,), xp.float64)
+    for s in range(n_shells):  # n_shells ≤ B/2: a short loop over shells, not pixels
+        sel = flat == s
+        out[..., s] = v[..., sel].sum(axis=-1)
+    return out
+
+
+class InplaneSampling:
+    """ψ and shift grid for 2D classification, with RELION's adaptive oversampling (order 1).
+
+    Coarse ψ: 0, step, … (``psi_step`` degrees, RELION default 6°); coarse
+    shifts: the square ``offset_step`` grid inside a disc of ``offset_range``
+    (pixels, RELION defaults 5 and 1).  Each coarse ψ has ``2**oversampling``
+    children ψ − step/2 + (j + ½)·step/2ᵒ, each coarse shift ``4**oversampling``
+    children likewise in x and y (see :mod:`spa.geometry.sampling`).
+    """
+
+    def __init__(self, psi_step: float = 6.0, offset_range: float = 5.0, offset_step: float = 1.0,
+                 oversampling: int = 1):
+        from spa.geometry.sampling import oversampled_translations, translation_grid
+
+        if not 0 < psi_step <= 360:
+            raise ValueError(f"psi step must be in (0, 360] degrees, got {psi_step!r}")
+        n = max(1, int(round(360.0 / psi_step)))
+        self.psi_step = 360.0 / n
+        self.offset_step = float(offset_step)
+        self.offset_range = float(offset_range)
+        self.oversampling = int(oversampling)
+        o = self.oversampling
+        self.coarse_rotations = np.arange(n) * self.psi_step
+        k = 2**o
+        sub = -0.5 * self.psi_step + (np.arange(k) + 0.5) * self.psi_step / k
+        self.rotation_children = k
+        self.fine_rotations = (self.coarse_rotations[:, None] + sub[None, :]).reshape(-1) % 360.0
+        self.coarse_translations = translation_grid(offset_range, offset_step)
+        fine = oversampled_translations(self.coarse_translations, offset_step, o)  # (S0, 4^o, 2)
+        self.translation_children = fine.shape[1]
+        self.fine_translations = fine.reshape(-1, 2)
+
+    @property
+    def fine_psi_step(self) -> float:
+        return self.psi_step / self.rotation_children
