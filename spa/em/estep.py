@@ -255,9 +255,16 @@ def fine_candidates(sample, valid, refs, sampling):
 class FinePass:
     """Pass 2: rescoring the candidates on the full window, and their weighted sums.
 
-    Works on the (class, fine rotation) pairs the candidates actually use
-    (``U`` rows): their projections (U, F) are computed once, and candidates
-    gather rows of them and of the phase factors of the shifts they use.
+    Candidates are grouped into (image, row) *pairs*, a row being a (class,
+    fine rotation) the chunk uses (U rows, projections computed once).  For a
+    block of pairs and the union of the shifts its candidates use,
+
+        cross[q, s] = Re Σ_f Z_q(f)·P_s(f),   Z_q = Y_i·conj(A_row)
+
+    is one real GEMM (Q_b × 2F)·(2F × S_b), and the weighted sums use
+    Φ_q = Σ_s Γ_qs·P_s, another GEMM (Q_b × S_b)·(S_b × F): the data sum of
+    the pair is Y_i·Φ_q and its residual power
+    Σ_s Γ_qs|X_i·P_s − C_i·A|² = w_q(|X_i|² + C_i²|A|²) − 2·C_i·Re(X_i·conj(A)·Φ_q).
     """
 
     def __init__(self, data: ChunkData, refs, sampling, img, cls, rot, shift):
@@ -266,14 +273,15 @@ class FinePass:
         self.img, self.cls, self.rot, self.shift = img, cls, rot, shift
         n_rot = len(sampling.fine_rotations)
         self.pairs, row = xp.unique(cls * n_rot + rot, return_inverse=True)
-        self.row = row.reshape(-1)
+        row = row.reshape(-1)
         self.shift_u, spos = xp.unique(shift, return_inverse=True)
         self.spos = spos.reshape(-1)
         host_pairs = backend_of(self.pairs).to_numpy(self.pairs)
         self.pair_class = host_pairs // n_rot
         self.pair_rot = host_pairs % n_rot
         f = data.active.size
-        self.A = xp.zeros((len(host_pairs), f), xp.complex64)
+        u = len(host_pairs)
+        self.A = xp.zeros((u, f), xp.complex64)
         for k in np.unique(self.pair_class):
             sel = np.nonzero(self.pair_class == k)[0]
             self.A[xp.asarray(sel)] = refs.project(int(k), sampling.fine_rotations[self.pair_rot[sel]], data.active)
@@ -282,24 +290,40 @@ class FinePass:
         self.ph = phase_factors(self.fine_shifts, data.active)  # (S_u, F)
         self.Y = data.X * (data.ctf * data.inv_sigma2)
         self.c2s = data.ctf**2 * data.inv_sigma2
+        # (image, row) pairs, image-major; candidates sorted by pair for blocking
+        qkey, cand_q = xp.unique(img * max(u, 1) + row, return_inverse=True)
+        self.cand_q = cand_q.reshape(-1)
+        self.q_img = qkey // max(u, 1)
+        self.q_row = qkey % max(u, 1)
+        self.order = xp.argsort(self.cand_q, kind="stable")
+        self.q_sorted = self.cand_q[self.order]
+        self.n_pairs = int(qkey.shape[0])
         self.block = max(1, BLOCK_ELEMENTS // (4 * max(1, f)))
 
     def _blocks(self):
-        p = int(self.img.shape[0])
-        for b0 in range(0, p, self.block):
-            yield slice(b0, min(p, b0 + self.block))
+        """(pair slice, candidate indices, local pair index, block shifts, local shift index) per block."""
+        xp = self.xp
+        bounds = list(range(0, self.n_pairs, self.block)) + [self.n_pairs]
+        edges = backend_of(self.q_sorted).to_numpy(xp.searchsorted(self.q_sorted, xp.asarray(bounds)))
+        for j in range(len(bounds) - 1):
+            q0, q1 = bounds[j], bounds[j + 1]
+            cidx = self.order[int(edges[j]):int(edges[j + 1])]
+            su, sloc = xp.unique(self.spos[cidx], return_inverse=True)
+            yield slice(q0, q1), cidx, self.cand_q[cidx] - q0, su, sloc.reshape(-1)
 
     def score(self, log_class_prior, sigma_offset_px, dense_shape):
         """Normalised posterior per candidate → (weights (P,), log-sum-exp per image (N,))."""
         xp = self.xp
         p = int(self.img.shape[0])
         cross = xp.zeros(p, xp.float32)
-        for b in self._blocks():
-            z = self.Y[self.img[b]] * self.ph[self.spos[b]]
-            a = self.A[self.row[b]]
-            cross[b] = (z.real * a.real + z.imag * a.imag).sum(axis=-1)
+        for qs, cidx, qloc, su, sloc in self._blocks():
+            z = self.Y[self.q_img[qs]] * self.A[self.q_row[qs]].conj()
+            phb = self.ph[su]
+            d = xp.concatenate([z.real, -z.imag], axis=1) @ _stack_real(phb).T  # (Q_b, S_b) GEMM
+            cross[cidx] = d[qloc, sloc]
         a_pow = (self.A.real**2 + self.A.imag**2).astype(xp.float32)
-        norm = (self.c2s @ a_pow.T)[self.img, self.row]  # (N, U) GEMM, then gather
+        row = self.q_row[self.cand_q]
+        norm = (self.c2s @ a_pow.T)[self.img, row]  # (N, U) GEMM, then gather
         lp_trans = _translation_log_prior(self.data.centres, self.fine_shifts, sigma_offset_px)[self.img, self.spos]
         lp_class = xp.asarray(log_class_prior, dtype=xp.float32)[self.cls]
         logp = cross - 0.5 * norm + lp_class + lp_trans
@@ -321,31 +345,33 @@ class FinePass:
         xp = self.xp
         be = backend_of(self.Y)
         u = self.A.shape[0]
-        n = self.Y.shape[0]
         f = self.data.active.size
         n_groups = wsum_sigma2.shape[0]
-        data_rows = xp.zeros((u, 2 * f), xp.float64)
-        cols = xp.arange(2 * f)
-        for b in self._blocks():
-            rows = self.row[b]
-            w = weight[b]
-            z = self.Y[self.img[b]] * self.ph[self.spos[b]]
-            # segment sum over candidates sharing a row, on a compact target
-            urows, local = xp.unique(rows, return_inverse=True)
-            part = xp.zeros((urows.shape[0], 2 * f), xp.float64)
-            be.scatter_add(part, (local.reshape(-1)[:, None] * (2 * f) + cols[None]).reshape(-1),
-                           (_stack_real(z) * w[:, None]).reshape(-1))
-            data_rows[urows] += part
-            xs = self.data.X[self.img[b]] * self.ph[self.spos[b]]
-            diff = xs - self.data.ctf[self.img[b]] * self.A[rows]
-            r2 = (diff.real**2 + diff.imag**2) * w[:, None]
-            g = self.data.group[self.img[b]]
+        rows_acc = xp.zeros((u, 3 * f), xp.float64)  # [Re data, Im data, weight]
+        cols = xp.arange(3 * f)
+        for qs, cidx, qloc, su, sloc in self._blocks():
+            qb, sb = qs.stop - qs.start, int(su.shape[0])
+            m = xp.zeros((qb, sb), xp.float32)
+            m[qloc, sloc] = weight[cidx]
+            phb = self.ph[su]
+            phi = (m @ phb.real) + 1j * (m @ phb.imag)  # Φ_q = Σ_s Γ_qs P_s, (Q_b, F)
+            wq = m.sum(axis=1)
+            iq, rq = self.q_img[qs], self.q_row[qs]
+            contrib = self.Y[iq] * phi
+            part_vals = xp.concatenate([contrib.real, contrib.imag, wq[:, None] * self.c2s[iq]], axis=1)
+            urows, local = xp.unique(rq, return_inverse=True)
+            part = xp.zeros((urows.shape[0], 3 * f), xp.float64)
+            be.scatter_add(part, (local.reshape(-1)[:, None] * (3 * f) + cols[None]).reshape(-1),
+                           part_vals.reshape(-1))
+            rows_acc[urows] += part
+            xq, aq, cq = self.data.X[iq], self.A[rq], self.data.ctf[iq]
+            r2 = wq[:, None] * ((xq.real**2 + xq.imag**2) + cq**2 * (aq.real**2 + aq.imag**2)) \
+                - 2 * cq * (xq * aq.conj() * phi).real
+            g = self.data.group[iq]
             gh = (g[None, :] == xp.arange(n_groups)[:, None]).astype(xp.float32)
-            wsum_sigma2 += (gh @ r2).astype(xp.float64)  # (G, P_b) × (P_b, F)
-        w_img = xp.zeros(u * n, xp.float64)
-        be.scatter_add(w_img, self.row * n + self.img, weight.astype(xp.float64))
-        weight_rows = w_img.reshape(u, n).astype(xp.float32) @ self.c2s  # (U, N) × (N, F) GEMM
-        data_c = data_rows[:, :f] + 1j * data_rows[:, f:]
+            wsum_sigma2 += (gh @ r2.astype(xp.float32)).astype(xp.float64)  # (G, Q_b) × (Q_b, F)
+        data_c = rows_acc[:, :f] + 1j * rows_acc[:, f:2 * f]
+        weight_rows = rows_acc[:, 2 * f:]
         for k in np.unique(self.pair_class):
             sel = np.nonzero(self.pair_class == k)[0]
             sel_x = xp.asarray(sel)
