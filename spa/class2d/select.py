@@ -1,0 +1,111 @@
+"""Automatic selection of good 2D classes (the job of RELION's ClassRanker, by explicit rules).
+
+Per class we measure (all from the class2d outputs):
+
+* ``fraction`` — rlnClassDistribution, and ``n_particles`` assigned;
+* ``resolution`` — rlnEstimatedResolution (Å);
+* ``ssnr`` — mean rlnSsnrMap over shells 1…8 (low-resolution signal);
+* ``contrast`` — standard deviation of the class average inside the mask,
+  divided by the expected standard deviation of noise averaged over the
+  class's particles (σ_noise/√n, from the images' noise level);
+  pure-noise classes stay near the "Einstein from noise" level;
+* ``concentration`` — fraction of the average's positive mass inside 70 % of
+  the mask radius (protein is compact; aligned noise is spread out).
+
+A class is kept when every rule holds (thresholds in :class:`SelectionRules`,
+settable from the config's ``select`` section): fraction ≥ ``min_fraction``;
+resolution ≤ ``max_resolution`` Å (if set) and ≤ ``max_resolution_ratio`` ×
+the best class's resolution; contrast ≥ ``min_contrast_ratio`` × the
+contrast of the best-resolved, populous classes (the median of the top
+quarter); concentration ≥ ``min_concentration``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import pandas as pd
+
+from spa.fourier import real_radius
+
+
+@dataclass
+class SelectionRules:
+    min_fraction: float = 0.005
+    max_resolution: float | None = None
+    max_resolution_ratio: float = 2.0
+    min_contrast_ratio: float = 0.3
+    min_concentration: float = 0.0
+    min_ssnr: float = 0.0
+
+    @classmethod
+    def from_config(cls, cfg: dict | None) -> "SelectionRules":
+        cfg = cfg or {}
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: cfg[k] for k in names if k in cfg and cfg[k] is not None})
+
+
+def class_features(images: np.ndarray, fractions, resolutions, ssnr: np.ndarray | None, counts,
+                   mask_radius_px: float, noise_std: float | None = None) -> pd.DataFrame:
+    """One row per class (1-based rlnClassNumber) with the measures described in the module docstring."""
+    images = np.asarray(images, np.float64)
+    k, box = images.shape[0], images.shape[-1]
+    r = real_radius(box, 2)
+    inside = r <= mask_radius_px
+    core = r <= 0.7 * mask_radius_px
+    std_in = np.array([images[c][inside].std() for c in range(k)])
+    pos = np.maximum(images, 0)
+    conc = np.array([pos[c][core].sum() / max(pos[c][inside].sum(), 1e-30) for c in range(k)])
+    counts = np.asarray(counts, np.float64)
+    if noise_std is not None and noise_std > 0:
+        contrast = std_in / (noise_std / np.sqrt(np.maximum(counts, 1)))
+    else:
+        contrast = std_in
+    if ssnr is not None:
+        ssnr_low = np.asarray(ssnr, np.float64)[:, 1:9].mean(axis=1)
+    else:
+        ssnr_low = np.full(k, np.nan)
+    return pd.DataFrame({
+        "rlnClassNumber": np.arange(1, k + 1), "fraction": np.asarray(fractions, np.float64),
+        "n_particles": counts.astype(np.int64), "resolution": np.asarray(resolutions, np.float64),
+        "ssnr": ssnr_low, "contrast": contrast, "concentration": conc,
+    })
+
+
+def auto_select(features: pd.DataFrame, rules: SelectionRules) -> np.ndarray:
+    """Boolean keep-mask over the rows of ``features`` (see the module docstring)."""
+    f = features
+    populous = f["fraction"].to_numpy() >= rules.min_fraction
+    res = f["resolution"].to_numpy()
+    pool = populous if populous.any() else np.ones(len(f), bool)
+    best_res = np.min(res[pool])
+    keep = populous & (res <= rules.max_resolution_ratio * best_res)
+    if rules.max_resolution is not None:
+        keep &= res <= rules.max_resolution
+    # contrast reference: median over the best-resolved quarter of the populous classes
+    ranked = np.argsort(res + np.where(pool, 0, 1e9), kind="stable")[: max(1, int(np.ceil(pool.sum() / 4)))]
+    ref = float(np.median(f["contrast"].to_numpy()[ranked]))
+    keep &= f["contrast"].to_numpy() >= rules.min_contrast_ratio * ref
+    keep &= f["concentration"].to_numpy() >= rules.min_concentration
+    if rules.min_ssnr > 0 and np.isfinite(f["ssnr"]).all():
+        keep &= f["ssnr"].to_numpy() >= rules.min_ssnr
+    return keep
+
+
+def parse_class_list(text: str, n_classes: int) -> list[int]:
+    """'1,4,7-9' → [1, 4, 7, 8, 9] (1-based), checked against the number of classes."""
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            a, b = part.split("-", 1)
+            out.extend(range(int(a), int(b) + 1))
+        else:
+            out.append(int(part))
+    bad = [c for c in out if c < 1 or c > n_classes]
+    if bad:
+        raise ValueError(f"class number(s) {bad} out of range 1..{n_classes}")
+    return sorted(set(out))
