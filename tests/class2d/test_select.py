@@ -1,0 +1,115 @@
+"""Class selection (by hand and automatic), recentring, duplicate removal, and the class2d/select commands."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spa.class2d.recentre import centre_of_mass, recentre, remove_duplicates
+from spa.class2d.select import parse_class_list
+from spa.class2d.synthetic import make_particles, make_views, rotate_shift
+from spa.cli import main as spa_main
+from spa.fourier import shift_image
+from spa.io.mrc import write_mrcs
+from spa.io.star import read_particles, read_star, write_particles
+
+PX = 3.0
+
+
+def _blob(box, cx, cy, s=2.0):
+    c = np.arange(box) - box // 2
+    y, x = np.meshgrid(c, c, indexing="ij")
+    return np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * s * s)).astype(np.float32)
+
+
+@pytest.mark.parametrize("psi", [0.0, 30.0, 135.0, 250.0])
+def test_recentre_moves_class_centre_of_mass_to_the_box_centre(psi):
+    box = 40
+    cls_img = _blob(box, 4.0, -3.0)
+    origin = np.array([1.5, -0.5])  # px, RELION sign
+    image = rotate_shift(cls_img, psi, origin)  # a particle of this class at (ψ, origin)
+    table = pd.DataFrame({"rlnClassNumber": [1], "rlnAnglePsi": [psi], "rlnOriginXAngst": [origin[0] * PX],
+                          "rlnOriginYAngst": [origin[1] * PX]})
+    new = recentre(table, cls_img[None], PX)
+    o = np.array([new["rlnOriginXAngst"][0], new["rlnOriginYAngst"][0]]) / PX
+    centred = shift_image(image, o[0], o[1])  # translating by +origin centres the particle
+    np.testing.assert_allclose(centre_of_mass(centred[None])[0], 0.0, atol=0.15)
+
+
+def test_remove_duplicates_keeps_the_better_of_close_pairs():
+    t = pd.DataFrame({
+        "rlnMicrographName": ["m1", "m1", "m1", "m2", "m2"],
+        "rlnCoordinateX": [100.0, 104.0, 300.0, 100.0, 103.0],
+        "rlnCoordinateY": [100.0, 100.0, 300.0, 100.0, 100.0],
+        "rlnOriginXAngst": [0.0, 0.0, 0.0, 0.0, 30.0],  # the last one's centre moves 10 px away
+        "rlnOriginYAngst": 0.0,
+        "rlnMaxValueProbDistribution": [0.2, 0.5, 0.3, 0.4, 0.1],
+        "rlnMicrographOriginalPixelSize": PX,
+    })
+    kept, removed, note = remove_duplicates(t, min_distance=20.0, pixel_size=PX)  # 20 Å = 6.7 px
+    assert removed == 1 and note == ""
+    assert kept["rlnCoordinateX"].tolist() == [104.0, 300.0, 100.0, 103.0]
+    no_coords, removed, note = remove_duplicates(t.drop(columns=["rlnCoordinateX"]), 20.0, PX)
+    assert removed == 0 and "not removed" in note
+
+
+def test_parse_class_list():
+    assert parse_class_list("1,4,7-9", 10) == [1, 4, 7, 8, 9]
+    with pytest.raises(ValueError):
+        parse_class_list("0,3", 5)
+
+
+def _write_dataset(tmp_path, n, junk, seed=2):
+    views = make_views(3, 48, PX, 110, 1)
+    images, table = make_particles(views, n, PX, snr=0.1, max_shift_px=2.0, rng=seed, junk_fraction=junk)
+    write_mrcs(tmp_path / "stack.mrcs", images, PX)
+    table["rlnImageName"] = [f"{i + 1:06d}@stack.mrcs" for i in range(n)]
+    table["rlnMicrographName"] = [f"mic{i // 50:03d}.mrc" for i in range(n)]
+    table["rlnCoordinateX"] = 200.0 + 60.0 * (np.arange(n) % 50)
+    table["rlnCoordinateY"] = 500.0
+    truth = table[["trueClass"]].copy()
+    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"], "rlnImagePixelSize": [PX],
+                           "rlnImageSize": [48], "rlnImageDimensionality": [2], "rlnVoltage": [300.0],
+                           "rlnSphericalAberration": [2.7], "rlnAmplitudeContrast": [0.1]})
+    parts = table.drop(columns=["trueClass", "truePsi", "trueOriginX", "trueOriginY"])
+    write_particles(tmp_path / "particles.star", parts, optics)
+    return truth
+
+
+def test_class2d_and_select_commands_by_hand(tmp_path):
+    _write_dataset(tmp_path, 240, 0.0)
+    rc = spa_main(["class2d", "--particles", str(tmp_path / "particles.star"), "--classes", "3", "--iter", "2",
+                   "--particle-diameter", "120", "--offset-range", "3", "--output-dir", str(tmp_path / "c2d")])
+    assert rc == 0
+    assert (tmp_path / "c2d" / "run_classes.png").stat().st_size > 1000
+    parts, _ = read_particles(tmp_path / "c2d" / "run_data.star")
+    assert parts["rlnClassNumber"].between(1, 3).all()
+    rc = spa_main(["select", "--class2d-dir", str(tmp_path / "c2d"), "--classes", "1,3", "--output-dir",
+                   str(tmp_path / "sel"), "--remove-duplicates", "30"])
+    assert rc == 0
+    sel, _ = read_particles(tmp_path / "sel" / "particles.star")
+    assert set(sel["rlnClassNumber"].unique()) <= {1, 3}
+    assert len(sel) == parts["rlnClassNumber"].isin([1, 3]).sum()  # coordinates 60 px apart: no duplicates
+    ca = read_star(tmp_path / "sel" / "class_averages.star")["model_classes"]
+    assert ca["rlnSelected"].tolist() == [1, 0, 1]
+    # bad input: one line, non-zero exit
+    assert spa_main(["select", "--class2d-dir", str(tmp_path / "nothing"), "--auto", "--output-dir",
+                     str(tmp_path / "x")]) == 1
+
+
+@pytest.mark.slow
+def test_auto_selection_rejects_junk(tmp_path):
+    truth = _write_dataset(tmp_path, 1000, 0.2, seed=5)
+    rc = spa_main(["class2d", "--particles", str(tmp_path / "particles.star"), "--classes", "6", "--iter", "10",
+                   "--particle-diameter", "120", "--offset-range", "3", "--output-dir", str(tmp_path / "c2d")])
+    assert rc == 0
+    rc = spa_main(["select", "--class2d-dir", str(tmp_path / "c2d"), "--auto", "--output-dir", str(tmp_path / "sel")])
+    assert rc == 0
+    sel, _ = read_particles(tmp_path / "sel" / "particles.star")
+    idx = sel["rlnImageName"].str.split("@").str[0].astype(int).to_numpy() - 1
+    kept = np.zeros(len(truth), bool)
+    kept[idx] = True
+    junk = truth["trueClass"].to_numpy() < 0
+    assert (~kept[junk]).mean() >= 0.9  # ≥ 90 % of junk removed
+    assert kept[~junk].mean() >= 0.9  # ≥ 90 % of good particles kept
