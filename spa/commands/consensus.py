@@ -1,0 +1,191 @@
+"""Keep what repeated runs agree on, and report how much they disagree.
+
+  spa consensus classes --runs R1/run_data.star R2/run_data.star [R3 ...] --output-dir D
+      Particles (matched by rlnImageName) whose class is the same in every run
+      (or in --min-agreement of them), after matching each run's class numbers
+      to run 1's (Hungarian assignment on the shared particle counts).
+      Writes D/particles.star (stable set, rlnClassNumber in run 1's numbering),
+      D/consensus_classes.star, .json and .png (stability per class against
+      chance, adjusted Rand index between runs).
+
+  spa consensus poses --runs A/run_data.star B/run_data.star --output-dir D
+      Particles whose poses in two refinements agree within --max-angle
+      (degrees, modulo --sym) and --max-shift (px), after aligning the two
+      runs' frames by a global rotation.  Writes D/particles.star (kept
+      particles with run A's poses), D/consensus_poses.star (per particle),
+      .json and .png (histograms of the differences).
+
+Runs are RELION particle STAR files (3.0 or 3.1) of the same particles.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+from spa.commands._common import load_config, option, seed_of
+from spa.errors import SpaInputError
+
+COMMON_ARGS = False  # each sub-command carries the common options itself, after its own
+
+
+def add_args(p):
+    from spa.cli import add_common_args
+
+    sub = p.add_subparsers(dest="consensus_kind", metavar="KIND", required=True)
+
+    c = sub.add_parser(
+        "classes",
+        help="particles whose class is stable across classification runs",
+        description=__doc__,
+        formatter_class=p.formatter_class,
+    )
+    c.add_argument(
+        "--runs", nargs="+", required=True, metavar="STAR",
+        help="run_data.star of each run (two or more), with rlnClassNumber",
+    )
+    c.add_argument("--output-dir", required=True, help="folder for particles.star and the consensus_classes.* report")
+    agree = c.add_mutually_exclusive_group()
+    agree.add_argument(
+        "--min-agreement", type=int, default=None, metavar="N",
+        help="keep a particle when N runs agree on its class (default: all runs, the intersection)",
+    )
+    agree.add_argument(
+        "--min-fraction", type=float, default=None, metavar="F",
+        help="as --min-agreement, given as a fraction of the runs (N = ceil(F · runs))",
+    )
+    add_common_args(c)
+    c.set_defaults(_consensus=_classes)
+
+    q = sub.add_parser(
+        "poses",
+        help="particles whose poses agree between two refinements",
+        description=__doc__,
+        formatter_class=p.formatter_class,
+    )
+    q.add_argument(
+        "--runs", nargs="+", required=True, metavar="STAR",
+        help="run_data.star of refinements A and B, with rlnAngleRot/Tilt/Psi and rlnOriginX/YAngst",
+    )
+    q.add_argument("--output-dir", required=True, help="folder for particles.star and the consensus_poses.* report")
+    q.add_argument(
+        "--max-angle", type=float, default=None, help="largest angular difference kept, degrees (default 2.5)"
+    )
+    shift = q.add_mutually_exclusive_group()
+    shift.add_argument("--max-shift", type=float, default=None, help="largest shift difference kept, pixels (default 4)")
+    shift.add_argument(
+        "--max-shift-angstrom", type=float, default=None, help="largest shift difference kept, Å (instead of --max-shift)"
+    )
+    q.add_argument(
+        "--sym", default=None,
+        help="point-group symmetry; poses that differ by a symmetry operation are equal (default C1)",
+    )
+    q.add_argument(
+        "--no-align", dest="align", action="store_false",
+        help="assume both runs share one frame (no global rotation fit)",
+    )
+    q.add_argument(
+        "--allow-mirror", action="store_true", default=None,
+        help="also fit the other hand for run B's frame (independent ab-initio maps)",
+    )
+    add_common_args(q)
+    q.set_defaults(_consensus=_poses)
+
+
+def main(args) -> int:
+    return int(args._consensus(args) or 0)
+
+
+def _need_runs(paths, n_min: int, n_max: int | None, what: str) -> None:
+    if len(paths) < n_min:
+        raise SpaInputError(paths[0] if paths else None, f"{what} needs at least {n_min} runs (--runs), got {len(paths)}")
+    if n_max is not None and len(paths) > n_max:
+        raise SpaInputError(paths[n_max], f"{what} compares exactly {n_max} runs (--runs A B), got {len(paths)}")
+
+
+def _classes(args) -> int:
+    from spa.consensus.classes import class_consensus
+    from spa.consensus.report import class_labels, load_runs, write_class_consensus
+    from spa.provenance import make_record
+
+    cfg = load_config(args, "consensus")
+    paths = list(args.runs)
+    _need_runs(paths, 2, None, "class consensus")
+    m = len(paths)
+    k = option(args, "min_agreement", cfg, None)
+    frac = option(args, "min_fraction", cfg, None)
+    if k is None and frac is not None:
+        if not 0 < float(frac) <= 1:
+            raise SpaInputError(None, f"--min-fraction must be in (0, 1], got {frac}")
+        k = max(1, math.ceil(float(frac) * m - 1e-9))
+    k = m if k is None else int(k)
+    if not 1 <= k <= m:
+        raise SpaInputError(None, f"--min-agreement must be between 1 and the number of runs ({m}), got {k}")
+
+    runs = load_runs(paths, require=("rlnClassNumber",))
+    labels = [class_labels(p, parts) for p, (parts, _) in zip(paths, runs)]
+    result = class_consensus(labels, min_agreement=k)
+    seed = seed_of(args, cfg)
+    record = make_record(args.argv, cfg, seed, settings={"runs": paths, "min_agreement": k})
+    summary = write_class_consensus(args.output_dir, paths, runs, result, record)
+    if summary["n_kept"] == 0:
+        print("consensus classes: warning: no particle is stable across the runs", file=sys.stderr)
+    keys = ("n_particles", "n_kept", "fraction_kept", "mean_adjusted_rand_index")
+    print(json.dumps({key: summary[key] for key in keys}))
+    return 0
+
+
+def _poses(args) -> int:
+    import numpy as np
+
+    from spa.consensus.poses import pose_consensus
+    from spa.consensus.report import load_runs, poses_of, write_pose_consensus
+    from spa.geometry.symmetry import parse_group
+    from spa.io.star import POSE_COLUMNS
+    from spa.provenance import make_record
+
+    cfg = load_config(args, "consensus")
+    paths = list(args.runs)
+    _need_runs(paths, 2, 2, "pose consensus")
+    sym = parse_group(str(option(args, "sym", cfg, "C1")))
+    max_angle = float(option(args, "max_angle", cfg, 2.5))
+    shift_a = option(args, "max_shift_angstrom", cfg, None)
+    shift_px = None if shift_a is not None else float(option(args, "max_shift", cfg, 4.0))
+    allow_mirror = bool(option(args, "allow_mirror", cfg, False))
+    if max_angle <= 0 or (shift_px is not None and shift_px < 0) or (shift_a is not None and float(shift_a) < 0):
+        raise SpaInputError(None, "--max-angle must be > 0 and the shift limit ≥ 0")
+
+    runs = load_runs(paths, require=POSE_COLUMNS)
+    (pa, _), (pb, _) = runs
+    R_a, s_a = poses_of(pa)
+    R_b, s_b = poses_of(pb)
+    pixel = pa["rlnImagePixelSize"].to_numpy(dtype=np.float64)
+    if not np.allclose(pixel, pb["rlnImagePixelSize"].to_numpy(dtype=np.float64), rtol=1e-3):
+        raise SpaInputError(paths[1], f"pixel size differs from {paths[0]} for the same particles")
+    limit_px = np.full_like(pixel, shift_px) if shift_a is None else float(shift_a) / pixel
+    seed = seed_of(args, cfg)
+    result = pose_consensus(
+        R_a, R_b, s_a, s_b, group=sym, max_angle=max_angle, max_shift_px=limit_px,
+        align=args.align, allow_mirror=allow_mirror, rng=seed,
+    )
+    settings = {
+        "runs": paths,
+        "sym": sym,
+        "max_angle": max_angle,
+        "max_shift_px": shift_px,
+        "max_shift_angstrom": None if shift_a is None else float(shift_a),
+        "max_shift_px_shown": float(np.median(limit_px)),
+        "align": bool(args.align),
+        "allow_mirror": allow_mirror,
+    }
+    record = make_record(args.argv, cfg, seed, settings=settings)
+    summary = write_pose_consensus(args.output_dir, paths, runs, result, settings, record)
+    if summary["n_kept"] == 0:
+        print("consensus poses: warning: no particle has agreeing poses", file=sys.stderr)
+    keys = (
+        "n_particles", "n_kept", "fraction_kept",
+        "median_angular_difference_deg", "p90_angular_difference_deg", "global_rotation_angle_deg",
+    )
+    print(json.dumps({k: summary[k] for k in keys}))
+    return 0
