@@ -208,28 +208,61 @@ def coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_offset_p
     valid = xp.zeros((n, m), bool)
     n_sig = xp.zeros(n, xp.int64)
     nb = max(1, BLOCK_ELEMENTS // max(1, S * max(K * R, 2 * fc)))
+    buf = xp.empty((min(n, nb) * S, K * R), xp.float32)  # reused GEMM output: no page faults per block
     for b0 in range(0, n, nb):
         b = slice(b0, min(n, b0 + nb))
+        nbi = b.stop - b.start
         ys = (Y[b, None, :] * ph[None]).reshape(-1, fc)  # (nb·S, Fc)
-        cross = (_stack_real(ys) @ A_st.T).reshape(-1, S, K * R)  # the big GEMM
-        norm = c2s[b] @ A_pow.T  # (nb, KR)
-        logp = cross - 0.5 * norm[:, None, :] + lp_class[None, None, :] + lp_trans[b][:, :, None]
-        logp = logp.reshape(logp.shape[0], -1)
-        lse = _logsumexp_rows(logp)
-        if m < logp.shape[1]:
-            top = xp.argpartition(-logp, m - 1, axis=1)[:, :m]
-        else:
-            top = xp.broadcast_to(xp.arange(logp.shape[1]), logp.shape).copy()
-        vals = xp.take_along_axis(logp, top, axis=1)
-        order = xp.argsort(-vals, axis=1)
-        top = xp.take_along_axis(top, order, axis=1)
-        w = xp.exp(xp.take_along_axis(vals, order, axis=1) - lse[:, None])
-        cum = xp.cumsum(w, axis=1)
-        k_sig = xp.minimum((cum < significant_fraction).sum(axis=1) + 1, m)
-        sample[b] = top
-        valid[b] = xp.arange(m)[None, :] < k_sig[:, None]
-        n_sig[b] = k_sig
+        cross = buf[: nbi * S]
+        xp.matmul(_stack_real(ys), A_st.T, out=cross)  # the big GEMM
+        logp = cross.reshape(nbi, S, K * R)
+        logp += (lp_class[None, :] - 0.5 * (c2s[b] @ A_pow.T))[:, None, :]  # norm term (GEMM) + class prior
+        logp += lp_trans[b][:, :, None]
+        flat = logp.reshape(nbi, -1)
+        sample[b], valid[b], n_sig[b] = _significant(flat, m, significant_fraction)
     return sample, valid, n_sig
+
+
+def _significant(flat, m: int, fraction: float, delta: float = 25.0):
+    """Per row of log posteriors: the best ≤ m samples holding ``fraction`` of the mass.
+
+    Only samples within ``delta`` nats of the row maximum are exponentiated
+    (the rest weigh < e⁻²⁵ each); rows with more than m such samples fall back
+    to a partial sort of the whole row.  Returns (index (n, m) best first,
+    valid (n, m), count (n,)).
+    """
+    xp = array_module(flat)
+    n = flat.shape[0]
+    mx = flat.max(axis=1)
+    rows, cols = xp.nonzero(flat > (mx - delta)[:, None])
+    vals = flat[rows, cols]
+    mass = xp.bincount(rows, weights=xp.exp(vals - mx[rows]).astype(xp.float64), minlength=n)
+    lse = mx + xp.log(mass).astype(xp.float32)
+    cnt = xp.bincount(rows, minlength=n)
+    top_idx = xp.zeros((n, m), xp.int64)
+    top_val = xp.full((n, m), -xp.inf, dtype=xp.float32)
+    small = cnt <= m
+    sel = small[rows]
+    r_s, c_s, v_s = rows[sel], cols[sel], vals[sel]
+    cnt_small = xp.where(small, cnt, 0)
+    starts = xp.cumsum(cnt_small) - cnt_small  # where each small row begins among the kept elements
+    pos = xp.arange(r_s.shape[0]) - starts[r_s]
+    top_idx[r_s, pos] = c_s
+    top_val[r_s, pos] = v_s
+    big = xp.nonzero(~small)[0]
+    if big.shape[0]:
+        sub = flat[big]
+        part = xp.argpartition(-sub, m - 1, axis=1)[:, :m]
+        top_idx[big] = part
+        top_val[big] = xp.take_along_axis(sub, part, axis=1)
+    order = xp.argsort(-top_val, axis=1)
+    top_idx = xp.take_along_axis(top_idx, order, axis=1)
+    top_val = xp.take_along_axis(top_val, order, axis=1)
+    w = xp.exp(top_val - lse[:, None])
+    cum = xp.cumsum(w, axis=1)
+    k_sig = xp.minimum(xp.minimum((cum < fraction).sum(axis=1) + 1, m), xp.minimum(cnt, m))
+    valid = xp.arange(m)[None, :] < k_sig[:, None]
+    return top_idx, valid, k_sig
 
 
 def fine_candidates(sample, valid, refs, sampling):

@@ -1,0 +1,122 @@
+"""E-step throughput against the machine's own float32 matrix-multiply rate (measured in the same run).
+
+For each configuration (K classes, box B, ψ step, offset range, Fourier window)
+it reports: images/s of the whole E-step of a chunk (both passes plus the
+M-step sums), the GFLOP/s of the pass-1 GEMMs inside it, and that rate as a
+fraction of (a) np.matmul on the *same shapes* timed alone and (b) a large
+square sgemm (the machine's peak).  Run:  python benchmarks/bench_estep.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from spa.backend import get_backend
+from spa.class2d.classify import coarse_shells_for
+from spa.class2d.synthetic import make_particles, make_views
+from spa.ctf import ctf_2d
+from spa.em.estep import ActivePixels, coarse_pass, expectation, prepare_chunk
+from spa.em.inplane import InplaneReferences, InplaneSampling
+from spa.em.noise import initial_sigma2, group_power
+
+
+def _timeit(f, repeat=3):
+    best = np.inf
+    for _ in range(repeat):
+        t = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def peak_sgemm(xp, n=2048):
+    a = xp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype=xp.float32)
+    b = a.T.copy()
+    a @ b
+    t = _timeit(lambda: a @ b)
+    return 2 * n**3 / t / 1e9
+
+
+def bench(k, box, psi_step, offset_range, n=512, window_frac=0.25, xp=np, max_sig=64):
+    px = 2.0
+    diam = 0.8 * box * px
+    rng = np.random.default_rng(1)
+    views = make_views(k, box, px, diam, rng)
+    images, table = make_particles(views, n, px, snr=0.1, max_shift_px=offset_range / 2, rng=2)
+    ctf = ctf_2d(box, px, table.rlnDefocusU.to_numpy(), table.rlnDefocusV.to_numpy(),
+                 table.rlnDefocusAngle.to_numpy(), 300, 2.7, 0.1)
+    samp = InplaneSampling(psi_step, offset_range, 1.0)
+    fine_shells = max(8, int(window_frac * box))
+    radius = diam / 2 / px
+    coarse = min(fine_shells, coarse_shells_for(psi_step, radius, box))
+    act = ActivePixels.make(box, fine_shells)
+    group = np.zeros(n, int)
+    from spa.fourier import rfft_centered, shell_sum, shells_2d
+
+    f = rfft_centered(images)
+    pw = shell_sum((f.real**2 + f.imag**2).astype(np.float64), shells_2d(box), box // 2 + 1)
+    s2 = initial_sigma2(group_power(pw, group, 1), [n], box)
+    refs = InplaneReferences(views)
+    data = prepare_chunk(images, ctf, group, np.zeros((n, 2)), s2, act, radius)
+    lp = np.log(np.full(k, 1.0 / k))
+
+    def full():
+        post, fine = expectation(data, refs, samp, lp, offset_range / 2, coarse, max_significant=max_sig)
+        sums = refs.new_sums()
+        fine.accumulate(post.weight, refs, sums, np.zeros((1, act.size)))
+        return post
+
+    def pass1():
+        coarse_pass(data, refs, samp, lp, offset_range / 2, coarse, max_significant=max_sig)
+
+    full()
+    t_full = _timeit(full, 2)
+    t_p1 = _timeit(pass1, 2)
+    fc = act.count(coarse)
+    r, s = len(samp.coarse_rotations), len(samp.coarse_translations)
+    flops = 2.0 * n * s * 2 * fc * k * r + 2.0 * n * fc * k * r  # cross-term GEMM + norm GEMM
+    # np.matmul of the same shapes, alone
+    a = np.random.default_rng(3).standard_normal((n * s, 2 * fc)).astype(np.float32)
+    b = np.random.default_rng(4).standard_normal((2 * fc, k * r)).astype(np.float32)
+    nb = max(1, (1 << 24) // max(1, s * max(k * r, 2 * fc)))  # the E-step's image batch
+    rows = nb * s
+
+    def gemm_same():
+        for i in range(0, n * s, rows):
+            a[i:i + rows] @ b
+
+    t_gemm = _timeit(gemm_same, 2)
+    post = full()
+    return dict(K=k, box=box, psi=psi_step, R=r, S=s, F_coarse=fc, F_fine=act.size, n=n,
+                img_s=n / t_full, pass1_s=t_p1, full_s=t_full, gflops_pass1=flops / t_p1 / 1e9,
+                gflops_gemm_alone=2.0 * n * s * 2 * fc * k * r / t_gemm / 1e9,
+                mean_sig=float(post.n_significant.mean()))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--backend", default="numpy")
+    a = ap.parse_args()
+    xp = get_backend(a.backend).xp
+    peak = peak_sgemm(xp)
+    print(f"float32 matmul peak (2048² square): {peak:.1f} GFLOP/s")
+    configs = [(10, 64, 6.0, 5.0), (50, 64, 6.0, 5.0), (10, 128, 6.0, 5.0), (10, 64, 12.0, 3.0)]
+    if not a.quick:
+        configs += [(50, 128, 6.0, 5.0), (100, 64, 6.0, 5.0)]
+    head = (f"{'K':>4} {'box':>4} {'psi':>5} {'R':>4} {'S':>4} {'Fc':>5} {'Ff':>5} {'img/s':>8} {'pass1 GF/s':>10} "
+            f"{'same-shape GF/s':>15} {'%same':>6} {'%peak':>6} {'pass1/full':>10} {'<nsig>':>7}")
+    print(head)
+    for k, box, psi, off in configs:
+        r = bench(k, box, psi, off, n=256 if a.quick else 512)
+        print(f"{r['K']:>4} {r['box']:>4} {r['psi']:>5.1f} {r['R']:>4} {r['S']:>4} {r['F_coarse']:>5} {r['F_fine']:>5} "
+              f"{r['img_s']:>8.1f} {r['gflops_pass1']:>10.1f} {r['gflops_gemm_alone']:>15.1f} "
+              f"{100 * r['gflops_pass1'] / r['gflops_gemm_alone']:>5.0f}% {100 * r['gflops_pass1'] / peak:>5.0f}% "
+              f"{r['pass1_s'] / r['full_s']:>10.2f} {r['mean_sig']:>7.1f}")
+
+
+if __name__ == "__main__":
+    main()
