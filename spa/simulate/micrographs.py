@@ -39,7 +39,7 @@ Files (under the output directory):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -310,7 +310,3 @@ def simulate_micrographs(output_dir, spec: MicrographSpec, seed: int = 0, *, pro
     star = out / "micrographs.star"
     write_micrographs(star, pd.DataFrame({"rlnMicrographName": names, "rlnOpticsGroup": 1}), optics_table(spec), provenance)
     return star
-
-
-def spec_dict(spec) -> dict:
-    return asdict(spec)

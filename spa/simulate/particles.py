@@ -271,8 +271,8 @@ def simulate_particles(
     from spa.io.zarrstack import create_stack, write_images  # noqa: PLC0415
 
     out = Path(output_dir)
+    molecules = molecules_for(spec, seed)  # first: a bad symmetry fails before anything is written
     (out / "truth").mkdir(parents=True, exist_ok=True)
-    molecules = molecules_for(spec, seed)
     truth = draw_truth(spec, seed)
     sigma = noise_sigma(spec, molecules, seed)
     filt = noise_filter(spec.box, spec.pixel_size, spec.noise_white_fraction)

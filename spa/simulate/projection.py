@@ -12,6 +12,12 @@ Batches of images are one batched GEMM, which keeps this fast on CPU.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import glob
+import os
+from functools import lru_cache
+
 import numpy as np
 
 from spa.simulate.density import effective_sigma, gaussian_windows, window_half
@@ -19,6 +25,39 @@ from spa.simulate.density import effective_sigma, gaussian_windows, window_half
 # dense per-axis Gaussian tables are (n_images, n_atoms, padded_box) float32;
 # keep one batch of them below this many elements (~64 MB)
 _MAX_TABLE = 16_000_000
+
+
+@lru_cache(maxsize=1)
+def _openblas_local_threads():
+    """OpenBLAS's per-thread ``openblas_set_num_threads_local`` from NumPy's bundled library, or None."""
+    libdir = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+    for path in sorted(glob.glob(os.path.join(libdir, "*openblas*.so*"))):
+        try:
+            fn = ctypes.CDLL(path).openblas_set_num_threads_local
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+        return fn
+    return None
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """Run the many small GEMMs of this thread on one BLAS thread.
+
+    Images are rendered in parallel over chunks (one Python thread each);
+    letting OpenBLAS also spawn threads for every small product oversubscribes
+    the cores, and on a busy machine its spinning threads slow the products
+    down by orders of magnitude.  Thread-local and restored on exit; a no-op
+    where NumPy does not bundle OpenBLAS.
+    """
+    fn = _openblas_local_threads()
+    previous = fn(1) if fn is not None else None
+    try:
+        yield
+    finally:
+        if fn is not None and previous is not None and previous > 0:
+            fn(previous)
 
 
 def _axis_table(centres, sigma_px, box: int, half: int) -> np.ndarray:
@@ -86,12 +125,13 @@ def project_atoms(
     if shifts is not None:
         pos += np.asarray(shifts, dtype=np.float64).reshape(n, 2)[:, :, None]
     per_batch = max(1, _MAX_TABLE // (len(coords) * (box + 4 * half + 2)))
-    for lo in range(0, n, per_batch):
-        sl = slice(lo, lo + per_batch)
-        gy = _axis_table(pos[sl, 1], sig_px, box, half)
-        gx = _axis_table(pos[sl, 0], sig_px, box, half)
-        gx *= w[None, :, None]
-        np.matmul(gy.transpose(0, 2, 1), gx, out=out[sl])
+    with single_threaded_blas():
+        for lo in range(0, n, per_batch):
+            sl = slice(lo, lo + per_batch)
+            gy = _axis_table(pos[sl, 1], sig_px, box, half)
+            gx = _axis_table(pos[sl, 0], sig_px, box, half)
+            gx *= w[None, :, None]
+            np.matmul(gy.transpose(0, 2, 1), gx, out=out[sl])
     return out
 
 
