@@ -17,7 +17,7 @@ import numpy as np
 
 from spa.backend import array_module, backend_of, get_backend
 from spa.em.gridding import crop_centered, gridding_factor, padded_size
-from spa.em.projector import image_frequencies, slice_coordinates, trilinear_setup
+from spa.em.projector import image_frequencies, scatter_slices
 from spa.fourier import irfft_centered, radius_3d
 
 
@@ -43,11 +43,8 @@ class BackProjector:
         be = backend_of(self.data)
         if jx is None:
             jx, jy = self.jx, self.jy
-        q = slice_coordinates(xp.asarray(rotations), jx, jy, self.pad)
-        idx, w, conj = trilinear_setup(q, self.padded)
-        values = xp.where(conj, values.conj(), values)
-        be.scatter_add(self.data, idx.reshape(-1), (values[..., None] * w).reshape(-1).astype(xp.complex64))
-        be.scatter_add(self.weight, idx.reshape(-1), (weights[..., None] * w).reshape(-1).astype(xp.float32))
+        scatter_slices(be, self.data.reshape(-1), self.weight.reshape(-1), xp.asarray(rotations), jx, jy,
+                       values, weights, self.pad, self.padded)
 
     def insert(self, fimages, fweights, rotations):
         """Insert full rfft-layout slices (R, B, B//2+1): values and their weights (e.g. CTF·X̂, CTF²)."""

@@ -71,6 +71,76 @@ def trilinear_setup(q, padded: int):
     return xp.stack(idx, axis=-1), xp.stack(wts, axis=-1), conj
 
 
+def slice_components(rotations, jx, jy, pad_factor: float):
+    """(qx, qy, qz), each (R, F) float32: pad·Aᵀ(jx, jy, 0) for rotations A (R, 3, 3).
+
+    Written as outer products of the two used rows of A with (jx, jy), the
+    cheapest layout for the interpolation that follows.
+    """
+    xp = array_module(jx)
+    a = xp.asarray(rotations, dtype=xp.float32) * np.float32(pad_factor)
+    jx = jx.astype(xp.float32)[None, :]
+    jy = jy.astype(xp.float32)[None, :]
+    return tuple(a[:, 0, c][:, None] * jx + a[:, 1, c][:, None] * jy for c in range(3))
+
+
+def trilinear_corners(qx, qy, qz, padded: int):
+    """Trilinear neighbours of points (qx, qy, qz) (…) in padded Fourier pixels, corner-major.
+
+    Same rules as :func:`trilinear_setup` (Friedel reflection for qx < 0,
+    FFT-order wrap in y and z), returned as (flat_index (8, …), weight (8, …)
+    float32, conj (…)) so that gathers and scatter-adds run over contiguous
+    blocks.
+    """
+    xp = array_module(qx)
+    conj = qx < 0
+    sign = xp.where(conj, np.float32(-1), np.float32(1))
+    qx, qy, qz = qx * sign, qy * sign, qz * sign
+    half = padded // 2 + 1
+    itype = xp.int32 if padded * padded * half < 2**31 else xp.int64
+    x0f, y0f, z0f = xp.floor(qx), xp.floor(qy), xp.floor(qz)
+    fx, fy, fz = (qx - x0f).astype(xp.float32), (qy - y0f).astype(xp.float32), (qz - z0f).astype(xp.float32)
+    x0 = xp.minimum(x0f.astype(itype), half - 1)
+    x1 = xp.minimum(x0 + 1, half - 1)
+    y0 = y0f.astype(itype) % padded
+    y1 = (y0 + 1) % padded
+    z0 = z0f.astype(itype) % padded
+    z1 = (z0 + 1) % padded
+    shape = (8,) + qx.shape
+    idx = xp.empty(shape, itype)
+    w = xp.empty(shape, xp.float32)
+    c = 0
+    for zi, wz in ((z0, 1 - fz), (z1, fz)):
+        for yi, wy in ((y0, 1 - fy), (y1, fy)):
+            row = (zi * padded + yi) * half
+            wzy = wz * wy
+            for xi, wx in ((x0, 1 - fx), (x1, fx)):
+                idx[c] = row + xi
+                w[c] = wzy * wx
+                c += 1
+    return idx, w, conj
+
+
+def gather_slices(flat, rotations, jx, jy, pad_factor: float, padded: int):
+    """Interpolated values (R, F) complex64 of a half-grid transform ``flat`` at pad·Aᵀ(jx, jy, 0)."""
+    xp = array_module(flat)
+    idx, w, conj = trilinear_corners(*slice_components(rotations, jx, jy, pad_factor), padded)
+    vals = flat[idx[0]] * w[0]
+    for c in range(1, 8):
+        vals += flat[idx[c]] * w[c]
+    return xp.where(conj, vals.conj(), vals).astype(xp.complex64)
+
+
+def scatter_slices(be, data_flat, weight_flat, rotations, jx, jy, values, weights, pad_factor: float, padded: int):
+    """Transpose of :func:`gather_slices`: add ``values`` (R, F) and ``weights`` (R, F) into the flat grids."""
+    xp = be.xp
+    idx, w, conj = trilinear_corners(*slice_components(rotations, jx, jy, pad_factor), padded)
+    values = xp.where(conj, values.conj(), values)
+    flat_idx = idx.reshape(-1)
+    be.scatter_add(data_flat, flat_idx, (values[None] * w).reshape(-1).astype(data_flat.dtype))
+    be.scatter_add(weight_flat, flat_idx, (weights[None] * w).reshape(-1).astype(weight_flat.dtype))
+
+
 def slice_coordinates(rotations, jx, jy, pad_factor: float):
     """Padded-grid coordinates (R, F, 3) = pad·Aᵀ(jx, jy, 0) of image pixels for rotations A (R,3,3)."""
     xp = array_module(jx)
@@ -111,10 +181,7 @@ class Projector:
         """
         if jx is None:
             jx, jy = self.jx, self.jy
-        q = slice_coordinates(rotations, jx, jy, self.pad)
-        idx, w, conj = trilinear_setup(q, self.padded)
-        vals = (self._flat[idx] * w).sum(axis=-1)
-        return self.xp.where(conj, vals.conj(), vals).astype(self.xp.complex64)
+        return gather_slices(self._flat, rotations, jx, jy, self.pad, self.padded)
 
     def project(self, rotations):
         """Central slices complex64 (R, B, B//2+1) in :func:`spa.fourier.rfft_centered` layout."""

@@ -16,7 +16,7 @@ import numpy as np
 
 from spa.backend import array_module, backend_of
 from spa.em.gridding import crop_centered, gridding_factor, pad_centered, padded_size
-from spa.em.projector import slice_coordinates, trilinear_setup
+from spa.em.projector import gather_slices, scatter_slices
 from spa.fourier import irfft_centered, radius_3d, rfft_centered, shells_3d, soft_spherical_mask
 from spa.geometry.euler import euler_to_matrix
 
@@ -43,8 +43,10 @@ class VolumeReferences:
 
     ndim = 3
 
-    def __init__(self, volumes, pad: float = 2.0):
+    def __init__(self, volumes, pad: float = 2.0, symmetry=None):
         xp = array_module(volumes)
+        # point-group matrices (n, 3, 3): every pose is inserted once per group element
+        self.symmetry = None if symmetry is None else np.asarray(symmetry, dtype=np.float64)
         self.xp = xp
         volumes = xp.asarray(volumes, dtype=xp.float32)
         if volumes.ndim == 3:
@@ -60,27 +62,18 @@ class VolumeReferences:
         )
 
     # -- forward model ------------------------------------------------------------
-    def _setup(self, rotations, active):
-        mats = rotation_matrices(rotations, self.xp)
-        q = slice_coordinates(mats, active.jx, active.jy, self.pad)
-        return trilinear_setup(q, self.padded)
-
     def project_all(self, rotations, active):
         """All classes at all rotations: complex64 (K, R, F) at the active pixels."""
         xp = self.xp
-        idx, w, conj = self._setup(rotations, active)
-        out = xp.empty((self.n_classes,) + idx.shape[:2], xp.complex64)
-        for k in range(self.n_classes):
-            vals = (self.fourier[k].reshape(-1)[idx] * w).sum(axis=-1)
-            out[k] = xp.where(conj, vals.conj(), vals)
-        return out
+        mats = rotation_matrices(rotations, xp)
+        return xp.stack([gather_slices(self.fourier[k].reshape(-1), mats, active.jx, active.jy, self.pad,
+                                       self.padded) for k in range(self.n_classes)])
 
     def project(self, class_index: int, rotations, active):
         """Class ``class_index`` at rotations (R, 3): complex64 (R, F)."""
-        xp = self.xp
-        idx, w, conj = self._setup(rotations, active)
-        vals = (self.fourier[class_index].reshape(-1)[idx] * w).sum(axis=-1)
-        return xp.where(conj, vals.conj(), vals).astype(xp.complex64)
+        mats = rotation_matrices(rotations, self.xp)
+        return gather_slices(self.fourier[class_index].reshape(-1), mats, active.jx, active.jy, self.pad,
+                             self.padded)
 
     # -- adjoint ----------------------------------------------------------------------
     def new_sums(self) -> dict:
@@ -91,12 +84,14 @@ class VolumeReferences:
         """Add per-pose sums (R, F) into class ``class_index`` (transpose of :meth:`project_all`)."""
         xp = self.xp
         be = backend_of(sums["data"])
-        idx, w, conj = self._setup(rotations, active)
+        mats = rotation_matrices(rotations, xp)
+        weight = xp.asarray(weight)
         data = xp.asarray(data)
-        data = xp.where(conj, data.conj(), data)
-        flat = idx.reshape(-1)
-        be.scatter_add(sums["data"][class_index], flat, (data[..., None] * w).reshape(-1).astype(xp.complex128))
-        be.scatter_add(sums["weight"][class_index], flat, (xp.asarray(weight)[..., None] * w).reshape(-1).astype(xp.float64))
+        for sym in (np.eye(3)[None] if self.symmetry is None else self.symmetry):
+            # a projection at A of a map invariant under R is also its projection at A·R
+            scatter_slices(be, sums["data"][class_index].reshape(-1), sums["weight"][class_index].reshape(-1),
+                           mats @ xp.asarray(sym, dtype=xp.float32), active.jx, active.jy, data, weight,
+                           self.pad, self.padded)
 
     # -- spectra and reconstruction -------------------------------------------------
     def power_spectrum(self):
@@ -172,13 +167,13 @@ class VolumeReferences:
                 dvp.append(d / xp.maximum(count, 1))
             else:
                 dvp.append(xp.zeros(nsh))
-        return VolumeReferences(xp.stack(out), self.pad), xp.stack(dvp)
+        return VolumeReferences(xp.stack(out), self.pad, self.symmetry), xp.stack(dvp)
 
     def with_images(self, volumes) -> "VolumeReferences":
-        return VolumeReferences(volumes, self.pad)
+        return VolumeReferences(volumes, self.pad, self.symmetry)
 
     def __getstate__(self):
-        return {"images": backend_of(self.images).to_numpy(self.images), "pad": self.pad}
+        return {"images": backend_of(self.images).to_numpy(self.images), "pad": self.pad, "symmetry": self.symmetry}
 
     def __setstate__(self, state):
-        self.__init__(state["images"], state["pad"])
+        self.__init__(state["images"], state["pad"], state.get("symmetry"))

@@ -185,3 +185,36 @@ class ParticleImages:
     def close(self) -> None:
         for r in self._readers:
             r.close()
+
+
+def relocate_image_names(table: pd.DataFrame, star_path) -> pd.DataFrame:
+    """Rewrite rlnImageName so each path resolves from the current directory (RELION's project-relative names).
+
+    A STAR written into another folder then still points at the images:
+    paths under the current directory become relative to it, others
+    absolute.  Names whose file cannot be found are left as they are (the
+    reader reports them when images are read).
+    """
+    if "rlnImageName" not in table or len(table) == 0:
+        return table
+    text = table["rlnImageName"].astype(str)
+    parts = text.str.partition("@")
+    if not (parts[1] == "@").all():
+        return table
+    cwd = Path.cwd()
+    mapping = {}
+    for name in parts[2].unique():
+        found = resolve_image_path(name, star_path)
+        if found is None:
+            mapping[name] = name
+            continue
+        found = Path(os.path.normpath(found))
+        try:
+            mapping[name] = str(found.relative_to(cwd))
+        except ValueError:
+            mapping[name] = str(found)
+    if all(k == v for k, v in mapping.items()):
+        return table
+    out = table.copy()
+    out["rlnImageName"] = parts[0] + "@" + parts[2].map(mapping)
+    return out

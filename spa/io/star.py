@@ -358,9 +358,15 @@ def read_particles(
     ``require`` names particle columns that must be present (e.g.
     ``("rlnImageName", *CTF_COLUMNS)``).  Raises :class:`SpaInputError` for a
     missing column, missing optics columns, a pixel size ≤ 0, NaN/Inf in a
-    numeric column, or an rlnOpticsGroup without an optics row.
+    numeric column, or an rlnOpticsGroup without an optics row.  Image names
+    are rewritten to resolve from the current directory
+    (:func:`spa.io.images.relocate_image_names`), so tables written elsewhere
+    still find their images.
     """
-    return read_optics_table(path, "particles", "rlnImagePixelSize", require)
+    from spa.io.images import relocate_image_names
+
+    particles, optics = read_optics_table(path, "particles", "rlnImagePixelSize", require)
+    return relocate_image_names(particles, path), optics
 
 
 def write_particles(

@@ -1,0 +1,311 @@
+"""Gold-standard 3D auto-refinement (Scheres 2012; Scheres & Chen 2012; RELION's Refine3D).
+
+The particles are split into two random halves (rlnRandomSubset, kept if
+present); each half is refined against its own reference, which starts as
+the given map low-passed to ``ini_high``.  Every iteration runs the shared
+E-step on each half (global HEALPix searches with adaptive oversampling and
+shifts around the current origins), reconstructs each half by the MAP update
+with τ² from the previous iteration's half-map FSC (SSNR = T·FSC/(1 − FSC)),
+averages the halves below ``low_resol_join_halves`` Å so they stay in one
+frame, and measures the gold-standard FSC between them (resolution at 0.143).
+The window of Fourier shells used grows with that resolution; the sampling
+gets finer when the resolution stalls (:mod:`spa.refine3d.schedule`); at
+convergence a last iteration uses both halves to Nyquist for the final map.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spa.backend import get_backend
+from spa.em import driver3d as d3
+from spa.em.engine import last_checkpoint, load_checkpoint, particle_arrays, save_checkpoint
+from spa.em.fsc import fsc as fsc_curve
+from spa.em.fsc import resolution_at, ssnr_from_fsc
+from spa.em.model import MlModel
+from spa.em.mstep import maximize
+from spa.em.noise import update_sigma2
+from spa.em.sampling3d import Sampling3D
+from spa.em.volume_refs import VolumeReferences
+from spa.fourier import soft_spherical_mask
+from spa.refine3d.schedule import Schedule, mean_angle_change
+
+
+@dataclass
+class Refine3DOptions:
+    """Options with RELION's meaning (lengths Å, angles degrees, shifts pixels)."""
+
+    particle_diameter: float | None = None
+    ini_high: float = 40.0
+    symmetry: str = "C1"
+    healpix_order: int = 2
+    max_healpix_order: int = 4
+    offset_range: float = 5.0
+    offset_step: float = 1.0
+    oversampling: int = 1
+    tau2_fudge: float = 1.0
+    max_iter: int = 25
+    do_ctf: bool = True
+    ignore_ctf_first_peak: bool = False
+    low_resol_join_halves: float = 40.0
+    incr_shells: int = 10
+    significant_fraction: float = 0.999
+    max_significant: int = 64
+    chunk_size: int = 256
+    solvent_mask: str | None = None
+    seed: int = 0
+    backend: str | None = None
+
+
+class Refine3D:
+    """One auto-refinement run (see module docstring)."""
+
+    def __init__(self, table, source, reference, opts: Refine3DOptions, output_dir, *, optics, client=None,
+                 provenance=None, log=print):
+        from spa.geometry.symmetry import symmetry_matrices
+
+        self.opts = opts
+        self.table = table.reset_index(drop=True)
+        self.source = source
+        self.output_dir = Path(output_dir)
+        self.optics = optics
+        self.client = client
+        self.provenance = provenance
+        self.log = log or (lambda *a: None)
+        self.box = int(source.box)
+        self.pixel_size = float(source.pixel_size)
+        self.backend = get_backend(opts.backend).name
+        self.radius = d3.mask_radius_px(opts.particle_diameter, self.box, self.pixel_size)
+        self.diameter = 2 * self.radius * self.pixel_size
+        self.sym = symmetry_matrices(opts.symmetry)
+        self.particles = particle_arrays(self.table, self.pixel_size)
+        og = self.table["rlnOpticsGroup"].to_numpy() if "rlnOpticsGroup" in self.table else np.ones(len(self.table))
+        self.group_ids = np.unique(og)
+        self.n_groups = len(self.group_ids)
+        self.halves = self._split_halves()
+        self.chunks = [self._chunks(h) for h in self.halves]
+        self.reference = reference
+        self.solvent_mask = None
+        if opts.solvent_mask:
+            from spa.io.mrc import read_mrc
+
+            self.solvent_mask, _ = read_mrc(opts.solvent_mask)
+            if self.solvent_mask.shape != (self.box,) * 3:
+                from spa.errors import SpaInputError
+
+                raise SpaInputError(opts.solvent_mask, f"mask shape {self.solvent_mask.shape} != particle box {self.box}")
+        self.sphere = soft_spherical_mask(self.box, self.radius, 5.0)
+
+    # -- set-up ------------------------------------------------------------------------------
+    def _split_halves(self):
+        if "rlnRandomSubset" in self.table and set(np.unique(self.table["rlnRandomSubset"])) <= {1, 2}:
+            subset = self.table["rlnRandomSubset"].to_numpy()
+        else:
+            rng = np.random.default_rng(self.opts.seed)
+            subset = np.where(rng.permutation(len(self.table)) % 2 == 0, 1, 2)
+        self.table["rlnRandomSubset"] = subset.astype(np.int64)
+        halves = [np.nonzero(subset == h)[0] for h in (1, 2)]
+        if min(len(h) for h in halves) == 0:
+            from spa.errors import SpaInputError
+
+            raise SpaInputError(None, "each random half needs at least one particle")
+        return halves
+
+    def _chunks(self, rows):
+        n = max(1, int(np.ceil(len(rows) / self.opts.chunk_size)))
+        return [c for c in np.array_split(rows, n) if len(c)]
+
+    def initialise(self):
+        o = self.opts
+        all_chunks = self.chunks[0] + self.chunks[1]
+        stats = d3.data_statistics(self.source, self.particles, all_chunks, self.box, self.pixel_size, self.n_groups,
+                                   self.radius, o.do_ctf, self.client, self.backend)
+        ref = d3.prepare_reference(self.reference, self.pixel_size, o.ini_high, self.radius)
+        scale = d3.grey_scale(ref, stats, self.pixel_size, low_res=max(2 * o.ini_high, 60.0), high_res=o.ini_high)
+        ref = ref * scale
+        self.log(f"refine3d: reference grey scale ×{scale:.3g}")
+        window = min(self.box // 2 + 1, max(8, int(self.box * self.pixel_size / o.ini_high) + 1))
+        models, refs = [], []
+        for _ in range(2):
+            m = MlModel.initial(self.box, self.pixel_size, 1, stats.sigma2,
+                                max(o.offset_range / 2.0, o.offset_step), window)
+            models.append(m)
+            refs.append(VolumeReferences(ref[None], symmetry=self.sym))
+        self.schedule = Schedule(o.healpix_order, o.offset_range, o.offset_step, o.max_healpix_order)
+        self.fsc = None
+        self.angles = np.zeros((len(self.table), 3))
+        self.prev_angles = None
+        return models, refs
+
+    # -- one iteration -----------------------------------------------------------------------
+    def sampling(self) -> Sampling3D:
+        s = self.schedule
+        return Sampling3D(s.healpix_order, s.offset_range, s.offset_step, self.opts.oversampling, self.opts.symmetry)
+
+    def estep_half(self, h, model, refs, sampling):
+        o = self.opts
+        coarse = d3.coarse_shells_for(sampling.angular_step, self.radius, self.box)
+        ctx = d3.context(refs, sampling, model, pixel_size=self.pixel_size, radius_px=self.radius,
+                         coarse_shells=coarse, do_ctf=o.do_ctf, ignore_first_peak=o.ignore_ctf_first_peak,
+                         significant_fraction=o.significant_fraction, max_significant=o.max_significant,
+                         backend=self.backend)
+        return d3.run_estep_3d(ctx, self.source, self.particles, self.chunks[h], self.client)
+
+    def _reconstruct(self, model, refs, wsum, max_shell):
+        """MAP update of one half: τ² from the previous FSC when there is one (gold standard)."""
+        o = self.opts
+        if self.fsc is None:
+            new_model, new_refs = maximize(model, wsum, refs, tau2_fudge=o.tau2_fudge, mask_radius_px=self.radius)
+            return new_model, new_refs
+        ssnr = ssnr_from_fsc(self.fsc, o.tau2_fudge)[None, :]
+        new_refs, _ = refs.reconstruct(wsum.sums, None, o.tau2_fudge, mask_radius_px=self.radius,
+                                       max_shell=max_shell, ssnr=ssnr)
+        from dataclasses import replace
+
+        sigma2 = update_sigma2(wsum.sigma2, wsum.sigma2_count, model.sigma2_noise)
+        n = max(int(wsum.n_images), 1)
+        new_model = replace(model, sigma2_noise=sigma2, sigma_offset_px=float(np.sqrt(max(wsum.offset2, 0) / (2 * n))),
+                            loglike=float(wsum.loglike), data_vs_prior=ssnr.copy())
+        return new_model, new_refs
+
+    def _finish_halves(self, refs, max_shell: int):
+        """Join the halves below ~40 Å, apply the solvent mask, and measure the gold-standard FSC."""
+        h1 = np.asarray(get_backend(self.backend).to_numpy(refs[0].images[0]), np.float32)
+        h2 = np.asarray(get_backend(self.backend).to_numpy(refs[1].images[0]), np.float32)
+        h1, h2 = d3.join_low_resolution(h1, h2, self.pixel_size, self.opts.low_resol_join_halves)
+        if self.solvent_mask is not None:
+            h1, h2 = h1 * self.solvent_mask, h2 * self.solvent_mask
+        fsc = fsc_curve(h1, h2, self.sphere if self.solvent_mask is None else None)
+        # beyond the window the halves hold no data, only what masking leaked there from below
+        fsc[max_shell + 1:] = 0.0
+        self.fsc = fsc
+        return [VolumeReferences(h1[None], symmetry=self.sym), VolumeReferences(h2[None], symmetry=self.sym)]
+
+    def iterate(self, models, refs):
+        o = self.opts
+        sampling = self.sampling()
+        wsums, results = [], []
+        for h in (0, 1):
+            wsum, res = self.estep_half(h, models[h], refs[h], sampling)
+            wsums.append(wsum)
+            results.append(res)
+        max_shell = models[0].current_shells - 1
+        new_models, new_refs = [], []
+        for h in (0, 1):
+            m, r = self._reconstruct(models[h], refs[h], wsums[h], max_shell)
+            new_models.append(m)
+            new_refs.append(r)
+        new_refs = self._finish_halves(new_refs, max_shell)
+        # per-particle poses
+        self.prev_angles = self.angles.copy()
+        offsets_change = []
+        for h in (0, 1):
+            rows = self.halves[h]
+            offsets_change.append(np.linalg.norm(results[h]["offset"] - self.particles["centres"][rows], axis=1))
+            self.particles["centres"][rows] = results[h]["offset"].astype(np.float64)
+            self.angles[rows] = results[h]["angles"]
+            self.table = d3.particles_table_3d(
+                self.table, rows, results[h]["angles"], results[h]["offset"], self.pixel_size,
+                max_prob=results[h]["max_prob"], n_significant=results[h]["n_significant"],
+                loglike=results[h]["loglike"])
+        res_a = resolution_at(self.fsc, 0.143, self.box, self.pixel_size)
+        res_shell = int(np.floor(self.box * self.pixel_size / res_a)) if np.isfinite(res_a) else 1
+        for m in new_models:
+            m.resolution_shell = np.array([res_shell])
+            m.current_shells = int(min(self.box // 2 + 1, max(8, res_shell + 1 + o.incr_shells)))
+            m.iteration = models[0].iteration + 1
+        first = models[0].iteration == 0
+        angle_change = 180.0 if first else mean_angle_change(self.prev_angles, self.angles)
+        offset_change = float(np.mean(np.concatenate(offsets_change)))
+        decision = self.schedule.update(res_shell, angle_change, offset_change, sampling.fine_angular_step,
+                                        sampling.fine_offset_step, res_a, self.diameter)
+        self.log(f"refine3d: iteration {new_models[0].iteration}: resolution {res_a:.2f} Å (FSC 0.143), "
+                 f"mean pose change {angle_change:.2f}°, offsets {offset_change:.2f} px; {decision}")
+        return new_models, new_refs, wsums, sampling
+
+    # -- final iteration: both halves to Nyquist ---------------------------------------------
+    def final(self, models, refs):
+        """E-step of both halves at the converged sampling, then the full map from all data to Nyquist."""
+        o = self.opts
+        for m in models:
+            m.current_shells = self.box // 2 + 1
+        sampling = self.sampling()
+        wsums = []
+        for h in (0, 1):
+            wsum, res = self.estep_half(h, models[h], refs[h], sampling)
+            wsums.append(wsum)
+            rows = self.halves[h]
+            self.particles["centres"][rows] = res["offset"].astype(np.float64)
+            self.angles[rows] = res["angles"]
+            self.table = d3.particles_table_3d(self.table, rows, res["angles"], res["offset"], self.pixel_size,
+                                               max_prob=res["max_prob"], n_significant=res["n_significant"],
+                                               loglike=res["loglike"])
+        nyq = self.box // 2
+        halves = []
+        for h in (0, 1):
+            ssnr = ssnr_from_fsc(self.fsc, o.tau2_fudge)[None, :]
+            r, _ = refs[h].reconstruct(wsums[h].sums, None, o.tau2_fudge, mask_radius_px=self.radius,
+                                       max_shell=nyq, ssnr=ssnr)
+            halves.append(np.asarray(get_backend(self.backend).to_numpy(r.images[0]), np.float32))
+        half_fsc = fsc_curve(halves[0], halves[1], self.sphere)
+        total = wsums[0] + wsums[1]
+        ssnr_full = ssnr_from_fsc(half_fsc, o.tau2_fudge, whole=True)[None, :]
+        full, _ = refs[0].reconstruct(total.sums, None, o.tau2_fudge, mask_radius_px=self.radius, max_shell=nyq,
+                                      ssnr=ssnr_full)
+        full = np.asarray(get_backend(self.backend).to_numpy(full.images[0]), np.float32)
+        self.fsc = half_fsc
+        for m in models:
+            m.iteration += 1
+        return models, halves, full
+
+    # -- state --------------------------------------------------------------------------------
+    def checkpoint_arrays(self, models, refs) -> dict:
+        arr = {}
+        for h in (0, 1):
+            arr.update(models[h].to_arrays(prefix=f"half{h + 1}_"))
+            arr[f"half{h + 1}_map"] = np.asarray(get_backend(self.backend).to_numpy(refs[h].images[0]), np.float32)
+        arr["centres"] = self.particles["centres"]
+        arr["angles"] = self.angles
+        arr["fsc"] = np.zeros(0) if self.fsc is None else np.asarray(self.fsc)
+        arr["schedule"] = self.schedule.to_array()
+        arr["table_extra"] = self.table[[c for c in ("rlnMaxValueProbDistribution", "rlnNrOfSignificantSamples",
+                                                     "rlnLogLikeliContribution") if c in self.table]].to_numpy(float)
+        arr["options"] = np.array(repr(sorted(asdict(self.opts).items())))
+        return arr
+
+    def restore(self, arrays):
+        models = [MlModel.from_arrays(arrays, prefix=f"half{h + 1}_") for h in (0, 1)]
+        refs = [VolumeReferences(arrays[f"half{h + 1}_map"][None], symmetry=self.sym) for h in (0, 1)]
+        self.particles["centres"] = np.array(arrays["centres"])
+        self.angles = np.array(arrays["angles"])
+        self.fsc = np.array(arrays["fsc"]) if arrays["fsc"].size else None
+        self.schedule = Schedule.from_array(arrays["schedule"])
+        self.table = d3.particles_table_3d(self.table, np.arange(len(self.table)), self.angles,
+                                           self.particles["centres"], self.pixel_size)
+        extra = arrays["table_extra"]
+        for j, c in enumerate(("rlnMaxValueProbDistribution", "rlnNrOfSignificantSamples",
+                               "rlnLogLikeliContribution")[: extra.shape[1] if extra.ndim == 2 else 0]):
+            self.table[c] = extra[:, j].astype(np.int64 if c == "rlnNrOfSignificantSamples" else float)
+        return models, refs
+
+    def run(self, continue_: bool = False):
+        from spa.refine3d import outputs
+
+        found = last_checkpoint(self.output_dir) if continue_ else None
+        if found:
+            models, refs = self.restore(load_checkpoint(found[1]))
+            self.log(f"refine3d: continuing after iteration {models[0].iteration}")
+        else:
+            models, refs = self.initialise()
+        while not self.schedule.converged and models[0].iteration < self.opts.max_iter - 1:
+            models, refs, _, sampling = self.iterate(models, refs)
+            outputs.write_iteration(self, models, refs, sampling)
+            save_checkpoint(self.output_dir, models[0].iteration, self.checkpoint_arrays(models, refs))
+        models, halves, full = self.final(models, refs)
+        res = resolution_at(self.fsc, 0.143, self.box, self.pixel_size)
+        self.log(f"refine3d: final iteration {models[0].iteration}: gold-standard resolution {res:.2f} Å")
+        outputs.write_final(self, models, halves, full, self.sampling())
+        return full, halves, self.table, res
