@@ -300,6 +300,10 @@ class FinePass:
     Σ_s Γ_qs|X_i·P_s − C_i·A|² = w_q(|X_i|² + C_i²|A|²) − 2·C_i·Re(X_i·conj(A)·Φ_q).
     """
 
+    #: (class, rotation) rows whose summed posterior weight over the chunk is below this are not
+    #: inserted (RELION likewise skips insignificant samples when storing weighted sums)
+    prune_weight = 1e-4
+
     def __init__(self, data: ChunkData, refs, sampling, img, cls, rot, shift):
         xp = array_module(data.X)
         self.xp, self.data = xp, data
@@ -403,10 +407,16 @@ class FinePass:
             g = self.data.group[iq]
             gh = (g[None, :] == xp.arange(n_groups)[:, None]).astype(xp.float32)
             wsum_sigma2 += (gh @ r2.astype(xp.float32)).astype(xp.float64)  # (G, Q_b) × (Q_b, F)
+        # rows that carry (almost) no posterior mass add nothing worth the insertion cost
+        row_mass = xp.zeros(u, xp.float64)
+        be.scatter_add(row_mass, self.q_row[self.cand_q], weight.astype(xp.float64))
+        live = backend_of(row_mass).to_numpy(row_mass > self.prune_weight)
         data_c = rows_acc[:, :f] + 1j * rows_acc[:, f:2 * f]
         weight_rows = rows_acc[:, 2 * f:]
         for k in np.unique(self.pair_class):
-            sel = np.nonzero(self.pair_class == k)[0]
+            sel = np.nonzero((self.pair_class == k) & live)[0]
+            if sel.size == 0:
+                continue
             sel_x = xp.asarray(sel)
             refs.insert(sums, int(k), self.rotations[self.pair_rot[sel]], self.data.active, data_c[sel_x],
                         weight_rows[sel_x])

@@ -137,8 +137,9 @@ def scatter_slices(be, data_flat, weight_flat, rotations, jx, jy, values, weight
     idx, w, conj = trilinear_corners(*slice_components(rotations, jx, jy, pad_factor), padded)
     values = xp.where(conj, values.conj(), values)
     flat_idx = idx.reshape(-1)
-    be.scatter_add(data_flat, flat_idx, (values[None] * w).reshape(-1).astype(data_flat.dtype))
-    be.scatter_add(weight_flat, flat_idx, (weights[None] * w).reshape(-1).astype(weight_flat.dtype))
+    # no dtype conversion here: scatter_add accumulates in the target's precision
+    be.scatter_add(data_flat, flat_idx, (values[None] * w).reshape(-1))
+    be.scatter_add(weight_flat, flat_idx, (weights[None] * w).reshape(-1))
 
 
 def slice_coordinates(rotations, jx, jy, pad_factor: float):
