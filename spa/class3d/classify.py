@@ -1,0 +1,278 @@
+"""3D classification by regularised likelihood (Scheres 2012; RELION's Class3D).
+
+K classes start from one reference low-passed to ``ini_high``: in the first
+iteration the particles are split into K random subsets, each aligned to the
+reference and reconstructed on its own, which breaks the symmetry between
+classes as RELION does.  Every later iteration runs the shared E-step over
+classes × orientations (global HEALPix search with oversampled children, or
+no alignment at all with ``skip_align``: poses fixed at the input values) ×
+shifts, then the MAP update with τ² = T × the class's power (T = 4 by
+default), class fractions and noise spectra.  An optional reference mask
+focuses the classification on a region.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spa.backend import get_backend
+from spa.em import driver3d as d3
+from spa.em.engine import last_checkpoint, load_checkpoint, particle_arrays, save_checkpoint
+from spa.em.model import MlModel
+from spa.em.mstep import maximize, next_window
+from spa.em.sampling3d import Sampling3D
+from spa.em.volume_refs import VolumeReferences
+
+
+@dataclass
+class Class3DOptions:
+    """Options with RELION's meaning (lengths Å, angles degrees, shifts pixels)."""
+
+    n_classes: int
+    n_iter: int = 25
+    tau2_fudge: float = 4.0
+    particle_diameter: float | None = None
+    ini_high: float = 40.0
+    highres_limit: float | None = None
+    symmetry: str = "C1"
+    healpix_order: int = 2
+    oversampling: int = 1
+    offset_range: float = 5.0
+    offset_step: float = 1.0
+    skip_align: bool = False
+    reference_mask: str | None = None
+    do_ctf: bool = True
+    ignore_ctf_first_peak: bool = False
+    incr_shells: int = 10
+    significant_fraction: float = 0.999
+    max_significant: int = 64
+    chunk_size: int = 256
+    seed: int = 0
+    backend: str | None = None
+
+
+class FixedPoses:
+    """A pose "grid" of one orientation and no shift: classification without alignment.
+
+    Each chunk task swaps in the poses of its own particles (see
+    :func:`fixed_pose_chunk`), so the E-step scores classes only.
+    """
+
+    rotation_children = 1
+    translation_children = 1
+    angular_step = 0.0
+    fine_angular_step = 0.0
+    fine_offset_step = 0.0
+
+    def __init__(self, angles):
+        self.coarse_rotations = np.asarray(angles, np.float64).reshape(-1, 3)
+        self.fine_rotations = self.coarse_rotations
+        self.coarse_translations = np.zeros((1, 2), np.float32)
+        self.fine_translations = self.coarse_translations
+
+
+def fixed_pose_chunk(source, idx, particles, ctx):
+    """E-step of one chunk with every particle at its own fixed pose (one image at a time per pose group)."""
+    from dataclasses import replace
+
+    from spa.em.engine import take
+    from spa.em.model import tree_sum
+
+    angles = particles["angles"]
+    sums, parts = [], []
+    # particles with identical poses could share a task; in general each particle has its own pose
+    for j in range(len(idx)):
+        sub = take(particles, np.array([j]))
+        w, r = d3.estep_chunk_3d(source, np.asarray(idx)[j:j + 1], sub,
+                                 replace(ctx, sampling=FixedPoses(angles[j:j + 1])))
+        sums.append(w)
+        parts.append(r)
+    results = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return tree_sum(sums), results
+
+
+class Class3D:
+    """One 3D classification run."""
+
+    def __init__(self, table, source, reference, opts: Class3DOptions, output_dir, *, optics, client=None,
+                 provenance=None, log=print):
+        from spa.geometry.symmetry import symmetry_matrices
+
+        self.opts = opts
+        self.table = table.reset_index(drop=True)
+        self.source = source
+        self.output_dir = Path(output_dir)
+        self.optics = optics
+        self.client = client
+        self.provenance = provenance
+        self.log = log or (lambda *a: None)
+        self.box = int(source.box)
+        self.pixel_size = float(source.pixel_size)
+        self.backend = get_backend(opts.backend).name
+        self.radius = d3.mask_radius_px(opts.particle_diameter, self.box, self.pixel_size)
+        self.sym = symmetry_matrices(opts.symmetry)
+        self.particles = particle_arrays(self.table, self.pixel_size)
+        if opts.skip_align:
+            from spa.errors import SpaInputError
+
+            missing = [c for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi") if c not in self.table]
+            if missing:
+                raise SpaInputError(None, f"--skip-align needs poses in the particle STAR (missing {missing})")
+            self.particles["angles"] = self.table[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float)
+        og = self.table["rlnOpticsGroup"].to_numpy() if "rlnOpticsGroup" in self.table else np.ones(len(self.table))
+        self.group_ids = np.unique(og)
+        self.n_groups = len(self.group_ids)
+        n = max(1, int(np.ceil(len(self.table) / opts.chunk_size)))
+        self.chunks = [c for c in np.array_split(np.arange(len(self.table)), n) if len(c)]
+        self.reference = reference
+        self.mask = None
+        if opts.reference_mask:
+            from spa.io.mrc import read_mrc
+
+            self.mask, _ = read_mrc(opts.reference_mask)
+        self.max_shells = self.box // 2 + 1 if not opts.highres_limit else \
+            int(min(self.box // 2 + 1, self.box * self.pixel_size / opts.highres_limit + 1))
+
+    def sampling(self):
+        o = self.opts
+        if o.skip_align:
+            return FixedPoses(np.zeros((1, 3)))
+        return Sampling3D(o.healpix_order, o.offset_range, o.offset_step, o.oversampling, o.symmetry)
+
+    def _estep(self, model, refs, chunks):
+        o = self.opts
+        sampling = self.sampling()
+        coarse = d3.coarse_shells_for(max(sampling.angular_step, 1e-3), self.radius, self.box) if not o.skip_align \
+            else model.current_shells
+        ctx = d3.context(refs, sampling, model, pixel_size=self.pixel_size, radius_px=self.radius,
+                         coarse_shells=coarse, do_ctf=o.do_ctf, ignore_first_peak=o.ignore_ctf_first_peak,
+                         significant_fraction=o.significant_fraction, max_significant=o.max_significant,
+                         backend=self.backend)
+        if o.skip_align:
+            from spa.em.engine import map_reduce
+
+            wsum, parts = map_reduce(fixed_pose_chunk, self.source, self.particles, chunks, ctx, self.client)
+            return wsum, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, sampling
+        wsum, results = d3.run_estep_3d(ctx, self.source, self.particles, chunks, self.client)
+        return wsum, results, sampling
+
+    def _post(self, refs):
+        """Masks applied to new references: the spherical particle mask (in reconstruct) and the focus mask."""
+        if self.mask is None:
+            return refs
+        vols = np.asarray(get_backend(self.backend).to_numpy(refs.images)) * self.mask[None]
+        return VolumeReferences(vols, symmetry=self.sym)
+
+    def initialise(self):
+        """Iteration 1: K random subsets aligned to the one reference, each reconstructed as a class."""
+        o = self.opts
+        stats = d3.data_statistics(self.source, self.particles, self.chunks, self.box, self.pixel_size,
+                                   self.n_groups, self.radius, o.do_ctf, self.client, self.backend)
+        ref = d3.prepare_reference(self.reference, self.pixel_size, o.ini_high, self.radius)
+        ref = ref * d3.grey_scale(ref, stats, self.pixel_size, low_res=max(2 * o.ini_high, 60.0), high_res=o.ini_high)
+        if self.mask is not None:
+            ref = ref * self.mask
+        window = min(self.max_shells, max(8, int(self.box * self.pixel_size / o.ini_high) + 1))
+        model1 = MlModel.initial(self.box, self.pixel_size, 1, stats.sigma2, max(o.offset_range / 2, o.offset_step),
+                                 window)
+        single = VolumeReferences(ref[None], symmetry=self.sym)
+        rng = np.random.default_rng(o.seed)
+        label = rng.permutation(np.arange(len(self.table)) % o.n_classes)
+        vols, results = [], {}
+        wsum_all = None
+        for k in range(o.n_classes):
+            rows = np.nonzero(label == k)[0]
+            n = max(1, int(np.ceil(len(rows) / o.chunk_size)))
+            chunks = [c for c in np.array_split(rows, n) if len(c)]
+            wsum, res, _ = self._estep(model1, single, chunks)
+            new_model, new_ref = maximize(model1, wsum, single, tau2_fudge=o.tau2_fudge, mask_radius_px=self.radius)
+            vols.append(np.asarray(get_backend(self.backend).to_numpy(new_ref.images[0])))
+            for key, v in res.items():
+                results.setdefault(key, np.zeros((len(self.table),) + v.shape[1:], v.dtype))[rows] = v
+            results.setdefault("class", np.zeros(len(self.table), np.int64))[rows] = k
+            wsum_all = wsum if wsum_all is None else _add_noise_sums(wsum_all, wsum)
+        from spa.em.noise import update_sigma2
+
+        model = MlModel.initial(self.box, self.pixel_size, o.n_classes,
+                                update_sigma2(wsum_all.sigma2, wsum_all.sigma2_count, stats.sigma2),
+                                max(o.offset_range / 2, o.offset_step), window)
+        model.iteration = 1
+        refs = self._post(VolumeReferences(np.stack(vols), symmetry=self.sym))
+        self._apply(results)
+        return model, refs, results
+
+    def _apply(self, results):
+        if "offset" in results and not self.opts.skip_align:
+            self.particles["centres"] = results["offset"].astype(np.float64)
+        self.table = d3.particles_table_3d(
+            self.table, np.arange(len(self.table)), results["angles"], results["offset"], self.pixel_size,
+            classes=results["class"] + 1, max_prob=results.get("max_prob"),
+            n_significant=results.get("n_significant"), loglike=results.get("loglike"))
+
+    def iterate(self, model, refs):
+        o = self.opts
+        wsum, results, sampling = self._estep(model, refs, self.chunks)
+        new_model, new_refs = maximize(model, wsum, refs, tau2_fudge=o.tau2_fudge, mask_radius_px=self.radius)
+        new_refs = self._post(VolumeReferences(np.asarray(get_backend(self.backend).to_numpy(new_refs.images)),
+                                               symmetry=self.sym))
+        new_model.current_shells = next_window(new_model.resolution_shell, self.max_shells, o.incr_shells)
+        new_model.iteration = model.iteration + 1
+        self._apply(results)
+        return new_model, new_refs, results, sampling
+
+    def checkpoint_arrays(self, model, refs) -> dict:
+        arr = model.to_arrays()
+        arr["refs"] = np.asarray(get_backend(self.backend).to_numpy(refs.images), np.float32)
+        arr["centres"] = self.particles["centres"]
+        cols = [c for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnClassNumber",
+                            "rlnMaxValueProbDistribution", "rlnNrOfSignificantSamples", "rlnLogLikeliContribution")
+                if c in self.table]
+        arr["table_cols"] = np.array(cols)
+        arr["table_vals"] = self.table[cols].to_numpy(float)
+        arr["options"] = np.array(repr(sorted(asdict(self.opts).items())))
+        return arr
+
+    def restore(self, arrays):
+        model = MlModel.from_arrays(arrays)
+        refs = VolumeReferences(arrays["refs"], symmetry=self.sym)
+        self.particles["centres"] = np.array(arrays["centres"])
+        self.table = d3.particles_table_3d(self.table, np.arange(len(self.table)), np.zeros((len(self.table), 3)),
+                                           self.particles["centres"], self.pixel_size)
+        for j, c in enumerate(arrays["table_cols"]):
+            vals = arrays["table_vals"][:, j]
+            self.table[str(c)] = vals.astype(np.int64) if c in ("rlnClassNumber", "rlnNrOfSignificantSamples") else vals
+        return model, refs
+
+    def run(self, continue_: bool = False):
+        from spa.class3d import outputs
+
+        found = last_checkpoint(self.output_dir) if continue_ else None
+        sampling = self.sampling()
+        if found:
+            model, refs = self.restore(load_checkpoint(found[1]))
+            self.log(f"class3d: continuing after iteration {model.iteration}")
+        else:
+            model, refs, _ = self.initialise()
+            outputs.write_iteration(self, model, refs, sampling)
+            save_checkpoint(self.output_dir, model.iteration, self.checkpoint_arrays(model, refs))
+            self.log(f"class3d: iteration 1/{self.opts.n_iter}: {self.opts.n_classes} classes from random subsets")
+        while model.iteration < self.opts.n_iter:
+            model, refs, results, sampling = self.iterate(model, refs)
+            outputs.write_iteration(self, model, refs, sampling)
+            save_checkpoint(self.output_dir, model.iteration, self.checkpoint_arrays(model, refs))
+            frac = ", ".join(f"{p:.2f}" for p in model.pdf_class)
+            self.log(f"class3d: iteration {model.iteration}/{self.opts.n_iter}: class fractions {frac}, "
+                     f"resolution {model.resolution_angstrom().min():.1f} Å, <Pmax> {results['max_prob'].mean():.3f}")
+        outputs.write_final(self, model.iteration)
+        return model, refs, self.table
+
+
+def _add_noise_sums(a, b):
+    """Add the σ² sums of two single-class WsumModels (their class sums are kept apart by the caller)."""
+    from spa.em.model import WsumModel
+
+    return WsumModel({}, a.sigma2 + b.sigma2, a.sigma2_count + b.sigma2_count, a.class_weight + b.class_weight,
+                     a.offset2 + b.offset2, a.n_images + b.n_images, a.loglike + b.loglike)

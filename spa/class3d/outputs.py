@@ -1,0 +1,58 @@
+"""Files a 3D classification writes, named as RELION's Class3D job writes them.
+
+Per iteration: ``run_itNNN_class00K.mrc`` for each class, ``run_itNNN_model.star``,
+``run_itNNN_data.star`` (with rlnClassNumber and poses); final copies without
+the iteration: ``run_class00K.mrc``, ``run_model.star``, ``run_data.star``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from spa.em.driver3d import model_blocks_3d
+from spa.io.atomic import atomic_path
+from spa.io.mrc import write_mrc
+from spa.io.star import write_particles, write_star
+
+
+def class_name(iteration, k):
+    it = "" if iteration is None else f"_it{iteration:03d}"
+    return f"run{it}_class{k + 1:03d}.mrc"
+
+
+def write_iteration(run, model, refs, sampling) -> None:
+    d = run.output_dir
+    it = model.iteration
+    vols = np.asarray(refs.images, np.float32)
+    names = [class_name(it, k) for k in range(vols.shape[0])]
+    for name, vol in zip(names, vols):
+        write_mrc(d / name, vol, run.pixel_size, provenance=run.provenance)
+    pmax = float(run.table["rlnMaxValueProbDistribution"].mean()) if "rlnMaxValueProbDistribution" in run.table \
+        else 0.0
+    blocks = model_blocks_3d(model, names, tau2_fudge=run.opts.tau2_fudge,
+                             acc_rot=getattr(sampling, "fine_angular_step", 0.0),
+                             acc_trans_angst=getattr(sampling, "fine_offset_step", 0.0) * run.pixel_size,
+                             avg_pmax=pmax, group_ids=run.group_ids,
+                             extra_general={"rlnSymmetryGroup": run.opts.symmetry})
+    write_star(d / f"run_it{it:03d}_model.star", blocks, run.provenance)
+    write_particles(d / f"run_it{it:03d}_data.star", run.table, run.optics, run.provenance)
+
+
+def write_final(run, iteration: int) -> None:
+    d = Path(run.output_dir)
+    for k in range(run.opts.n_classes):
+        _copy(d / class_name(iteration, k), d / class_name(None, k))
+    text = (d / f"run_it{iteration:03d}_model.star").read_text()
+    for k in range(run.opts.n_classes):
+        text = text.replace(class_name(iteration, k), class_name(None, k))
+    with atomic_path(d / "run_model.star") as tmp:
+        Path(tmp).write_text(text)
+    _copy(d / f"run_it{iteration:03d}_data.star", d / "run_data.star")
+
+
+def _copy(src, dst):
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
