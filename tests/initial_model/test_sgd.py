@@ -1,0 +1,82 @@
+"""SGD ab initio from a random start recovers a map it has never seen (Punjani et al. 2017)."""
+
+import numpy as np
+import pytest
+
+from spa.em.fsc import fsc, resolution_at
+from spa.initial_model.align import align_to_reference
+from spa.initial_model.sgd import (SGDOptions, SGDRun, constrain_map, healpix_order_for, learning_rate_schedule,
+                                   resolution_schedule, run_sgd, shells_for)
+from spa.initial_model.working import choose_working_box
+from tests.initial_model.conftest import molecule, simulate, working_set
+
+BOX, PIXEL = 24, 5.0
+
+
+@pytest.fixture(scope="module")
+def data():
+    vol = molecule(BOX, PIXEL)
+    images, table, euler, origins = simulate(vol, PIXEL, 1200, snr=1.0, seed=1)
+    return vol, working_set(images, table, PIXEL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sgd_from_random_blobs_recovers_the_molecule(data, seed):
+    vol, ws = data
+    opts = SGDOptions(seed=seed, n_iter=30, final_resolution=12.0, batch_start=90, batch_end=150)
+    res = run_sgd(ws, opts)
+    assert res.maps.shape == (1, BOX, BOX, BOX) and res.rotations.shape == (len(ws), 3)
+    # the map is known up to a rotation, a shift and the hand: align, then compare
+    aligned, info = align_to_reference(res.maps[0], vol, pixel_size=PIXEL)
+    assert resolution_at(fsc(aligned, vol), 0.5, BOX, PIXEL) < 15.0
+    assert res.class_fractions.sum() == pytest.approx(1.0)
+    assert np.abs(res.offsets_px).max() <= 0.08 * BOX + 1  # within the searched range
+
+
+def test_same_seed_same_map_and_different_seed_different_map(data):
+    _, ws = data
+    small = ws.subset(np.arange(300))
+    opts = SGDOptions(seed=3, n_iter=3, batch_start=40, batch_end=60, init_particles=50)
+
+    def three_steps(seed):
+        run = SGDRun(small, SGDOptions(**{**vars(opts), "seed": seed}))
+        run.initialise()
+        for t in range(3):
+            run.step(t)
+        return np.asarray(run.refs.images)
+
+    a, b, c = three_steps(3), three_steps(3), three_steps(4)
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_schedules_run_from_start_to_end():
+    assert resolution_schedule(0, 100, 35.0, 12.0) == pytest.approx(35.0)
+    assert resolution_schedule(99, 100, 35.0, 12.0) == pytest.approx(12.0)
+    r = [resolution_schedule(t, 100, 35.0, 12.0) for t in range(100)]
+    assert all(x >= y for x, y in zip(r, r[1:]))
+    assert learning_rate_schedule(0, 50, 0.4, 0.05) == pytest.approx(0.4)
+    assert learning_rate_schedule(49, 50, 0.4, 0.05) == pytest.approx(0.05)
+    # finer orientations as the resolution rises; never beyond the cap
+    assert healpix_order_for(35.0, 100.0) == 1 and healpix_order_for(12.0, 100.0) == 2
+    assert healpix_order_for(5.0, 100.0, max_order=2) == 2
+    assert shells_for(12.0, 32, 4.0) == 11 and shells_for(2.0, 32, 4.0) == 17
+
+
+def test_working_box_sampling_and_limits():
+    assert choose_working_box(64, 2.0, 12.0) == 32  # 4 Å pixels for 12 Å
+    assert choose_working_box(256, 1.0, 12.0) == 64
+    assert choose_working_box(24, 5.0, 12.0) == 24  # never larger than the particles
+    assert choose_working_box(200, 0.5, 40.0) == 24  # at least 24 px
+    assert choose_working_box(64, 2.0, 12.0) % 2 == 0
+
+
+def test_constraints_zero_solvent_and_keep_density_positive():
+    rng = np.random.default_rng(0)
+    vol = molecule(BOX, PIXEL) + 0.3 + 0.05 * rng.standard_normal((BOX,) * 3).astype(np.float32)
+    out = constrain_map(vol, 8.0)
+    assert out.min() >= 0
+    r = np.sqrt(((np.indices((BOX,) * 3) - BOX // 2) ** 2).sum(0))
+    assert np.abs(out[r > 12]).max() < 1e-6  # nothing beyond the mask
+    assert out[r < 4].mean() > 0.5 * (vol[r < 4] - 0.3).mean()  # the particle stays
