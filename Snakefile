@@ -23,6 +23,10 @@ validate(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
 include: "workflow/rules/common.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/reconstruct.smk"
+include: "workflow/rules/class2d.smk"
+include: "workflow/rules/initial_model.smk"
+include: "workflow/rules/class3d.smk"
+include: "workflow/rules/refine3d.smk"
 include: "workflow/rules/fsc.smk"
 include: "workflow/rules/summary.smk"
 

@@ -16,6 +16,9 @@ def add_args(p):
     p.add_argument("--map2", required=True, help="second map (.mrc), same box and pixel size")
     p.add_argument("--mask", default=None, help="optional mask (.mrc) applied to both maps")
     p.add_argument("--output-dir", required=True, help="folder for fsc.star and fsc.png")
+    p.add_argument("--align", action="store_true",
+                   help="first rotate/shift (and mirror, if that fits better) map1 onto map2, e.g. an ab-initio "
+                        "map onto a known structure; the aligned map is written as DIR/map1_aligned.mrc")
 
 
 def main(args) -> int:
@@ -40,14 +43,27 @@ def main(args) -> int:
         mask, _ = read_mrc(args.mask)
         if mask.shape != m1.shape:
             raise SpaInputError(args.mask, f"mask shape {mask.shape} does not match the maps {m1.shape}")
+    note = {}
+    if args.align:
+        from spa.initial_model.align import align_to_reference
+
+        m1, info = align_to_reference(m1, m2, pixel_size=p1)
+        angle = float(np.degrees(np.arccos(np.clip((np.trace(info["rotation"]) - 1) / 2, -1, 1))))
+        note = {"aligned_rotation_deg": round(angle, 2), "aligned_mirrored": bool(info["mirrored"])}
     curve = fsc(m1, m2, mask)
     box = m1.shape[-1]
     res05 = resolution_at(curve, 0.5, box, p1)
     res0143 = resolution_at(curve, 0.143, box, p1)
     out = Path(args.output_dir)
-    record = make_record(args.argv, None, None, resolution_fsc05=res05, resolution_fsc0143=res0143)
+    record = make_record(args.argv, None, None, resolution_fsc05=res05, resolution_fsc0143=res0143, **note)
     general = {"rlnFinalResolution": res0143, "rlnSpaResolutionFsc05": res05}
+    if args.align:
+        from spa.io.mrc import write_mrc
+
+        write_mrc(out / "map1_aligned.mrc", m1, p1, provenance=record)
+        general["rlnSpaAlignedMirrored"] = int(note["aligned_mirrored"])
+        general["rlnSpaAlignedRotation"] = note["aligned_rotation_deg"]
     write_star(out / "fsc.star", {"general": general, "fsc": fsc_table(curve, box, p1)}, provenance=record)
     plot_fsc(out / "fsc.png", [(curve, f"{Path(args.map1).name} vs {Path(args.map2).name}")], box, p1)
-    print(json.dumps({"fsc_0.5_A": round(res05, 3), "fsc_0.143_A": round(res0143, 3)}))
+    print(json.dumps({"fsc_0.5_A": round(res05, 3), "fsc_0.143_A": round(res0143, 3), **note}))
     return 0

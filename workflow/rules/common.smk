@@ -44,22 +44,38 @@ def spa_common(seed=None):
 
 
 # ---------------------------------------------------------------- stage wiring
-# The maps the validation compares. At this stage of the project they are
-# reconstructed from the TRUE poses of the simulated particles; later stages
-# (class2d -> select -> initial-model -> class3d -> refine3d) replace these
-# functions with their own outputs and the rest of the workflow follows.
+# simulate -> class2d -> select -> initial_model -> class3d (x runs, consensus)
+# -> refine3d; the refined map is validated against its own halves (gold
+# standard), against the simulated truth, and against a reconstruction from
+# the TRUE poses of the same particles (the best the data allow).
+
+
+def input_particles():
+    """The particle STAR the processing starts from (the simulated data without poses)."""
+    return result("simulate", "particles.star")
+
+
+def refine3d_particles():
+    """Particles refined: the selected set, or the class-consensus set (config refine3d.particles)."""
+    if config["refine3d"]["particles"] == "class3d_consensus":
+        return result("class3d", "consensus", "particles.star")
+    return result("select", "particles.star")
 
 
 def particles_with_poses():
-    """STAR file whose poses the reconstruction uses."""
+    """STAR file with the TRUE poses (reconstruction of the ideal map)."""
     return result("simulate", "truth", "particles.star")
 
 
 def half_maps():
-    return [result("reconstruct", "half1.mrc"), result("reconstruct", "half2.mrc")]
+    return [result("refine3d", "run_half1_class001_unfil.mrc"), result("refine3d", "run_half2_class001_unfil.mrc")]
 
 
 def final_map():
+    return result("refine3d", "run_class001.mrc")
+
+
+def ideal_map():
     return result("reconstruct", "full.mrc")
 
 
@@ -71,6 +87,7 @@ def truth_map():
 FSC_PAIRS = {
     "halves": half_maps,
     "truth": lambda: [final_map(), truth_map()],
+    "ideal": lambda: [ideal_map(), truth_map()],
 }
 
 
@@ -80,4 +97,5 @@ def fsc_table(pair):
 
 def final_targets():
     """The final targets (inputs of the `all` target): the summary and the maps it describes."""
-    return [result("summary.json"), final_map(), *half_maps()]
+    runs = [result("class3d", "consensus", "consensus_classes.star")] if config["class3d"]["runs"] >= 2 else []
+    return [result("summary.json"), final_map(), *half_maps(), *runs]

@@ -5,6 +5,7 @@ rule summary:
     input:
         halves=fsc_table("halves"),
         truth=fsc_table("truth"),
+        ideal=fsc_table("ideal"),
         map=final_map(),
     output:
         result("summary.json"),

@@ -1,0 +1,30 @@
+# Ab-initio initial model from the selected particles; candidates are compared
+# with the 2D class averages and the best one is kept.
+
+
+rule initial_model:
+    input:
+        particles=rules.select.output.particles,
+        averages=rules.class2d.output.classes,
+    output:
+        model=result("initial_model", "initial_model.mrc"),
+        data=result("initial_model", "run_data.star"),
+    log:
+        log_file("initial_model"),
+    benchmark:
+        benchmark_file("initial_model")
+    threads: config["workers"]
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
+        outdir=lambda w, output: os.path.dirname(output.model),
+        iters=config["initial_model"]["iter"],
+        candidates=config["initial_model"]["candidates"],
+        sym=config["symmetry"],
+        diameter=option("--particle-diameter", config["particle_diameter"]),
+        common=spa_common(),
+    shell:
+        "spa initial-model --particles {input.particles} --class-averages {input.averages} "
+        "--iter {params.iters} --candidates {params.candidates} --sym {params.sym} {params.diameter} "
+        "--output-dir {params.outdir} {params.common} --workers {threads} > {log} 2>&1"
