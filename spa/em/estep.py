@@ -219,11 +219,33 @@ def coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_offset_p
         logp += (lp_class[None, :] - 0.5 * (c2s[b] @ A_pow.T))[:, None, :]  # norm term (GEMM) + class prior
         logp += lp_trans[b][:, :, None]
         flat = logp.reshape(nbi, -1)
-        sample[b], valid[b], n_sig[b] = _significant(flat, m, significant_fraction)
+        sample[b], valid[b], n_sig[b] = _significant(flat, m, significant_fraction, groups=(S, K * R))
     return sample, valid, n_sig
 
 
-def _significant(flat, m: int, fraction: float, delta: float = 25.0):
+def _top_m(sub, m: int, groups):
+    """Indices and values of the m largest entries of each row, exactly, without sorting whole rows.
+
+    A row is S blocks of G samples (shift-major).  Every one of the m best
+    samples belongs to a column whose maximum over the S blocks is among the m
+    best column maxima, so the search narrows to those m columns (S·m values).
+    """
+    xp = array_module(sub)
+    s, g = groups
+    if s * g != sub.shape[1] or g <= m:
+        part = xp.argpartition(-sub, m - 1, axis=1)[:, :m]
+        return part, xp.take_along_axis(sub, part, axis=1)
+    cube = sub.reshape(sub.shape[0], s, g)
+    col = xp.argpartition(-cube.max(axis=1), m - 1, axis=1)[:, :m]  # (n, m) best columns
+    vals = xp.take_along_axis(cube, xp.broadcast_to(col[:, None, :], (sub.shape[0], s, m)), axis=2)
+    vals = vals.reshape(sub.shape[0], s * m)
+    part = xp.argpartition(-vals, m - 1, axis=1)[:, :m]
+    shift = part // m
+    column = xp.take_along_axis(col, part % m, axis=1)
+    return shift * g + column, xp.take_along_axis(vals, part, axis=1)
+
+
+def _significant(flat, m: int, fraction: float, delta: float = 25.0, groups=None):
     """Per row of log posteriors: the best ≤ m samples holding ``fraction`` of the mass.
 
     Only samples within ``delta`` nats of the row maximum are exponentiated
@@ -234,16 +256,18 @@ def _significant(flat, m: int, fraction: float, delta: float = 25.0):
     xp = array_module(flat)
     n = flat.shape[0]
     mx = flat.max(axis=1)
-    rows, cols = xp.nonzero(flat > (mx - delta)[:, None])
-    vals = flat[rows, cols]
-    mass = xp.bincount(rows, weights=xp.exp(vals - mx[rows]).astype(xp.float64), minlength=n)
+    near = flat > (mx - delta)[:, None]
+    cnt = near.sum(axis=1)
+    # total mass; samples more than ``delta`` below the maximum add < e⁻²⁵ each
+    mass = xp.where(near, xp.exp(flat - mx[:, None]), 0).sum(axis=1, dtype=xp.float64)
     lse = mx + xp.log(mass).astype(xp.float32)
-    cnt = xp.bincount(rows, minlength=n)
     top_idx = xp.zeros((n, m), xp.int64)
     top_val = xp.full((n, m), -xp.inf, dtype=xp.float32)
     small = cnt <= m
-    sel = small[rows]
-    r_s, c_s, v_s = rows[sel], cols[sel], vals[sel]
+    small_rows = xp.nonzero(small)[0]
+    r_loc, c_s = xp.nonzero(near[small_rows])  # only rows with few samples are listed element by element
+    r_s = small_rows[r_loc]
+    v_s = flat[r_s, c_s]
     cnt_small = xp.where(small, cnt, 0)
     starts = xp.cumsum(cnt_small) - cnt_small  # where each small row begins among the kept elements
     pos = xp.arange(r_s.shape[0]) - starts[r_s]
@@ -251,10 +275,9 @@ def _significant(flat, m: int, fraction: float, delta: float = 25.0):
     top_val[r_s, pos] = v_s
     big = xp.nonzero(~small)[0]
     if big.shape[0]:
-        sub = flat[big]
-        part = xp.argpartition(-sub, m - 1, axis=1)[:, :m]
+        part, vals_big = _top_m(flat[big], m, groups or (1, flat.shape[1]))
         top_idx[big] = part
-        top_val[big] = xp.take_along_axis(sub, part, axis=1)
+        top_val[big] = vals_big
     order = xp.argsort(-top_val, axis=1)
     top_idx = xp.take_along_axis(top_idx, order, axis=1)
     top_val = xp.take_along_axis(top_val, order, axis=1)
