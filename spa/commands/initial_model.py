@@ -22,7 +22,9 @@ right), initial_model_class00k.mrc for K > 1, run_data.star (particles with
 rlnAngleRot/Tilt/Psi, rlnOriginX/YAngst, rlnClassNumber from the final
 pass), candidates/candidate_NN.mrc, candidates.star (scores), the correlation
 histogram candidate_scores.png and initial_model.json (scores, notes).
-The same --seed gives the same map.
+The same --seed gives the same map (--continue simply runs again: a run
+takes minutes and is deterministic).  --workers N runs the candidates in
+parallel on a local Dask cluster.
 
 Example:  spa initial-model --particles Select/particles.star --class-averages Class2D/run_classes.mrcs --output-dir InitialModel
 """

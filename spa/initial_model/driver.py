@@ -58,9 +58,9 @@ def _sgd_candidate(ws: WorkingSet, opts: SGDOptions):
     """Dask task / local call: the SGD phase of one candidate → (maps (K, b, b, b), class fractions)."""
     run = SGDRun(ws, opts)
     run.initialise()
-    for t in range(opts.n_iter):
+    for t in range(opts.total_iterations):
         run.step(t)
-    return np.asarray(run.refs.images), np.asarray(run.class_weight)
+    return run.be.to_numpy(run.refs.images), np.asarray(run.class_weight)
 
 
 def _candidate_seeds(seed: int, n: int) -> list[int]:
@@ -79,13 +79,14 @@ def run_candidates(ws: WorkingSet, opts: InitialModelOptions, *, client=None, lo
     for i, s in enumerate(seeds):
         run = SGDRun(ws, replace(opts.sgd, seed=s), log=log)
         run.initialise()
-        for t in range(opts.sgd.n_iter):
+        total = opts.sgd.total_iterations
+        for t in range(total):
             rec = run.step(t)
-            if t == 0 or (t + 1) % 10 == 0 or t + 1 == opts.sgd.n_iter:
+            if t == 0 or (t + 1) % 10 == 0 or t + 1 == total:
                 log(f"initial-model: candidate {i + 1}/{len(seeds)} (seed {s}): SGD iteration {t + 1}/"
-                    f"{opts.sgd.n_iter}, {rec['resolution']:.1f} Å, batch {rec['batch']}, η {rec['eta']:.2f}, "
+                    f"{total}, {rec['resolution']:.1f} Å, batch {rec['batch']}, η {rec['eta']:.2f}, "
                     f"HEALPix order {rec['order']}")
-        res.append((s, np.asarray(run.refs.images), np.asarray(run.class_weight)))
+        res.append((s, run.be.to_numpy(run.refs.images), np.asarray(run.class_weight)))
     return res
 
 
@@ -174,7 +175,7 @@ def run_initial_model(ws: WorkingSet, opts: InitialModelOptions, *, class_averag
     if candidates[chosen].method != "sgd":
         run.opts = replace(run.opts, final_passes=max(2, run.opts.final_passes))
     final = run.final_pass(progress=progress)
-    maps = np.asarray(run.refs.images, np.float32)
+    maps = run.be.to_numpy(run.refs.images).astype(np.float32)
     euler = np.column_stack(matrix_to_euler(euler_to_matrix(*final["rot"].T)))  # angles in RELION ranges
     offsets = final["offset"]
     sym_score = None

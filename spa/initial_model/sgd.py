@@ -54,7 +54,8 @@ class SGDOptions:
     """Options of one SGD ab initio run (lengths in Å unless stated)."""
 
     n_classes: int = 1
-    n_iter: int = 120
+    n_iter: int = 60
+    n_initial_iter: int = 30  # iterations held at the initial resolution before the ramp (cheap: order 1)
     batch_start: int = 90
     batch_end: int = 300
     initial_resolution: float = 35.0
@@ -71,6 +72,10 @@ class SGDOptions:
     max_order: int = 2
     seed: int = 0
     backend: str | None = None
+
+    @property
+    def total_iterations(self) -> int:
+        return int(self.n_initial_iter) + int(self.n_iter)
 
 
 @dataclass
@@ -255,15 +260,18 @@ class SGDRun:
         return post, sampling, sums, (self.be.to_numpy(wsig), self.be.to_numpy(count)), class_w
 
     def step(self, t: int) -> dict:
+        """Iteration ``t`` (0-based) of ``total_iterations``: the first ``n_initial_iter`` stay at the
+        initial resolution, batch size and learning rate; then the schedules run over ``n_iter``."""
         opts, ws = self.opts, self.ws
-        res = resolution_schedule(t, opts.n_iter, opts.initial_resolution, opts.final_resolution)
+        u = max(0, t - opts.n_initial_iter)  # position in the ramp
+        res = resolution_schedule(u, opts.n_iter, opts.initial_resolution, opts.final_resolution)
         res = max(res, 2.2 * ws.pixel_size)
         shells = shells_for(res, ws.box, ws.pixel_size)
-        prev_shells = shells_for(resolution_schedule(max(t - 1, 0), opts.n_iter, opts.initial_resolution,
+        prev_shells = shells_for(resolution_schedule(max(u - 1, 0), opts.n_iter, opts.initial_resolution,
                                                      opts.final_resolution), ws.box, ws.pixel_size)
         order = healpix_order_for(res, self.diameter, opts.max_order)
-        nb = min(len(ws), batch_schedule(t, opts.n_iter, opts.batch_start, opts.batch_end))
-        eta = learning_rate_schedule(t, opts.n_iter, opts.learning_rate, opts.learning_rate_end)
+        nb = min(len(ws), batch_schedule(u, opts.n_iter, opts.batch_start, opts.batch_end))
+        eta = learning_rate_schedule(u, opts.n_iter, opts.learning_rate, opts.learning_rate_end)
         idx = np.sort(self.rng.choice(len(ws), size=nb, replace=False))
         tau2 = _extend_tau2(self.be.to_numpy(self.refs.power_spectrum()), prev_shells)
         post, _, sums, (wsig, count), class_w = self._estep(idx, shells, order, opts.max_significant)
@@ -324,11 +332,12 @@ class SGDRun:
 
         self.initialise()
         t0 = time.perf_counter()
-        for t in range(self.opts.n_iter):
+        total = self.opts.total_iterations
+        for t in range(total):
             rec = self.step(t)
             rec["time"] = time.perf_counter() - t0
-            if t == 0 or (t + 1) % 10 == 0 or t + 1 == self.opts.n_iter:
-                self.log(f"initial-model: SGD iteration {t + 1}/{self.opts.n_iter}: {rec['resolution']:.1f} Å, "
+            if t == 0 or (t + 1) % 10 == 0 or t + 1 == total:
+                self.log(f"initial-model: SGD iteration {t + 1}/{total}: {rec['resolution']:.1f} Å, "
                          f"batch {rec['batch']}, η {rec['eta']:.2f}, HEALPix order {rec['order']}, "
                          f"{rec['time']:.0f} s")
         final = self.final_pass(progress=progress)

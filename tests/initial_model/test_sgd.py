@@ -80,3 +80,14 @@ def test_constraints_zero_solvent_and_keep_density_positive():
     r = np.sqrt(((np.indices((BOX,) * 3) - BOX // 2) ** 2).sum(0))
     assert np.abs(out[r > 12]).max() < 1e-6  # nothing beyond the mask
     assert out[r < 4].mean() > 0.5 * (vol[r < 4] - 0.3).mean()  # the particle stays
+
+
+def test_two_classes_are_refined_together_with_soft_assignment(data):
+    _, ws = data
+    small = ws.subset(np.arange(300))
+    res = run_sgd(small, SGDOptions(seed=2, n_classes=2, n_iter=4, batch_start=60, batch_end=80, init_particles=60,
+                                    final_resolution=20.0))
+    assert res.maps.shape == (2, BOX, BOX, BOX)
+    assert set(np.unique(res.classes)) <= {0, 1}
+    assert res.class_fractions.shape == (2,) and res.class_fractions.sum() == pytest.approx(1.0)
+    assert np.all(res.maps >= 0) and np.all(np.isfinite(res.maps))
