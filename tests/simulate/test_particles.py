@@ -55,7 +55,7 @@ def test_origin_sign_is_relions(dataset):
     recentred = shift_image(shifted, ox, oy)
     wrong_way = shift_image(shifted, -ox, -oy)
     for i in range(6):
-        assert _ncc(recentred[i], centred[i]) > 0.999
+        assert _ncc(recentred[i], centred[i]) > 0.998  # sub-pixel Fourier shift of a 0.6-px-wide Gaussian
         assert _ncc(wrong_way[i], centred[i]) < 0.95
         # the particle's centre of mass sits at box centre − origin
         rows, cols = np.indices(shifted[i].shape)
