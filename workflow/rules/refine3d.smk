@@ -23,10 +23,11 @@ rule refine3d:
         outdir=lambda w, output: os.path.dirname(output.map),
         sym=config["symmetry"],
         max_iter=config["refine3d"]["max_iter"],
+        offsets=config["refine3d"]["offset_range"],
         max_order=config["refine3d"]["max_healpix_order"],
         diameter=option("--particle-diameter", config["particle_diameter"]),
         common=spa_common(),
     shell:
         "spa refine3d --particles {input.particles} --reference {input.reference} --sym {params.sym} "
-        "--max-iter {params.max_iter} --max-healpix-order {params.max_order} {params.diameter} "
+        "--max-iter {params.max_iter} --offset-range {params.offsets} --max-healpix-order {params.max_order} {params.diameter} "
         "--output-dir {params.outdir} {params.common} --workers {threads} --continue > {log} 2>&1"
