@@ -97,9 +97,12 @@ def main() -> None:
         t = time.perf_counter()
         res = run_initial_model(ws, opts, log=lambda m: None)
         wall = time.perf_counter() - t
-        sgd_images = sum(min(len(ws), batch_schedule(i, sgd.n_iter, sgd.batch_start, sgd.batch_end))
-                         for i in range(sgd.n_iter))
-        rec = {"seed": seed, "wall_s": round(wall, 1), "sgd_images": int(sgd_images)}
+        sgd_images = sgd.n_initial_iter * min(len(ws), sgd.batch_start) + sum(
+            min(len(ws), batch_schedule(i, sgd.n_iter, sgd.batch_start, sgd.batch_end)) for i in range(sgd.n_iter))
+        # images aligned: SGD batches + the final pass over every particle + the chooser's particles
+        aligned_images = sgd_images + len(ws) + min(len(ws), 300)
+        rec = {"seed": seed, "wall_s": round(wall, 1), "sgd_images": int(sgd_images),
+               "images_per_s": round(aligned_images / wall, 1)}
         rec.update(evaluate(res.maps, res.table, truth_map, truth_table, truth_px))
         rec["success"] = rec["fsc05_A"] < 15.0
         results["runs"].append(rec)

@@ -43,6 +43,8 @@ def add_args(p):
     p.add_argument("--classes", type=int, default=None, help="number of classes K (default 1)")
     p.add_argument("--sym", default=None, help="point group imposed at the end, e.g. C1, C4, D2, O (default C1)")
     p.add_argument("--iter", type=int, default=None, help="SGD iterations per candidate (default 60)")
+    p.add_argument("--initial-iter", type=int, default=None,
+                   help="extra iterations at the initial resolution before the ramp (default 30)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="final mini-batch size, images (default 300; the first batches hold 90)")
     p.add_argument("--initial-resolution", type=float, default=None,
@@ -82,6 +84,7 @@ def main(args) -> int:
     sgd = SGDOptions(
         n_classes=int(option(args, "classes", cfg, d.n_classes)),
         n_iter=int(option(args, "iter", cfg, 60)),
+        n_initial_iter=int(option(args, "initial_iter", cfg, d.n_initial_iter)),
         batch_end=int(option(args, "batch_size", cfg, d.batch_end)),
         initial_resolution=float(option(args, "initial_resolution", cfg, d.initial_resolution)),
         final_resolution=float(option(args, "final_resolution", cfg, d.final_resolution)),
@@ -101,6 +104,7 @@ def main(args) -> int:
     except ValueError as exc:
         raise SpaInputError(None, f"--sym: {exc}") from None
     for name, value, ok in (("--classes", sgd.n_classes, sgd.n_classes >= 1), ("--iter", sgd.n_iter, sgd.n_iter >= 1),
+                            ("--initial-iter", sgd.n_initial_iter, sgd.n_initial_iter >= 0),
                             ("--candidates", n_cand, n_cand >= 1), ("--batch-size", sgd.batch_end, sgd.batch_end >= 2),
                             ("--initial-resolution", sgd.initial_resolution, sgd.initial_resolution > 0),
                             ("--final-resolution", sgd.final_resolution, 0 < sgd.final_resolution)):

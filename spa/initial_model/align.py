@@ -196,7 +196,6 @@ def _best_translation(moving, reference) -> np.ndarray:
     box = np.array(cc.shape)
     sub = np.zeros(3)
     for ax in range(3):
-        idx = [tuple(peak)] * 3
         lo = peak.copy()
         hi = peak.copy()
         lo[ax] = (lo[ax] - 1) % box[ax]
@@ -204,7 +203,6 @@ def _best_translation(moving, reference) -> np.ndarray:
         a, b, c = cc[tuple(lo)], cc[tuple(peak)], cc[tuple(hi)]
         den = a - 2 * b + c
         sub[ax] = 0.5 * (a - c) / den if den < 0 else 0.0
-        del idx
     shift = np.where(peak > box // 2, peak - box, peak) + sub  # (z, y, x)
     return shift[::-1]
 

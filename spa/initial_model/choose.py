@@ -5,17 +5,23 @@ As Sorzano et al. do for initial volumes: for every candidate map and every
 with their CTFs), the best normalised correlation over projection directions,
 in-plane rotations and shifts is found by exhaustive projection matching;
 the candidate with the highest median correlation wins, and the histogram of
-correlations per candidate is reported.
+correlations per candidate is reported.  The score is the mean over Fourier
+shells of per-shell correlations (an average Fourier ring correlation), so
+candidates with different effective filters compare by shape.  A candidate
+built from the very class averages it is scored against (common lines) is
+cross-validated: each average is scored against a map made without it.
 
 Projection matching is written as matrix products (the E-step's form): with
 X_i the image transform at the active Fourier pixels (shells 1 … s, DC left
 out so background levels do not matter), C_i its CTF (1 for class averages),
-P_s a shift's phase factor and A_r the central slice at rotation r,
+P_t a shift's phase factor and A_r the central slice at rotation r, per shell σ
 
-    cc(i, s, r) = Re Σ_f w·X_i·P_s·C_i·conj(A_r) / √(Σ_f w|X_i|² · Σ_f w·C_i²|A_r|²)
+    cc_σ(i, t, r) = Re Σ_f∈σ w·X_i·P_t·C_i·conj(A_r) / √(Σ_f∈σ w|X_i|² · Σ_f∈σ w·C_i²|A_r|²)
 
-is one real GEMM (N·S × 2F)(2F × R) for the numerators and one (N × F)(F × R)
-for the norms, over chunks of rotations (w: rfft multiplicity).
+is one real GEMM (N·T × 2F_σ)(2F_σ × R) for the numerators and one
+(N × F_σ)(F_σ × R) for the norms, over chunks of rotations (w: rfft
+multiplicity); the score is the mean of cc_σ over the shells (pixels are
+sorted by radius, so a shell is a contiguous slice).
 Handedness cannot be told from projections: a map and its mirror image
 score the same.
 """
@@ -60,12 +66,16 @@ def _prepare_images(images, mask_radius_px):
 
 def match_images(volume, images, pixel_size: float, *, ctfs=None, resolution: float = 20.0,
                  mask_radius_px: float | None = None, offset_range_px: float = 2.0, offset_step_px: float = 1.0,
-                 grid_order: int = 3) -> MatchResult:
+                 grid_order: int = 3, per_shell: bool = False) -> MatchResult:
     """Exhaustive projection matching of images (N, b, b) against a map (b, b, b) (see module docstring).
 
     ``ctfs`` (N, b, b//2+1) or None (images already CTF-corrected, e.g. class
     averages); ``resolution`` Å limits the frequencies used; orientations on the
     HEALPix grid of ``grid_order`` × ψ at the same step (order 3: 7.5°).
+    ``per_shell``: the score is the mean over Fourier shells of the per-shell
+    normalised correlation (an average Fourier ring correlation), so every
+    shell counts equally and a map's radial filter does not matter; otherwise
+    one correlation over all pixels (dominated by the strong low shells).
     """
     vol = np.asarray(volume, np.float32)
     box = vol.shape[-1]
@@ -74,16 +84,21 @@ def match_images(volume, images, pixel_size: float, *, ctfs=None, resolution: fl
     act = ActivePixels.make(box, shells, np)
     first = act.count(1)
     index, jx, jy = act.index[first:], act.jx[first:], act.jy[first:]
+    # pixels are sorted by radius: each shell is one contiguous range
+    if per_shell:
+        bounds = [act.count(s) - first for s in range(1, shells + 1)]
+        ranges = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1) if bounds[i + 1] > bounds[i]]
+    else:
+        ranges = [(0, index.size)]
     w = np.where(jx > 0, 2.0, 1.0).astype(np.float32)
     f = _prepare_images(images, mask_radius_px).reshape(n, -1)[:, index]
     c = np.ones((n, index.size), np.float32) if ctfs is None else np.asarray(ctfs, np.float32).reshape(n, -1)[:, index]
-    x2 = (w * (f.real**2 + f.imag**2)).sum(axis=1)
     shifts = translation_grid(offset_range_px, offset_step_px) if offset_range_px > 0 else np.zeros((1, 2))
     s = len(shifts)
     ph = np.exp((-2j * np.pi / box) * (shifts[:, :1] * jx[None] + shifts[:, 1:] * jy[None])).astype(np.complex64)
     y = ((f * c * w)[:, None, :] * ph[None]).reshape(n * s, -1)
-    y_st = np.concatenate([y.real, y.imag], axis=1)
     c2w = c * c * w
+    fw2 = w * (f.real**2 + f.imag**2)
     rot, tilt, psi = orientation_grid(grid_order, "C1")
     euler = np.column_stack([rot, tilt, psi])
     proj = Projector(vol)
@@ -93,9 +108,16 @@ def match_images(volume, images, pixel_size: float, *, ctfs=None, resolution: fl
     for r0 in range(0, len(euler), ROTATION_CHUNK):
         sl = slice(r0, min(len(euler), r0 + ROTATION_CHUNK))
         a = proj.project_active(euler_to_matrix(*euler[sl].T).astype(np.float32), index, jx, jy)  # (Rc, F)
-        cross = y_st @ np.concatenate([a.real, a.imag], axis=1).T  # (N·S, Rc)
-        norm = c2w @ (a.real**2 + a.imag**2).T  # (N, Rc)
-        cc = cross.reshape(n, s, -1) / np.sqrt(np.maximum(x2[:, None, None] * norm[:, None, :], 1e-30))
+        a2 = a.real**2 + a.imag**2
+        cc = np.zeros((n, s, a.shape[0]), np.float32)
+        for lo, hi in ranges:
+            yb = y[:, lo:hi]
+            cross = np.concatenate([yb.real, yb.imag], axis=1) @ np.concatenate([a.real[:, lo:hi], a.imag[:, lo:hi]],
+                                                                                axis=1).T  # (N·S, Rc) GEMM
+            norm = c2w[:, lo:hi] @ a2[:, lo:hi].T  # (N, Rc) GEMM
+            x2 = fw2[:, lo:hi].sum(axis=1)
+            cc += cross.reshape(n, s, -1) / np.sqrt(np.maximum(x2[:, None, None] * norm[:, None, :], 1e-30))
+        cc /= len(ranges)
         flat = cc.reshape(n, -1)
         k = np.argmax(flat, axis=1)
         val = flat[np.arange(n), k]
@@ -117,17 +139,33 @@ class Candidate:
     volume: np.ndarray
     seed: int | None = None
     note: str = ""
+    # cross-validation for a map built from the very images it is scored against (common lines from class
+    # averages): [(image indices held out, map made without them)]; those images are scored against that map
+    folds: list | None = None
 
 
 def score_candidates(candidates: list[Candidate], images, pixel_size: float, *, ctfs=None, resolution: float = 20.0,
                      mask_radius_px: float | None = None, offset_range_px: float = 2.0, grid_order: int = 3,
-                     log=None) -> list[np.ndarray]:
-    """Best reprojection correlation of every image, per candidate (list of (N,) arrays)."""
+                     per_shell: bool = True, log=None) -> list[np.ndarray]:
+    """Best reprojection correlation of every image, per candidate (list of (N,) arrays).
+
+    ``per_shell``: score by the mean per-shell correlation (see
+    :func:`match_images`), so candidates with different effective filters
+    compare by shape.  A candidate with ``folds`` is cross-validated: each
+    image is scored against the fold map that was made without it.
+    """
     out = []
+    kw = dict(pixel_size=pixel_size, resolution=resolution, mask_radius_px=mask_radius_px,
+              offset_range_px=offset_range_px, grid_order=grid_order, per_shell=per_shell)
     for cand in candidates:
-        m = match_images(cand.volume, images, pixel_size, ctfs=ctfs, resolution=resolution,
-                         mask_radius_px=mask_radius_px, offset_range_px=offset_range_px, grid_order=grid_order)
-        out.append(m.scores)
+        if cand.folds and ctfs is None:
+            scores = np.full(len(images), np.nan)
+            for held, vol in cand.folds:
+                held = np.asarray(held)
+                scores[held] = match_images(vol, np.asarray(images)[held], **kw).scores
+        else:
+            scores = match_images(cand.volume, images, ctfs=ctfs, **kw).scores
+        out.append(scores)
         if log:
             log(f"initial-model: candidate {cand.name} ({cand.method}): median reprojection correlation "
                 f"{np.median(m.scores):.3f}")

@@ -24,7 +24,9 @@ A second initial-model method on different mathematics from the SGD one
 5. Reconstruction of the class averages at poses A_i = R_iᵀ with the
    Fourier back-projector, then a few rounds of projection matching of the
    class averages against that map (:mod:`spa.initial_model.choose`) and
-   reconstruction again.
+   reconstruction again.  For an honest comparison with maps made from
+   particles, k-fold maps (each without a quarter of the averages) are made
+   too: the chooser scores each average against the map that never saw it.
 
 Class averages are assumed centred and CTF-corrected (as class2d writes
 them).  Fails softly: with too few averages, or when the eigenvalues show
@@ -209,10 +211,13 @@ def reconstruct_from_averages(averages, rotations_euler, regularisation: float =
 
 
 def commonlines_model(averages, pixel_size: float, *, mask_radius_px: float, resolution: float = 20.0,
-                      n_theta: int = 144, refine_rounds: int = 3, log=None):
+                      n_theta: int = 144, refine_rounds: int = 3, n_folds: int = 4, log=None):
     """Initial map from class averages (M, b, b) at ``pixel_size`` Å → (map (b, b, b) or None, info dict).
 
     ``resolution``: highest frequency used for common lines and matching (Å).
+    ``info`` holds the poses (``rotations``, (M, 3) Euler degrees), the
+    synchronisation eigenvalues, and ``folds``: [(held-out averages, map
+    without them)] for ``n_folds``-fold cross-validated scoring.
     """
     from spa.geometry.euler import matrix_to_euler
     from spa.initial_model.choose import match_images
@@ -251,4 +256,10 @@ def commonlines_model(averages, pixel_size: float, *, mask_radius_px: float, res
         info[f"refine_{rnd + 1}_median_cc"] = float(np.median(match.scores))
         log(f"initial-model: common lines, matching round {rnd + 1}: median correlation {np.median(match.scores):.3f}")
     info["rotations"] = euler
+    # cross-validation maps: the map is a reconstruction *from* these averages, so scoring it against
+    # them would flatter it; each fold's averages are scored against a map made without them
+    k = min(n_folds, m)
+    info["folds"] = [(np.arange(f, m, k), constrain_map(reconstruct_from_averages(
+        np.delete(imgs, np.arange(f, m, k), axis=0), np.delete(euler, np.arange(f, m, k), axis=0)), mask_radius_px))
+        for f in range(k)]
     return vol.astype(np.float32), info

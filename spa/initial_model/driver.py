@@ -122,7 +122,7 @@ def _score_sets(candidates, images, ctfs, ws, opts, mask_radius_px, log):
     flat, owner = [], []
     for i, c in enumerate(candidates):
         for k in range(len(c.volume)):
-            flat.append(Candidate(f"{c.name}.{k + 1}", c.method, c.volume[k], c.seed))
+            flat.append(Candidate(f"{c.name}.{k + 1}", c.method, c.volume[k], c.seed, folds=c.folds))
             owner.append(i)
     raw = score_candidates(flat, images, ws.pixel_size, ctfs=ctfs, resolution=opts.chooser_resolution,
                            mask_radius_px=mask_radius_px,
@@ -159,7 +159,8 @@ def run_initial_model(ws: WorkingSet, opts: InitialModelOptions, *, class_averag
             log(f"initial-model: {notes[-1]}")
         else:
             k = opts.sgd.n_classes
-            candidates.append(Candidate("commonlines", "commonlines", np.repeat(vol[None], k, axis=0)))
+            candidates.append(Candidate("commonlines", "commonlines", np.repeat(vol[None], k, axis=0),
+                                        folds=info.get("folds")))
     else:
         notes.append("no --class-averages: common lines (method 2) skipped; candidates matched against "
                      f"{CHOOSER_PARTICLES} random particles")

@@ -2,8 +2,10 @@
 
 Start: each class is the reconstruction of a random subset of particles at
 random poses, i.e. a featureless blob, low-passed to the initial resolution.
-Then, for ``n_iter`` iterations, a random mini-batch (``batch_start`` growing
-to ``batch_end`` images) is aligned against the current maps by the shared
+Then, for ``n_initial_iter`` iterations at the initial resolution (cheap, and
+what lets a globally right low-resolution shape form before details are
+fitted) and ``n_iter`` more iterations, a random mini-batch (``batch_start``
+growing to ``batch_end`` images) is aligned against the current maps by the shared
 E-step (:mod:`spa.em.estep`: global HEALPix search × ψ × shifts, coarse pass
 then oversampled children, all as batched matrix products), and the maps take
 one stochastic step:
@@ -11,17 +13,20 @@ one stochastic step:
     D ← (1 − η)·D + Σ_batch Γ·C·X/σ²,    W ← (1 − η)·W + Σ_batch Γ·C²/σ²
     V = D ÷ (W + 1/(T·τ²))
 
-i.e. the running sufficient statistics of online EM, which is SGD on the
-negative log posterior preconditioned by its diagonal Hessian W (the
-update V ← V + η·(V_batch − V) with the weights averaged rather than the
-ratios).  η (the learning rate, default 0.4 at first) decays over the run, so
-early batches are forgotten quickly and late ones average many images.  After
+i.e. online (stochastic-approximation) EM with exponential forgetting: D and
+W are the E-step's sufficient statistics summed over the last ≈ 1/η batches,
+and the MAP map from them is a step of size η from the current map towards
+the batch's own MAP map, V ← V + η·(V_batch − V), with numerator and
+denominator averaged separately (so poorly sampled Fourier voxels move less,
+as the diagonal-Hessian preconditioning of cryoSPARC's SGD does).  η (the
+learning rate, default 0.4 at first) decays over the run, so early batches
+are forgotten quickly and late ones average many images.  After
 every step the real-space map is constrained: solvent (outside the
 particle-diameter sphere) level set to 0 — this fixes the poorly measured DC
 term, whose CTF weight is only Q² — non-negativity, soft spherical mask.
 
 Resolution rises from ``initial_resolution`` (35 Å) to ``final_resolution``
-(12 Å) over the first 70 % of the iterations (linear in 1/d); the HEALPix
+(12 Å) over the first 70 % of the ``n_iter`` iterations (linear in 1/d); the HEALPix
 order follows it (order 1 = 30° coarse/15° fine, order 2 = 15°/7.5°).  K ≥ 1
 classes are assigned softly (class fractions as priors).  The noise spectrum
 σ² starts from the images' power spectrum and follows the batch residuals.
@@ -283,7 +288,7 @@ class SGDRun:
         self.sigma2 = (1 - eta) * self.sigma2 + eta * batch_sigma2
         self._rebuild(shells, tau2)
         rec = {"iteration": t + 1, "resolution": res, "shells": shells, "batch": nb, "eta": eta, "order": order,
-               "max_prob": float(np.median(self.be.to_numpy(post.weight)))}
+               "median_max_prob": _median_best_weight(post, nb, self.be)}
         self.history.append(rec)
         return rec
 
@@ -344,6 +349,13 @@ class SGDRun:
         maps = self.be.to_numpy(self.refs.images).astype(np.float32)
         return SGDResult(maps, self.ws.pixel_size, final["rot"], final["offset"], final["class"], final["max_prob"],
                          final["n_significant"], final["loglike"], np.asarray(self.class_weight), self.history)
+
+
+def _median_best_weight(post, n: int, be) -> float:
+    """Median over the batch of each image's largest posterior weight (how decided the poses are)."""
+    best = np.zeros(n)
+    np.maximum.at(best, be.to_numpy(post.img), be.to_numpy(post.weight))
+    return float(np.median(best))
 
 
 def _best_candidates(post, n: int, xp):

@@ -79,3 +79,17 @@ def test_pure_noise_gives_no_rank_three_structure_or_a_poor_map():
     rec, info = commonlines_model(noise, PIXEL, mask_radius_px=10, refine_rounds=1)
     # either refused, or a map whose reprojections fit noise badly (the chooser then rejects it)
     assert rec is None or info["refine_1_median_cc"] < 0.6
+
+
+def test_cross_validated_scores_remove_the_self_fit_of_a_map_made_from_the_averages():
+    from spa.initial_model.choose import Candidate, score_candidates
+
+    _, img, _ = _averages(24, 0.5, seed=6)
+    rec, info = commonlines_model(img, PIXEL, mask_radius_px=10, resolution=12.0, refine_rounds=2)
+    assert rec is not None and len(info["folds"]) == 4
+    held = np.concatenate([h for h, _ in info["folds"]])
+    assert np.array_equal(np.sort(held), np.arange(24))  # every average held out exactly once
+    kw = dict(resolution=15.0, mask_radius_px=10, offset_range_px=0.0)
+    plain, cv = score_candidates([Candidate("cl", "cl", rec), Candidate("cl", "cl", rec, folds=info["folds"])],
+                                 img, PIXEL, **kw)
+    assert np.median(cv) < np.median(plain)  # a map fits the images it was made from better than new ones

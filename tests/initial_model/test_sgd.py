@@ -20,7 +20,6 @@ def data():
     return vol, working_set(images, table, PIXEL)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sgd_from_random_blobs_recovers_the_molecule(data, seed):
     vol, ws = data
