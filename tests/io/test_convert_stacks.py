@@ -61,7 +61,10 @@ def test_mrcs_to_zarr_and_back_is_exact(relion_set, tmp_path, monkeypatch):
     info = stack_info(tmp_path / "z" / "particles.zarr")
     assert (info.n, info.box, info.pixel_size, info.chunk) == (7, BOX, 2.1, 3)
     zparts, _ = read_particles(zstar)
-    assert zparts["rlnImageName"].tolist() == [f"{i:06d}@particles.zarr" for i in range(1, 8)]
+    # written relative to the STAR's folder; read back, they resolve from the cwd
+    written = read_star(zstar)["particles"]["rlnImageName"].tolist()
+    assert written == [f"{i:06d}@particles.zarr" for i in range(1, 8)]
+    assert zparts["rlnImageName"].str.endswith("particles.zarr").all()
     monkeypatch.chdir(tmp_path / "relion")  # reading the output works from any directory
     np.testing.assert_array_equal(ParticleImages(zparts, zstar).read_all(), truth)
 
