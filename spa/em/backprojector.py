@@ -13,9 +13,7 @@ of them add (``+``) so Dask can tree-reduce per-chunk insertions.
 
 from __future__ import annotations
 
-import numpy as np
-
-from spa.backend import array_module, backend_of, get_backend
+from spa.backend import backend_of, get_backend
 from spa.em.gridding import crop_centered, gridding_factor, padded_size
 from spa.em.projector import image_frequencies, scatter_slices
 from spa.fourier import irfft_centered, radius_3d

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -20,7 +20,7 @@ from spa.em.estep import ActivePixels, prepare_chunk
 from spa.em.model import WsumModel
 from spa.em.noise import group_power, initial_sigma2
 from spa.errors import SpaInputError
-from spa.fourier import fourier_resize, lowpass, radius_2d, shells_2d, soft_circular_mask, soft_spherical_mask
+from spa.fourier import fourier_resize, lowpass, shells_2d, soft_circular_mask, soft_spherical_mask
 
 
 # -- inputs ----------------------------------------------------------------------------------
@@ -264,5 +264,5 @@ def join_low_resolution(half1, half2, pixel_size: float, resolution: float = 40.
 __all__ = [
     "load_particles", "load_reference", "mask_radius_px", "prepare_reference", "data_statistics", "grey_scale",
     "estep_chunk_3d", "run_estep_3d", "context", "coarse_shells_for", "particles_table_3d", "model_blocks_3d",
-    "join_low_resolution", "replace", "radius_2d",
+    "join_low_resolution",
 ]

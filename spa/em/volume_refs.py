@@ -17,7 +17,7 @@ import numpy as np
 from spa.backend import array_module, backend_of
 from spa.em.gridding import crop_centered, gridding_factor, pad_centered, padded_size
 from spa.em.projector import gather_slices, scatter_slices
-from spa.fourier import irfft_centered, radius_3d, rfft_centered, shells_3d, soft_spherical_mask
+from spa.fourier import irfft_centered, radius_3d, rfft_centered, soft_spherical_mask
 from spa.geometry.euler import euler_to_matrix
 
 

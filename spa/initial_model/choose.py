@@ -168,7 +168,7 @@ def score_candidates(candidates: list[Candidate], images, pixel_size: float, *, 
         out.append(scores)
         if log:
             log(f"initial-model: candidate {cand.name} ({cand.method}): median reprojection correlation "
-                f"{np.median(m.scores):.3f}")
+                f"{np.median(scores):.3f}")
     return out
 
 
