@@ -14,13 +14,12 @@ focuses the classification on a region.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
 from spa.backend import get_backend
 from spa.em import driver3d as d3
-from spa.em.engine import last_checkpoint, load_checkpoint, particle_arrays, save_checkpoint
+from spa.em.engine import last_checkpoint, load_checkpoint, save_checkpoint
 from spa.em.model import MlModel
 from spa.em.mstep import maximize, next_window
 from spa.em.sampling3d import Sampling3D
@@ -94,27 +93,13 @@ def fixed_pose_chunk(source, idx, particles, ctx):
     return tree_sum(sums), results
 
 
-class Class3D:
+class Class3D(d3.Run3D):
     """One 3D classification run."""
 
     def __init__(self, table, source, reference, opts: Class3DOptions, output_dir, *, optics, client=None,
                  provenance=None, log=print):
-        from spa.geometry.symmetry import symmetry_matrices
-
-        self.opts = opts
-        self.table = table.reset_index(drop=True)
-        self.source = source
-        self.output_dir = Path(output_dir)
-        self.optics = optics
-        self.client = client
-        self.provenance = provenance
-        self.log = log or (lambda *a: None)
-        self.box = int(source.box)
-        self.pixel_size = float(source.pixel_size)
-        self.backend = get_backend(opts.backend).name
-        self.radius = d3.mask_radius_px(opts.particle_diameter, self.box, self.pixel_size)
-        self.sym = symmetry_matrices(opts.symmetry)
-        self.particles = particle_arrays(self.table, self.pixel_size)
+        super().__init__(table, source, reference, opts, output_dir, optics=optics, client=client,
+                         provenance=provenance, log=log)
         if opts.skip_align:
             from spa.errors import SpaInputError
 
@@ -122,12 +107,7 @@ class Class3D:
             if missing:
                 raise SpaInputError(None, f"--skip-align needs poses in the particle STAR (missing {missing})")
             self.particles["angles"] = self.table[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float)
-        og = self.table["rlnOpticsGroup"].to_numpy() if "rlnOpticsGroup" in self.table else np.ones(len(self.table))
-        self.group_ids = np.unique(og)
-        self.n_groups = len(self.group_ids)
-        n = max(1, int(np.ceil(len(self.table) / opts.chunk_size)))
-        self.chunks = [c for c in np.array_split(np.arange(len(self.table)), n) if len(c)]
-        self.reference = reference
+        self.chunks = self.chunks_of(np.arange(len(self.table)))
         self.mask = None
         if opts.reference_mask:
             from spa.io.mrc import read_mrc
@@ -185,8 +165,7 @@ class Class3D:
         wsum_all = None
         for k in range(o.n_classes):
             rows = np.nonzero(label == k)[0]
-            n = max(1, int(np.ceil(len(rows) / o.chunk_size)))
-            chunks = [c for c in np.array_split(rows, n) if len(c)]
+            chunks = self.chunks_of(rows)
             wsum, res, _ = self._estep(model1, single, chunks)
             new_model, new_ref = maximize(model1, wsum, single, tau2_fudge=o.tau2_fudge, mask_radius_px=self.radius)
             vols.append(np.asarray(get_backend(self.backend).to_numpy(new_ref.images[0])))

@@ -23,6 +23,42 @@ from spa.errors import SpaInputError
 from spa.fourier import fourier_resize, lowpass, shells_2d, soft_circular_mask, soft_spherical_mask
 
 
+# -- the state every 3D run starts from -------------------------------------------------------
+class Run3D:
+    """Particles, images, geometry and bookkeeping shared by the 3D stage drivers."""
+
+    def __init__(self, table, source, reference, opts, output_dir, *, optics, client=None, provenance=None,
+                 log=print):
+        from pathlib import Path
+
+        from spa.em.engine import particle_arrays
+        from spa.geometry.symmetry import symmetry_matrices
+
+        self.opts = opts
+        self.table = table.reset_index(drop=True)
+        self.source = source
+        self.reference = reference
+        self.output_dir = Path(output_dir)
+        self.optics = optics
+        self.client = client
+        self.provenance = provenance
+        self.log = log or (lambda *a: None)
+        self.box = int(source.box)
+        self.pixel_size = float(source.pixel_size)
+        self.backend = get_backend(opts.backend).name
+        self.radius = mask_radius_px(opts.particle_diameter, self.box, self.pixel_size)
+        self.sym = symmetry_matrices(opts.symmetry)
+        self.particles = particle_arrays(self.table, self.pixel_size)
+        og = self.table["rlnOpticsGroup"].to_numpy() if "rlnOpticsGroup" in self.table else np.ones(len(self.table))
+        self.group_ids = np.unique(og)
+        self.n_groups = len(self.group_ids)
+
+    def chunks_of(self, rows):
+        """Rows split into E-step tasks of at most ``opts.chunk_size`` particles."""
+        n = max(1, int(np.ceil(len(rows) / self.opts.chunk_size)))
+        return [c for c in np.array_split(np.asarray(rows), n) if len(c)]
+
+
 # -- inputs ----------------------------------------------------------------------------------
 def load_particles(star_path, *, need_ctf: bool = True):
     """(table, optics, image source, pixel size Å, box px) of a RELION-format particle STAR."""
@@ -262,7 +298,7 @@ def join_low_resolution(half1, half2, pixel_size: float, resolution: float = 40.
 
 
 __all__ = [
-    "load_particles", "load_reference", "mask_radius_px", "prepare_reference", "data_statistics", "grey_scale",
+    "Run3D", "load_particles", "load_reference", "mask_radius_px", "prepare_reference", "data_statistics", "grey_scale",
     "estep_chunk_3d", "run_estep_3d", "context", "coarse_shells_for", "particles_table_3d", "model_blocks_3d",
     "join_low_resolution",
 ]

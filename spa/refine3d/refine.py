@@ -16,13 +16,12 @@ convergence a last iteration uses both halves to Nyquist for the final map.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
 from spa.backend import get_backend
 from spa.em import driver3d as d3
-from spa.em.engine import last_checkpoint, load_checkpoint, particle_arrays, save_checkpoint
+from spa.em.engine import last_checkpoint, load_checkpoint, save_checkpoint
 from spa.em.fsc import fsc as fsc_curve
 from spa.em.fsc import resolution_at, ssnr_from_fsc
 from spa.em.model import MlModel
@@ -60,34 +59,16 @@ class Refine3DOptions:
     backend: str | None = None
 
 
-class Refine3D:
+class Refine3D(d3.Run3D):
     """One auto-refinement run (see module docstring)."""
 
     def __init__(self, table, source, reference, opts: Refine3DOptions, output_dir, *, optics, client=None,
                  provenance=None, log=print):
-        from spa.geometry.symmetry import symmetry_matrices
-
-        self.opts = opts
-        self.table = table.reset_index(drop=True)
-        self.source = source
-        self.output_dir = Path(output_dir)
-        self.optics = optics
-        self.client = client
-        self.provenance = provenance
-        self.log = log or (lambda *a: None)
-        self.box = int(source.box)
-        self.pixel_size = float(source.pixel_size)
-        self.backend = get_backend(opts.backend).name
-        self.radius = d3.mask_radius_px(opts.particle_diameter, self.box, self.pixel_size)
+        super().__init__(table, source, reference, opts, output_dir, optics=optics, client=client,
+                         provenance=provenance, log=log)
         self.diameter = 2 * self.radius * self.pixel_size
-        self.sym = symmetry_matrices(opts.symmetry)
-        self.particles = particle_arrays(self.table, self.pixel_size)
-        og = self.table["rlnOpticsGroup"].to_numpy() if "rlnOpticsGroup" in self.table else np.ones(len(self.table))
-        self.group_ids = np.unique(og)
-        self.n_groups = len(self.group_ids)
         self.halves = self._split_halves()
-        self.chunks = [self._chunks(h) for h in self.halves]
-        self.reference = reference
+        self.chunks = [self.chunks_of(h) for h in self.halves]
         self.solvent_mask = None
         if opts.solvent_mask:
             from spa.io.mrc import read_mrc
@@ -113,10 +94,6 @@ class Refine3D:
 
             raise SpaInputError(None, "each random half needs at least one particle")
         return halves
-
-    def _chunks(self, rows):
-        n = max(1, int(np.ceil(len(rows) / self.opts.chunk_size)))
-        return [c for c in np.array_split(rows, n) if len(c)]
 
     def initialise(self):
         o = self.opts
