@@ -219,8 +219,10 @@ def map_reduce(func, source, particles: dict, chunks: list, shared, client=None)
     if client is None:
         outs = [func(source, idx, take(particles, idx), shared) for idx in chunks]
         return tree_sum([o[0] for o in outs]), [o[1] for o in outs]
-    shared_f = client.scatter(shared, broadcast=True)
-    source_f = client.scatter(source, broadcast=True)
+    # unique keys (hash=False): the same data scattered again next iteration must not race with
+    # the release of this iteration's copy ("lost dependencies")
+    shared_f = client.scatter(shared, broadcast=True, hash=False)
+    source_f = client.scatter(source, broadcast=True, hash=False)
     futs = [client.submit(func, source_f, idx, take(particles, idx), shared_f, pure=False) for idx in chunks]
     sums = [client.submit(operator.getitem, f, 0) for f in futs]
     res = [client.submit(operator.getitem, f, 1) for f in futs]

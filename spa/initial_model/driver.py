@@ -71,7 +71,7 @@ def run_candidates(ws: WorkingSet, opts: InitialModelOptions, *, client=None, lo
     """SGD phase of every candidate → [(seed, maps, class fractions)], in seed order."""
     seeds = _candidate_seeds(opts.sgd.seed, opts.n_candidates)
     if client is not None and len(seeds) > 1:
-        ws_f = client.scatter(ws, broadcast=True)
+        ws_f = client.scatter(ws, broadcast=True, hash=False)
         futs = [client.submit(_sgd_candidate, ws_f, replace(opts.sgd, seed=s), pure=False) for s in seeds]
         out = client.gather(futs)
         return [(s, m, w) for s, (m, w) in zip(seeds, out)]
