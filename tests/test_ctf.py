@@ -23,7 +23,6 @@ def test_zeros_where_the_formula_puts_them(defocus, voltage, cs):
     lam = electron_wavelength(voltage)
     w = np.arctan(0.1 / np.sqrt(1 - 0.01))
     c = ctf_2d(box, pixel, defocus, defocus, 0, voltage, cs, 0.1)[0]  # along +x (row 0)
-    k = np.arange(c.size) / (box * pixel)
     for n in (1, 2, 3):
         # solve π λ Δf k² − π/2 Cs λ³ k⁴ + w = nπ for k² (smaller root)
         a, b, cc = -0.5 * np.pi * cs * 1e7 * lam**3, np.pi * lam * defocus, w - n * np.pi

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from spa.cli import main
-from spa.geometry import euler_to_matrix, matrix_to_euler, random_rotations
+from spa.geometry import matrix_to_euler, random_rotations
 from spa.geometry.symmetry import axis_rotation
 from spa.io.star import read_particles, read_star, write_particles
 from spa.provenance import read_record
