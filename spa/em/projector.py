@@ -41,34 +41,17 @@ def image_frequencies(box: int, max_radius: float | None = None, xp=np):
 def trilinear_setup(q, padded: int):
     """Neighbour indices and weights for points ``q`` (…, 3) = (x, y, z) in padded Fourier pixels.
 
+    Point-major view of :func:`trilinear_corners` (one interpolation rule for both).
+
     Points with qx < 0 are reflected through the origin (Friedel) so they fall
     in the stored half grid; ``conj`` marks them.  Returns (flat_index (…, 8),
     weight (…, 8), conj (…)).  Grid layout: [z, y, x] with z, y in FFT order
     (mod P) and x in 0 … P//2.
     """
     xp = array_module(q)
-    conj = q[..., 0] < 0
-    q = xp.where(conj[..., None], -q, q)
-    base = xp.floor(q)
-    frac = (q - base).astype(xp.float32)
-    base = base.astype(xp.int64)
-    half = padded // 2 + 1
-    x0 = xp.minimum(base[..., 0], half - 1)
-    x1 = xp.minimum(x0 + 1, half - 1)
-    y0 = base[..., 1] % padded
-    y1 = (base[..., 1] + 1) % padded
-    z0 = base[..., 2] % padded
-    z1 = (base[..., 2] + 1) % padded
-    fx, fy, fz = frac[..., 0], frac[..., 1], frac[..., 2]
-    gx, gy, gz = 1 - fx, 1 - fy, 1 - fz
-    idx = []
-    wts = []
-    for zi, wz in ((z0, gz), (z1, fz)):
-        for yi, wy in ((y0, gy), (y1, fy)):
-            for xi, wx in ((x0, gx), (x1, fx)):
-                idx.append((zi * padded + yi) * half + xi)
-                wts.append(wz * wy * wx)
-    return xp.stack(idx, axis=-1), xp.stack(wts, axis=-1), conj
+    q = xp.asarray(q, dtype=xp.float32)
+    idx, w, conj = trilinear_corners(q[..., 0], q[..., 1], q[..., 2], padded)
+    return xp.moveaxis(idx, 0, -1), xp.moveaxis(w, 0, -1), conj
 
 
 def slice_components(rotations, jx, jy, pad_factor: float):
