@@ -212,7 +212,7 @@ def grey_scale(volume, stats: DataStatistics, pixel_size: float, low_res: float 
 def estep_chunk_3d(source, idx, particles, ctx: EStepContext):
     """:func:`spa.em.engine.estep_chunk` plus the Euler angles (n, 3) of each particle's best pose."""
     wsum, results = estep_chunk(source, idx, particles, ctx)
-    results["angles"] = np.asarray(ctx.sampling.fine_rotations)[results["rot"]]
+    results["angles"] = np.asarray(ctx.sampling.fine_rotations[results["rot"]])
     return wsum, results
 
 

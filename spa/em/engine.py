@@ -170,6 +170,8 @@ def estep_chunk(source, indices, particles: dict, ctx: EStepContext):
     (n, 2) absolute offsets in pixels (RELION sign), ``max_prob``
     (rlnMaxValueProbDistribution), ``n_significant``
     (rlnNrOfSignificantSamples), ``loglike`` (rlnLogLikeliContribution).
+    ``particles["angles"]`` (n, 3), when present, are the prior orientations
+    a local search (``ctx.sampling.local``) centres on.
     """
     be = get_backend(ctx.backend)
     xp = be.xp
@@ -183,7 +185,8 @@ def estep_chunk(source, indices, particles: dict, ctx: EStepContext):
     data = prepare_chunk(images, ctf, particles["group"], particles["centres"], ctx.sigma2, active,
                          ctx.mask_radius_px)
     post, fine = expectation(data, refs, ctx.sampling, ctx.log_class_prior, ctx.sigma_offset_px,
-                             min(ctx.coarse_shells, ctx.fine_shells), ctx.significant_fraction, ctx.max_significant)
+                             min(ctx.coarse_shells, ctx.fine_shells), ctx.significant_fraction, ctx.max_significant,
+                             priors=particles.get("angles"))
     sums = refs.new_sums()
     resid = xp.zeros((n_groups, active.size), xp.float64)
     fine.accumulate(post.weight, refs, sums, resid)

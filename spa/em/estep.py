@@ -290,13 +290,16 @@ def _significant(flat, m: int, fraction: float, delta: float = 25.0, groups=None
 
 def fine_candidates(sample, valid, refs, sampling):
     """Expand significant coarse samples into their oversampled children (flat candidate arrays)."""
-    xp = array_module(sample)
     K, R = refs.n_classes, len(sampling.coarse_rotations)
+    return _children(sample // (K * R), (sample // R) % K, sample % R, valid, sampling)
+
+
+def _children(s, k, r, valid, sampling):
+    """Children of significant coarse samples (n, m) of shift ``s``, class ``k``, rotation ``r`` →
+    (image, class, fine rotation, fine shift) flat arrays, image-major, and the dense shape (n, m·c_r·c_t)."""
+    xp = array_module(s)
     cr, ct = sampling.rotation_children, sampling.translation_children
-    n, m = sample.shape
-    s = sample // (K * R)
-    k = (sample // R) % K
-    r = sample % R
+    n, m = s.shape
     a = xp.arange(cr)
     t = xp.arange(ct)
     rf = (r[:, :, None, None] * cr + a[None, None, :, None]) + 0 * t[None, None, None, :]
@@ -306,6 +309,67 @@ def fine_candidates(sample, valid, refs, sampling):
     img = xp.broadcast_to(xp.arange(n)[:, None, None, None], rf.shape)
     sel = xp.nonzero(vf.reshape(-1))[0]
     return img.reshape(-1)[sel], kf.reshape(-1)[sel], rf.reshape(-1)[sel], sf.reshape(-1)[sel], (n, m * cr * ct)
+
+
+def local_coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_offset_px, coarse_shells: int, priors,
+                      significant_fraction: float = 0.999, max_significant: int = 64):
+    """Pass 1 of a local search: each image scores only the orientations near its prior.
+
+    ``sampling`` is a :class:`spa.em.sampling3d.LocalSampling`; ``priors``
+    (N, 3) the images' current Euler angles (degrees).  The (image, class,
+    orientation) pairs of the chunk share the projections of the orientations
+    they use; for a block of pairs the cross term over all coarse shifts is one
+    GEMM (Q_b × 2F_c)·(2F_c × S), as in :class:`FinePass`; the Gaussian prior on
+    the orientation joins the log posterior.  Returns (shift, class, coarse
+    orientation index, valid, n_significant), the first four (N, M), best first.
+    """
+    xp = array_module(data.X)
+    act = data.active.window(coarse_shells)
+    fc = act.size
+    n = data.X.shape[0]
+    K = refs.n_classes
+    rows, keys, lprior = sampling.candidates(priors)  # host arrays, image-major
+    img_h = np.repeat(rows, K)
+    cls_h = np.tile(np.arange(K), rows.size)
+    key_h = np.repeat(keys, K)
+    n_coarse = len(sampling.coarse_rotations)
+    ukey, inv = np.unique(cls_h * n_coarse + key_h, return_inverse=True)
+    A = xp.zeros((ukey.size, fc), xp.complex64)
+    for k in range(K):
+        sel = np.nonzero(ukey // n_coarse == k)[0]
+        if sel.size:
+            A[xp.asarray(sel)] = refs.project(k, sampling.coarse_rotations[ukey[sel] % n_coarse], act)
+    a_pow = (A.real**2 + A.imag**2).astype(xp.float32)
+    shifts = xp.asarray(sampling.coarse_translations, dtype=xp.float32)
+    S = shifts.shape[0]
+    ph_st = _stack_real(phase_factors(shifts, act))  # (S, 2Fc)
+    Y = data.X[:, :fc] * (data.ctf[:, :fc] * data.inv_sigma2[:, :fc])
+    c2s = data.ctf[:, :fc] ** 2 * data.inv_sigma2[:, :fc]
+    lp_trans = _translation_log_prior(data.centres, shifts, sigma_offset_px)  # (N, S)
+    img, row = xp.asarray(img_h), xp.asarray(inv.reshape(-1))
+    lp_pair = xp.asarray(np.repeat(lprior, K)) + xp.asarray(log_class_prior, dtype=xp.float32)[xp.asarray(cls_h)]
+    p = img_h.size
+    scores = xp.empty((p, S), xp.float32)
+    block = max(1, BLOCK_ELEMENTS // (4 * max(1, fc)))
+    for q0 in range(0, p, block):
+        q = slice(q0, min(p, q0 + block))
+        z = Y[img[q]] * A[row[q]].conj()
+        cross = xp.concatenate([z.real, -z.imag], axis=1) @ ph_st.T  # (Q_b, S) GEMM
+        norm = (c2s[img[q]] * a_pow[row[q]]).sum(axis=1)
+        scores[q] = cross + (lp_pair[q] - 0.5 * norm)[:, None] + lp_trans[img[q]]
+    # per image a dense row (its pairs × shifts, −∞ padded) for the significance selection
+    counts = np.bincount(img_h, minlength=n)
+    starts = np.cumsum(counts) - counts
+    width = int(max(counts.max(initial=0), 1))
+    col = xp.asarray(np.arange(p) - starts[img_h])
+    dense = xp.full((n, width, S), -xp.inf, dtype=xp.float32)
+    dense[img, col] = scores
+    m = int(min(max_significant, width * S))
+    top, valid, n_sig = _significant(dense.reshape(n, width * S), m, significant_fraction)
+    j, s = top // S, top % S
+    pair = xp.where(valid, xp.asarray(starts)[:, None] + j, 0)
+    cls_x, key_x = xp.asarray(cls_h), xp.asarray(key_h)
+    return s, cls_x[pair], key_x[pair], valid, n_sig
 
 
 class FinePass:
@@ -371,8 +435,11 @@ class FinePass:
             su, sloc = xp.unique(self.spos[cidx], return_inverse=True)
             yield slice(q0, q1), cidx, self.cand_q[cidx] - q0, su, sloc.reshape(-1)
 
-    def score(self, log_class_prior, sigma_offset_px, dense_shape):
-        """Normalised posterior per candidate → (weights (P,), log-sum-exp per image (N,))."""
+    def score(self, log_class_prior, sigma_offset_px, dense_shape, log_prior=None):
+        """Normalised posterior per candidate → (weights (P,), log-sum-exp per image (N,)).
+
+        ``log_prior`` (P,): an extra log prior per candidate (local searches' orientation prior).
+        """
         xp = self.xp
         p = int(self.img.shape[0])
         cross = xp.zeros(p, xp.float32)
@@ -387,6 +454,8 @@ class FinePass:
         lp_trans = _translation_log_prior(self.data.centres, self.fine_shifts, sigma_offset_px)[self.img, self.spos]
         lp_class = xp.asarray(log_class_prior, dtype=xp.float32)[self.cls]
         logp = cross - 0.5 * norm + lp_class + lp_trans
+        if log_prior is not None:
+            logp = logp + log_prior
         n, mc = dense_shape
         # candidates come image-major, so rank within image = position − first position of the image
         counts = xp.bincount(self.img, minlength=n)
@@ -446,14 +515,33 @@ class FinePass:
 
 
 def expectation(data: ChunkData, refs, sampling, log_class_prior, sigma_offset_px, coarse_shells: int,
-                significant_fraction: float = 0.999, max_significant: int = 64):
-    """Both passes for one chunk → (:class:`Posterior`, :class:`FinePass`)."""
+                significant_fraction: float = 0.999, max_significant: int = 64, priors=None):
+    """Both passes for one chunk → (:class:`Posterior`, :class:`FinePass`).
+
+    A sampling with ``local = True`` searches around ``priors`` (N, 3) Euler
+    angles (:func:`local_coarse_pass`); any other searches its whole grid.
+    """
     xp = array_module(data.X)
-    sample, valid, n_sig = coarse_pass(data, refs, sampling, log_class_prior, sigma_offset_px, coarse_shells,
-                                       significant_fraction, max_significant)
-    img, cls, rot, shift, dense_shape = fine_candidates(sample, valid, refs, sampling)
+    local = getattr(sampling, "local", False)
+    if local:
+        if priors is None:
+            raise ValueError("a local search needs the particles' prior orientations")
+        s, k, r, valid, n_sig = local_coarse_pass(data, refs, sampling, log_class_prior, sigma_offset_px,
+                                                  coarse_shells, priors, significant_fraction, max_significant)
+        img, cls, rot, shift, dense_shape = _children(s, k, r, valid, sampling)
+    else:
+        sample, valid, n_sig = coarse_pass(data, refs, sampling, log_class_prior, sigma_offset_px, coarse_shells,
+                                           significant_fraction, max_significant)
+        img, cls, rot, shift, dense_shape = fine_candidates(sample, valid, refs, sampling)
     fine = FinePass(data, refs, sampling, img, cls, rot, shift)
-    weight, lse = fine.score(log_class_prior, sigma_offset_px, dense_shape)
+    log_prior = None
+    if local:  # the orientation prior of each (image, fine rotation) pair
+        be = backend_of(data.X)
+        q_img = be.to_numpy(fine.q_img)
+        q_rot = fine.pair_rot[be.to_numpy(fine.q_row)]
+        lp_q = sampling.log_prior(sampling.fine_rotations[q_rot], np.asarray(priors, np.float64)[q_img])
+        log_prior = xp.asarray(lp_q)[fine.cand_q]
+    weight, lse = fine.score(log_class_prior, sigma_offset_px, dense_shape, log_prior)
     xnorm = 0.5 * ((data.X.real**2 + data.X.imag**2) * data.inv_sigma2).sum(axis=1)
     post = Posterior(img, cls, rot, shift, weight, n_sig, lse.astype(xp.float64) - xnorm.astype(xp.float64))
     return post, fine

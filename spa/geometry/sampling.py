@@ -185,6 +185,8 @@ def local_offsets(rot, tilt, psi, rot0: float, tilt0: float, psi0: float) -> tup
     ``ψ_match`` is the ψ that, at this (rot, tilt), brings the orientation
     closest to the prior (maximises ``tr(A₀ᵀ A)``).  These are the two
     coordinates the local-search range and Gaussian prior are taken on.
+    The prior may be arrays broadcasting with the orientations (one prior per
+    orientation).
     """
     dist, psi_ref = _direction_and_matching_psi(rot, tilt, rot0, tilt0, psi0)
     return dist, _wrap180(np.asarray(psi, dtype=np.float64) - psi_ref)
@@ -203,7 +205,7 @@ def _direction_and_matching_psi(rot, tilt, rot0, tilt0, psi0):
     dist = _vector_angle(d, directions_from_angles(rot0, tilt0))
     # A(rot, tilt, ψ) = Rz(ψ)·B with B = A(rot, tilt, 0); tr(Rz(ψ) B A₀ᵀ) is largest at
     # ψ = atan2(M10 − M01, M00 + M11) with M = B A₀ᵀ (RELION's passive Rz).
-    m = euler_to_matrix(rot, tilt, 0.0) @ euler_to_matrix(rot0, tilt0, psi0).T
+    m = euler_to_matrix(rot, tilt, 0.0) @ np.swapaxes(euler_to_matrix(rot0, tilt0, psi0), -1, -2)
     psi_ref = np.rad2deg(np.arctan2(m[..., 1, 0] - m[..., 0, 1], m[..., 0, 0] + m[..., 1, 1]))
     return dist, psi_ref
 
