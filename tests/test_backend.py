@@ -54,3 +54,4 @@ def test_cupy_matches_numpy_projection():
     cpu = Projector(vol).project_images(rots)
     gpu = cp.asnumpy(Projector(cp.asarray(vol)).project_images(cp.asarray(rots)))
     assert np.allclose(cpu, gpu, atol=1e-3 * np.abs(cpu).max())
+

@@ -4,8 +4,10 @@ K classes start from one reference low-passed to ``ini_high``: in the first
 iteration the particles are split into K random subsets, each aligned to the
 reference and reconstructed on its own, which breaks the symmetry between
 classes as RELION does.  Every later iteration runs the shared E-step over
-classes × orientations (global HEALPix search with oversampled children, or
-no alignment at all with ``skip_align``: poses fixed at the input values) ×
+classes × orientations (global HEALPix search with oversampled children,
+local searches around each particle's current pose with ``sigma_ang`` (a
+Gaussian prior of that width, degrees, as RELION's --sigma_ang), or no
+alignment at all with ``skip_align``: poses fixed at the input values) ×
 shifts, then the MAP update with τ² = T × the class's power (T = 4 by
 default), class fractions and noise spectra.  An optional reference mask
 focuses the classification on a region.
@@ -22,7 +24,7 @@ from spa.em import driver3d as d3
 from spa.em.engine import last_checkpoint, load_checkpoint, save_checkpoint
 from spa.em.model import MlModel
 from spa.em.mstep import maximize, next_window
-from spa.em.sampling3d import Sampling3D
+from spa.em.sampling3d import LocalSampling, Sampling3D
 from spa.em.volume_refs import VolumeReferences
 
 
@@ -42,6 +44,7 @@ class Class3DOptions:
     offset_range: float = 5.0
     offset_step: float = 1.0
     skip_align: bool = False
+    sigma_ang: float | None = None
     reference_mask: str | None = None
     do_ctf: bool = True
     ignore_ctf_first_peak: bool = False
@@ -100,12 +103,13 @@ class Class3D(d3.Run3D):
                  provenance=None, log=print):
         super().__init__(table, source, reference, opts, output_dir, optics=optics, client=client,
                          provenance=provenance, log=log)
-        if opts.skip_align:
+        if opts.skip_align or opts.sigma_ang:
             from spa.errors import SpaInputError
 
             missing = [c for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi") if c not in self.table]
             if missing:
-                raise SpaInputError(None, f"--skip-align needs poses in the particle STAR (missing {missing})")
+                what = "--skip-align" if opts.skip_align else "local searches (--sigma-ang)"
+                raise SpaInputError(None, f"{what} needs poses in the particle STAR (missing {missing})")
             self.particles["angles"] = self.table[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float)
         self.chunks = self.chunks_of(np.arange(len(self.table)))
         self.mask = None
@@ -120,6 +124,9 @@ class Class3D(d3.Run3D):
         o = self.opts
         if o.skip_align:
             return FixedPoses(np.zeros((1, 3)))
+        if o.sigma_ang:  # local searches around each particle's current pose (RELION's --sigma_ang)
+            return LocalSampling(o.healpix_order, o.offset_range, o.offset_step, o.oversampling, o.symmetry,
+                                 sigma_deg=o.sigma_ang)
         return Sampling3D(o.healpix_order, o.offset_range, o.offset_step, o.oversampling, o.symmetry)
 
     def _estep(self, model, refs, chunks):
@@ -186,6 +193,8 @@ class Class3D(d3.Run3D):
     def _apply(self, results):
         if "offset" in results and not self.opts.skip_align:
             self.particles["centres"] = results["offset"].astype(np.float64)
+            if self.opts.sigma_ang:  # the next local search centres on these poses
+                self.particles["angles"] = np.asarray(results["angles"], np.float64)
         self.table = d3.particles_table_3d(
             self.table, np.arange(len(self.table)), results["angles"], results["offset"], self.pixel_size,
             classes=results["class"] + 1, max_prob=results.get("max_prob"),

@@ -30,6 +30,8 @@ OPTIONS = {
     "highres_limit": (float, "highest resolution used, Å (default Nyquist)"),
     "sym": (str, "point-group symmetry (default C1)"),
     "healpix_order": (int, "angular sampling: HEALPix order (2 = 15°, oversampled to 7.5°; default 2)"),
+    "sigma_ang": (float, "local searches: σ (degrees) of the Gaussian prior around each particle's pose "
+                          "in the STAR (RELION's --sigma_ang; default: global search)"),
     "offset_range": (float, "shift search range, pixels (default 5)"),
     "offset_step": (float, "shift search step, pixels (default 1)"),
     "reference_mask": (str, "mask (.mrc) for focused classification"),

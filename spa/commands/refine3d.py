@@ -5,7 +5,7 @@ present), each refined independently against the reference low-passed to
 --ini-high; the FSC between the half maps sets the regularisation every
 iteration; angular sampling starts at --healpix-order (2 = 15°, with finer
 oversampled poses around the likely ones) and gets finer when the resolution
-stalls; at convergence a final iteration joins the halves to Nyquist.
+stalls, with local searches from --auto-local-healpix-order on; at convergence a final iteration joins the halves to Nyquist.
 Writes RELION's file names in --output-dir: run_itNNN_half{1,2}_class001.mrc,
 run_itNNN_data.star, and finally run_class001.mrc,
 run_half{1,2}_class001_unfil.mrc, run_model.star (with the FSC),
@@ -28,7 +28,10 @@ OPTIONS = {
     "ini_high": (float, "low-pass of the initial reference, Å (default 40)"),
     "sym": (str, "point-group symmetry C1, Cn, Dn, T, O, I1-I4 (default C1)"),
     "healpix_order": (int, "initial angular sampling: HEALPix order (2 = 15°; default 2)"),
-    "max_healpix_order": (int, "finest HEALPix order of the auto-refinement (default 4 = 3.75°)"),
+    "max_healpix_order": (int, "finest HEALPix order of the auto-refinement (default 6; the resolution "
+                                "decides before that)"),
+    "auto_local_healpix_order": (int, "from this HEALPix order on, local searches around each pose "
+                                      "(default 4 = 3.75°, as RELION)"),
     "offset_range": (float, "initial shift search range, pixels (default 5)"),
     "offset_step": (float, "initial shift search step, pixels (default 1)"),
     "tau2_fudge": (float, "regularisation parameter T (default 1)"),

@@ -4,7 +4,9 @@ The particles are split into two random halves (rlnRandomSubset, kept if
 present); each half is refined against its own reference, which starts as
 the given map low-passed to ``ini_high``.  Every iteration runs the shared
 E-step on each half (global HEALPix searches with adaptive oversampling and
-shifts around the current origins), reconstructs each half by the MAP update
+shifts around the current origins; from HEALPix order
+``auto_local_healpix_order`` on, local searches around each particle's pose
+with a Gaussian prior of twice the fine step), reconstructs each half by the MAP update
 with τ² from the previous iteration's half-map FSC (SSNR = T·FSC/(1 − FSC)),
 averages the halves below ``low_resol_join_halves`` Å so they stay in one
 frame, and measures the gold-standard FSC between them (resolution at 0.143).
@@ -27,7 +29,7 @@ from spa.em.fsc import resolution_at, ssnr_from_fsc
 from spa.em.model import MlModel
 from spa.em.mstep import maximize
 from spa.em.noise import update_sigma2
-from spa.em.sampling3d import Sampling3D
+from spa.em.sampling3d import LocalSampling, Sampling3D
 from spa.em.volume_refs import VolumeReferences
 from spa.fourier import soft_spherical_mask
 from spa.refine3d.schedule import Schedule, mean_angle_change
@@ -41,7 +43,8 @@ class Refine3DOptions:
     ini_high: float = 40.0
     symmetry: str = "C1"
     healpix_order: int = 2
-    max_healpix_order: int = 4
+    max_healpix_order: int = 6
+    auto_local_healpix_order: int = 4
     offset_range: float = 5.0
     offset_step: float = 1.0
     oversampling: int = 1
@@ -115,15 +118,20 @@ class Refine3D(d3.Run3D):
         self.fsc = None
         self.angles = np.zeros((len(self.table), 3))
         self.prev_angles = None
+        self.have_poses = False  # local searches need a pose per particle first
         return models, refs
 
     # -- one iteration -----------------------------------------------------------------------
-    def sampling(self) -> Sampling3D:
-        s = self.schedule
-        return Sampling3D(s.healpix_order, s.offset_range, s.offset_step, self.opts.oversampling, self.opts.symmetry)
+    def sampling(self):
+        """Global HEALPix search below ``auto_local_healpix_order``, local searches from there on (RELION)."""
+        s, o = self.schedule, self.opts
+        if s.healpix_order >= o.auto_local_healpix_order and self.have_poses:
+            return LocalSampling(s.healpix_order, s.offset_range, s.offset_step, o.oversampling, o.symmetry)
+        return Sampling3D(s.healpix_order, s.offset_range, s.offset_step, o.oversampling, o.symmetry)
 
     def estep_half(self, h, model, refs, sampling):
         o = self.opts
+        self.particles["angles"] = self.angles  # the priors of local searches
         coarse = d3.coarse_shells_for(sampling.angular_step, self.radius, self.box)
         ctx = d3.context(refs, sampling, model, pixel_size=self.pixel_size, radius_px=self.radius,
                          coarse_shells=coarse, do_ctf=o.do_ctf, ignore_first_peak=o.ignore_ctf_first_peak,
@@ -178,6 +186,7 @@ class Refine3D(d3.Run3D):
         new_refs = self._finish_halves(new_refs, max_shell)
         # per-particle poses
         self.prev_angles = self.angles.copy()
+        self.have_poses = True
         offsets_change = []
         for h in (0, 1):
             rows = self.halves[h]
@@ -258,6 +267,7 @@ class Refine3D(d3.Run3D):
         refs = [VolumeReferences(arrays[f"half{h + 1}_map"][None], symmetry=self.sym) for h in (0, 1)]
         self.particles["centres"] = np.array(arrays["centres"])
         self.angles = np.array(arrays["angles"])
+        self.have_poses = True
         self.fsc = np.array(arrays["fsc"]) if arrays["fsc"].size else None
         self.schedule = Schedule.from_array(arrays["schedule"])
         self.table = d3.particles_table_3d(self.table, np.arange(len(self.table)), self.angles,
