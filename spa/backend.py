@@ -7,7 +7,7 @@ differ between the two live here, one function each:
 
 * FFTs (``scipy.fft`` with worker threads on CPU, ``cupy.fft`` with its plan
   cache on GPU),
-* scatter-add (``np.add.at`` vs ``cupyx.scatter_add``),
+* scatter-add (``np.add.at`` vs ``cupyx.scatter_add``) and sums of rows by index,
 * host/device transfer and the GPU memory pool.
 
 Selection: ``auto`` (CuPy if a CUDA device is usable, else NumPy), ``numpy`` or
@@ -104,6 +104,28 @@ class Backend:
                 cupyx.scatter_add(view, 2 * indices + 1, values.imag.astype(view.dtype))
             else:
                 cupyx.scatter_add(flat, indices, values.astype(flat.dtype))
+
+    def sum_rows_by_index(self, values, index, n_rows: int):
+        """(n_rows, F) with row j = Σ of ``values`` (Q, F) rows whose ``index`` is j.
+
+        On CPU: sort by index, then one ``add.reduceat`` over contiguous runs (a
+        scatter-add of Q·F elements through ``bincount`` is several times slower);
+        on GPU: a scatter-add.
+        """
+        xp = self.xp
+        out = xp.zeros((n_rows,) + values.shape[1:], values.dtype)
+        if values.shape[0] == 0:
+            return out
+        if self.name == "numpy":
+            order = np.argsort(index, kind="stable")
+            idx = index[order]
+            starts = np.concatenate([[0], np.nonzero(idx[1:] != idx[:-1])[0] + 1])
+            out[idx[starts]] = np.add.reduceat(values[order], starts, axis=0)
+            return out
+        import cupyx  # noqa: PLC0415
+
+        cupyx.scatter_add(out, index, values)
+        return out
 
     # -- transfers ------------------------------------------------------------
     def asarray(self, a, dtype=None):

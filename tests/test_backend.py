@@ -55,3 +55,16 @@ def test_cupy_matches_numpy_projection():
     gpu = cp.asnumpy(Projector(cp.asarray(vol)).project_images(cp.asarray(rots)))
     assert np.allclose(cpu, gpu, atol=1e-3 * np.abs(cpu).max())
 
+
+
+def test_sum_rows_by_index_matches_a_loop():
+    be = backend.get_backend("numpy")
+    rng = np.random.default_rng(1)
+    values = rng.standard_normal((200, 7)).astype(np.float32)
+    index = rng.integers(0, 13, 200)
+    index[index == 5] = 6  # a row nobody adds to stays zero
+    expected = np.zeros((13, 7), np.float32)
+    for i, j in enumerate(index):
+        expected[j] += values[i]
+    np.testing.assert_allclose(be.sum_rows_by_index(values, index, 13), expected, rtol=1e-5, atol=1e-5)
+    assert be.sum_rows_by_index(values[:0], index[:0], 4).shape == (4, 7)

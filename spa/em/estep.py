@@ -499,7 +499,6 @@ class FinePass:
         f = self.data.active.size
         n_groups = wsum_sigma2.shape[0]
         rows_acc = xp.zeros((u, 3 * f), xp.float64)  # [Re data, Im data, weight]
-        cols = xp.arange(3 * f)
         for qs, cidx, qloc, su, sloc in self._blocks():
             qb, sb = qs.stop - qs.start, int(su.shape[0])
             m = xp.zeros((qb, sb), xp.float32)
@@ -511,10 +510,7 @@ class FinePass:
             contrib = self.Y[iq] * phi
             part_vals = xp.concatenate([contrib.real, contrib.imag, wq[:, None] * self.c2s[iq]], axis=1)
             urows, local = xp.unique(rq, return_inverse=True)
-            part = xp.zeros((urows.shape[0], 3 * f), xp.float64)
-            be.scatter_add(part, (local.reshape(-1)[:, None] * (3 * f) + cols[None]).reshape(-1),
-                           part_vals.reshape(-1))
-            rows_acc[urows] += part
+            rows_acc[urows] += be.sum_rows_by_index(part_vals, local.reshape(-1), int(urows.shape[0]))
             xq, aq, cq = self.data.X[iq], self.A[rq], self.data.ctf[iq]
             r2 = wq[:, None] * ((xq.real**2 + xq.imag**2) + cq**2 * (aq.real**2 + aq.imag**2)) \
                 - 2 * cq * (xq * aq.conj() * phi).real
