@@ -139,3 +139,24 @@ def test_inplane_projection_matches_real_space_rotation(psi):
     direct = rfft_centered(rotate_shift(views[0], psi, (0.0, 0.0))).reshape(-1)[act.index]
     corr = np.real(np.vdot(direct, proj)) / (np.linalg.norm(direct) * np.linalg.norm(proj))
     assert corr > 0.99
+
+
+def test_significant_selection_matches_a_full_sort():
+    """Peaked rows (few samples near the maximum) and broad rows (many) against sorting whole rows."""
+    from spa.em.estep import _significant
+
+    rng = np.random.default_rng(5)
+    s, g, m = 9, 40, 16
+    peaked = rng.normal(-200, 20, (6, s * g)).astype(np.float32)
+    peaked[np.arange(6), rng.integers(0, s * g, 6)] = 0.0
+    broad = rng.normal(0, 1.5, (6, s * g)).astype(np.float32)
+    flat = np.concatenate([peaked, broad])
+    idx, valid, count = _significant(flat, m, 0.999, groups=(s, g))
+    for row in range(flat.shape[0]):
+        order = np.argsort(-flat[row].astype(np.float64))
+        w = np.exp(flat[row].astype(np.float64) - flat[row].max())
+        w /= w.sum()
+        needed = min(int(np.searchsorted(np.cumsum(w[order]), 0.999) + 1), m)
+        assert count[row] == needed, row
+        np.testing.assert_array_equal(np.sort(idx[row, :needed]), np.sort(order[:needed]))
+        assert valid[row].sum() == needed
