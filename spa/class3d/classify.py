@@ -24,7 +24,7 @@ from spa.em import driver3d as d3
 from spa.em.engine import last_checkpoint, load_checkpoint, save_checkpoint
 from spa.em.model import MlModel
 from spa.em.mstep import maximize, next_window
-from spa.em.sampling3d import LocalSampling, Sampling3D
+from spa.em.sampling3d import FixedPoses, LocalSampling, Sampling3D
 from spa.em.volume_refs import VolumeReferences
 
 
@@ -56,46 +56,6 @@ class Class3DOptions:
     backend: str | None = None
 
 
-class FixedPoses:
-    """A pose "grid" of one orientation and no shift: classification without alignment.
-
-    Each chunk task swaps in the poses of its own particles (see
-    :func:`fixed_pose_chunk`), so the E-step scores classes only.
-    """
-
-    rotation_children = 1
-    translation_children = 1
-    angular_step = 0.0
-    fine_angular_step = 0.0
-    fine_offset_step = 0.0
-
-    def __init__(self, angles):
-        self.coarse_rotations = np.asarray(angles, np.float64).reshape(-1, 3)
-        self.fine_rotations = self.coarse_rotations
-        self.coarse_translations = np.zeros((1, 2), np.float32)
-        self.fine_translations = self.coarse_translations
-
-
-def fixed_pose_chunk(source, idx, particles, ctx):
-    """E-step of one chunk with every particle at its own fixed pose (one image at a time per pose group)."""
-    from dataclasses import replace
-
-    from spa.em.engine import take
-    from spa.em.model import tree_sum
-
-    angles = particles["angles"]
-    sums, parts = [], []
-    # particles with identical poses could share a task; in general each particle has its own pose
-    for j in range(len(idx)):
-        sub = take(particles, np.array([j]))
-        w, r = d3.estep_chunk_3d(source, np.asarray(idx)[j:j + 1], sub,
-                                 replace(ctx, sampling=FixedPoses(angles[j:j + 1])))
-        sums.append(w)
-        parts.append(r)
-    results = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    return tree_sum(sums), results
-
-
 class Class3D(d3.Run3D):
     """One 3D classification run."""
 
@@ -123,7 +83,7 @@ class Class3D(d3.Run3D):
     def sampling(self):
         o = self.opts
         if o.skip_align:
-            return FixedPoses(np.zeros((1, 3)))
+            return FixedPoses()
         if o.sigma_ang:  # local searches around each particle's current pose (RELION's --sigma_ang)
             return LocalSampling(o.healpix_order, o.offset_range, o.offset_step, o.oversampling, o.symmetry,
                                  sigma_deg=o.sigma_ang)
@@ -138,11 +98,6 @@ class Class3D(d3.Run3D):
                          coarse_shells=coarse, do_ctf=o.do_ctf, ignore_first_peak=o.ignore_ctf_first_peak,
                          significant_fraction=o.significant_fraction, max_significant=o.max_significant,
                          backend=self.backend)
-        if o.skip_align:
-            from spa.em.engine import map_reduce
-
-            wsum, parts = map_reduce(fixed_pose_chunk, self.source, self.particles, chunks, ctx, self.client)
-            return wsum, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, sampling
         wsum, results = d3.run_estep_3d(ctx, self.source, self.particles, chunks, self.client)
         return wsum, results, sampling
 

@@ -206,3 +206,54 @@ class LocalSampling:
     @property
     def fine_offset_step(self) -> float:
         return self.offset_step_px / 2**self.oversampling
+
+
+class FixedPoses:
+    """No alignment: each particle keeps its own orientation and origin (RELION's --skip_align).
+
+    Expressed as a local search whose neighbourhood is the particle's own pose,
+    so a whole chunk is one batched E-step over classes only.  The "grid" is
+    every orientation at 0.001° in (rot, tilt, ψ): a key encodes the particle's
+    Euler angles (canonicalised), and decoding it returns them to 0.0005°.
+    """
+
+    local = True
+    oversampling = 0
+    rotation_children = 1
+    translation_children = 1
+    angular_step = 0.0
+    fine_angular_step = 0.0
+    fine_offset_step = 0.0
+    _STEPS = 1000  # key units per degree
+    _N_ROT, _N_TILT, _N_PSI = 360 * 1000 + 1, 180 * 1000 + 1, 360 * 1000 + 1
+
+    def __init__(self):
+        size = self._N_ROT * self._N_TILT * self._N_PSI
+        self.coarse_rotations = _GridIndex(self._euler, size)
+        self.fine_rotations = self.coarse_rotations
+        self.coarse_translations = np.zeros((1, 2), np.float32)
+        self.fine_translations = self.coarse_translations
+
+    def _euler(self, keys):
+        rt, p = np.divmod(keys, self._N_PSI)
+        r, t = np.divmod(rt, self._N_TILT)
+        return np.column_stack([r, t, p]).astype(np.float64) / self._STEPS
+
+    def keys(self, angles) -> np.ndarray:
+        """Keys of Euler angles (n, 3) in degrees (any convention-equivalent form)."""
+        from spa.geometry.euler import euler_to_matrix, matrix_to_euler
+
+        a = np.asarray(angles, np.float64).reshape(-1, 3)
+        rot, tilt, psi = matrix_to_euler(euler_to_matrix(a[:, 0], a[:, 1], a[:, 2]))
+        r = np.rint(np.mod(rot, 360.0) * self._STEPS).astype(np.int64) % (self._N_ROT - 1)
+        t = np.clip(np.rint(np.asarray(tilt) * self._STEPS).astype(np.int64), 0, self._N_TILT - 1)
+        p = np.rint(np.mod(psi, 360.0) * self._STEPS).astype(np.int64) % (self._N_PSI - 1)
+        return (r * self._N_TILT + t) * self._N_PSI + p
+
+    def candidates(self, priors):
+        """Each particle's own pose, no prior penalty (see :meth:`LocalSampling.candidates`)."""
+        n = np.asarray(priors).reshape(-1, 3).shape[0]
+        return np.arange(n), self.keys(priors), np.zeros(n, np.float32)
+
+    def log_prior(self, angles, priors) -> np.ndarray:
+        return np.zeros(len(angles), np.float32)
