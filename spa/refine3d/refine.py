@@ -204,7 +204,7 @@ class Refine3D(d3.Run3D):
             m.current_shells = int(min(self.box // 2 + 1, max(8, res_shell + 1 + o.incr_shells)))
             m.iteration = models[0].iteration + 1
         first = models[0].iteration == 0
-        angle_change = 180.0 if first else mean_angle_change(self.prev_angles, self.angles)
+        angle_change = 180.0 if first else mean_angle_change(self.prev_angles, self.angles, self.opts.symmetry)
         offset_change = float(np.mean(np.concatenate(offsets_change)))
         decision = self.schedule.update(res_shell, angle_change, offset_change, sampling.fine_angular_step,
                                         sampling.fine_offset_step, res_a, self.diameter)

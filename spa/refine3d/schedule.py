@@ -69,13 +69,17 @@ class Schedule:
         return cls(**ast.literal_eval(str(a)))
 
 
-def mean_angle_change(previous, current) -> float:
-    """Mean rotation angle (degrees) between two (n, 3) Euler-angle arrays of the same particles."""
-    from spa.geometry.distance import angular_distance
+def mean_angle_change(previous, current, symmetry: str = "C1") -> float:
+    """Mean rotation angle (degrees) between two (n, 3) Euler-angle arrays of the same particles.
+
+    Modulo ``symmetry``: a particle that moved to a symmetry mate of its pose (the same projections)
+    has not changed.
+    """
+    from spa.geometry.distance import angular_distance_sym
     from spa.geometry.euler import euler_to_matrix
 
     if previous is None or len(previous) == 0:
         return 180.0
     a = euler_to_matrix(previous[:, 0], previous[:, 1], previous[:, 2])
     b = euler_to_matrix(current[:, 0], current[:, 1], current[:, 2])
-    return float(np.mean(angular_distance(a, b)))
+    return float(np.mean(angular_distance_sym(a, b, symmetry)))
