@@ -35,7 +35,6 @@ def main() -> None:
     ap.add_argument("--box", type=int, default=48)
     ap.add_argument("--snr", type=float, default=0.1)
     ap.add_argument("--max-iter", type=int, default=10)
-    ap.add_argument("--skip-c1", action="store_true", help="only the symmetric refinement")
     args = ap.parse_args()
     out = {"symmetry": args.sym, "particles": args.n, "box": args.box, "snr": args.snr,
            "sgemm_gflops": round(sgemm_gflops(), 1)}
@@ -45,7 +44,7 @@ def main() -> None:
              str(args.box), "--snr", str(args.snr), "--symmetry", args.sym, "--output-dir", str(d / "sim"),
              "--seed", "3"])
         truth, px = read_mrc(d / "sim" / "truth" / "class001.mrc")
-        for sym in ((args.sym,) if args.skip_c1 else ("C1", args.sym)):
+        for sym in ("C1", args.sym):
             t0 = time.perf_counter()
             spa(["refine3d", "--particles", str(d / "sim" / "particles.star"), "--reference",
                  str(d / "sim" / "truth" / "class001.mrc"), "--sym", sym, "--output-dir", str(d / sym),

@@ -29,13 +29,8 @@ class Schedule:
     final_done: bool = False
 
     def needed_order(self, resolution_a: float, diameter_a: float) -> int:
-        """Smallest order whose fine step (deg) moves the particle edge by at most a quarter of the resolution.
-
-        Half of atan(resolution / diameter): poses must be finer than the current resolution
-        needs, or sampling caps the resolution it would let the refinement reach (RELION goes
-        on until its step is below the estimated angular accuracy, which ends similarly finer).
-        """
-        needed = 0.5 * math.degrees(math.atan2(resolution_a, max(diameter_a, 1e-3)))
+        """Smallest order whose step (deg) is below the angle a resolution needs at the particle edge."""
+        needed = math.degrees(math.atan2(resolution_a, max(diameter_a, 1e-3)))
         order = 0
         while 360.0 / (6 * 2**order) / 2 > needed and order < 8:  # fine step = step / 2 (oversampling 1)
             order += 1
