@@ -36,6 +36,8 @@ OPTIONS = {
     "offset_step": (float, "shift search step, pixels (default 1)"),
     "reference_mask": (str, "mask (.mrc) for focused classification"),
     "chunk_size": (int, "particles per task (default 256)"),
+    "max_significant": (int, "at most this many coarse samples per particle go to the fine pass "
+                               "(RELION's --maxsig; default 64)"),
 }
 
 

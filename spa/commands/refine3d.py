@@ -38,6 +38,8 @@ OPTIONS = {
     "max_iter": (int, "maximum number of iterations (default 25)"),
     "low_resol_join_halves": (float, "halves are averaged below this resolution, Å (default 40)"),
     "chunk_size": (int, "particles per task (default 256)"),
+    "max_significant": (int, "at most this many coarse samples per particle go to the fine pass "
+                               "(RELION's --maxsig; default 64)"),
     "solvent_mask": (str, "mask (.mrc) applied to the references each iteration"),
 }
 
