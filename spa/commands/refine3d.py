@@ -39,7 +39,7 @@ OPTIONS = {
     "low_resol_join_halves": (float, "halves are averaged below this resolution, Å (default 40)"),
     "chunk_size": (int, "particles per task (default 256)"),
     "max_significant": (int, "at most this many coarse samples per particle go to the fine pass "
-                               "(RELION's --maxsig; default 64)"),
+                               "(RELION's --maxsig; default 512)"),
     "solvent_mask": (str, "mask (.mrc) applied to the references each iteration"),
 }
 
