@@ -36,6 +36,12 @@ Sampling — the pose grid and its oversampled children
 ``rotation_children`` / ``translation_children`` (c_r, c_t); ``fine_rotations``
 (R0·c_r, …) and ``fine_translations`` (S0·c_t, 2) with child j of coarse
 sample r at index r·c_r + j.  (:class:`spa.em.inplane.InplaneSampling` for 2D.)
+A sampling with ``local = True`` (:class:`spa.em.sampling3d.LocalSampling`,
+:class:`spa.em.sampling3d.FixedPoses`) has no shared grid to score: its
+``candidates(priors)`` lists each particle's own coarse orientations (grid
+indices) with a log prior, ``log_prior(angles, priors)`` scores fine ones, and
+``coarse_rotations`` / ``fine_rotations`` turn indices into Euler angles on
+demand.
 """
 
 from __future__ import annotations
