@@ -27,37 +27,16 @@ from spa.geometry.sampling import (
 )
 
 
-@dataclass
-class Sampling3D:
-    """Coarse and fine pose grids of one E-step pass (see module docstring)."""
+class _HealpixSteps:
+    """Steps and child counts of a HEALPix pose grid with adaptive oversampling (shared by the
+    global and the local grid; needs ``healpix_order``, ``oversampling``, ``offset_range_px``,
+    ``offset_step_px``)."""
 
-    healpix_order: int
-    offset_range_px: float
-    offset_step_px: float
-    oversampling: int = 1
-    symmetry: str = "C1"
-    coarse_rotations: np.ndarray = field(init=False, repr=False)
-    fine_rotations: np.ndarray = field(init=False, repr=False)
-    coarse_translations: np.ndarray = field(init=False, repr=False)
-    fine_translations: np.ndarray = field(init=False, repr=False)
-
-    def __post_init__(self):
-        rot, tilt, psi = orientation_grid(self.healpix_order, self.symmetry)
-        self.set_rotations(np.column_stack([rot, tilt, psi]))
+    def _set_translations(self) -> None:
         self.coarse_translations = translation_grid(self.offset_range_px, self.offset_step_px).astype(np.float32)
         self.fine_translations = oversampled_translations(
             self.coarse_translations, self.offset_step_px, self.oversampling
         ).reshape(-1, 2).astype(np.float32)
-
-    def set_rotations(self, coarse: np.ndarray) -> "Sampling3D":
-        """Use ``coarse`` (R, 3) orientations (e.g. a local neighbourhood) and recompute their children."""
-        self.coarse_rotations = np.asarray(coarse, dtype=np.float64).reshape(-1, 3)
-        r, t, p = oversampled_neighbours(
-            self.coarse_rotations[:, 0], self.coarse_rotations[:, 1], self.coarse_rotations[:, 2],
-            self.healpix_order, self.oversampling,
-        )
-        self.fine_rotations = np.column_stack([np.ravel(r), np.ravel(t), np.ravel(p)])
-        return self
 
     @property
     def rotation_children(self) -> int:
@@ -81,6 +60,36 @@ class Sampling3D:
         return self.offset_step_px / 2**self.oversampling
 
 
+@dataclass
+class Sampling3D(_HealpixSteps):
+    """Coarse and fine pose grids of one E-step pass (see module docstring)."""
+
+    healpix_order: int
+    offset_range_px: float
+    offset_step_px: float
+    oversampling: int = 1
+    symmetry: str = "C1"
+    coarse_rotations: np.ndarray = field(init=False, repr=False)
+    fine_rotations: np.ndarray = field(init=False, repr=False)
+    coarse_translations: np.ndarray = field(init=False, repr=False)
+    fine_translations: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self):
+        rot, tilt, psi = orientation_grid(self.healpix_order, self.symmetry)
+        self.set_rotations(np.column_stack([rot, tilt, psi]))
+        self._set_translations()
+
+    def set_rotations(self, coarse: np.ndarray) -> "Sampling3D":
+        """Use ``coarse`` (R, 3) orientations (e.g. a local neighbourhood) and recompute their children."""
+        self.coarse_rotations = np.asarray(coarse, dtype=np.float64).reshape(-1, 3)
+        r, t, p = oversampled_neighbours(
+            self.coarse_rotations[:, 0], self.coarse_rotations[:, 1], self.coarse_rotations[:, 2],
+            self.healpix_order, self.oversampling,
+        )
+        self.fine_rotations = np.column_stack([np.ravel(r), np.ravel(t), np.ravel(p)])
+        return self
+
+
 class _GridIndex:
     """Euler angles (n, 3) of grid indices, computed on demand (``grid[idx]``, ``len(grid)``).
 
@@ -101,7 +110,7 @@ class _GridIndex:
 
 
 @dataclass
-class LocalSampling:
+class LocalSampling(_HealpixSteps):
     """Local searches around each particle's prior orientation (RELION from HEALPix order 4).
 
     The coarse grid is the full-sphere grid at ``healpix_order`` (index =
@@ -129,10 +138,7 @@ class LocalSampling:
         n_coarse = 12 * 4**n * self.n_psi
         self.coarse_rotations = _GridIndex(self._coarse_euler, n_coarse)
         self.fine_rotations = _GridIndex(self._fine_euler, n_coarse * self.rotation_children)
-        self.coarse_translations = translation_grid(self.offset_range_px, self.offset_step_px).astype(np.float32)
-        self.fine_translations = oversampled_translations(
-            self.coarse_translations, self.offset_step_px, self.oversampling
-        ).reshape(-1, 2).astype(np.float32)
+        self._set_translations()
 
     # grid indices ↔ Euler angles
     def _coarse_euler(self, idx):
@@ -186,26 +192,6 @@ class LocalSampling:
         a, p = np.asarray(angles, np.float64), np.asarray(priors, np.float64)
         d_dir, d_psi = local_offsets(a[:, 0], a[:, 1], a[:, 2], p[:, 0], p[:, 1], p[:, 2])
         return (-(d_dir**2 + d_psi**2) / (2.0 * self.sigma_deg**2)).astype(np.float32)
-
-    @property
-    def rotation_children(self) -> int:
-        return 8**self.oversampling
-
-    @property
-    def translation_children(self) -> int:
-        return 4**self.oversampling
-
-    @property
-    def angular_step(self) -> float:
-        return angular_step(self.healpix_order)
-
-    @property
-    def fine_angular_step(self) -> float:
-        return self.angular_step / 2**self.oversampling
-
-    @property
-    def fine_offset_step(self) -> float:
-        return self.offset_step_px / 2**self.oversampling
 
 
 class FixedPoses:
