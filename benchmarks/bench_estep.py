@@ -23,24 +23,29 @@ from spa.em.inplane import InplaneReferences, InplaneSampling
 from spa.em.noise import initial_sigma2, group_power
 
 
-def _timeit(f, repeat=3):
+def _timeit(f, be, repeat=3):
+    """Best wall time of ``repeat`` calls, waiting for queued GPU work before and after each."""
     best = np.inf
     for _ in range(repeat):
+        be.synchronize()
         t = time.perf_counter()
         f()
+        be.synchronize()
         best = min(best, time.perf_counter() - t)
     return best
 
 
-def peak_sgemm(xp, n=2048):
+def peak_sgemm(be, n=2048):
+    xp = be.xp
     a = xp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype=xp.float32)
     b = a.T.copy()
     a @ b
-    t = _timeit(lambda: a @ b)
+    t = _timeit(lambda: a @ b, be)
     return 2 * n**3 / t / 1e9
 
 
-def bench(k, box, psi_step, offset_range, n=512, window_frac=0.25, xp=np, max_sig=64):
+def bench(k, box, psi_step, offset_range, be, n=512, window_frac=0.25, max_sig=64):
+    xp = be.xp
     px = 2.0
     diam = 0.8 * box * px
     rng = np.random.default_rng(1)
@@ -52,35 +57,35 @@ def bench(k, box, psi_step, offset_range, n=512, window_frac=0.25, xp=np, max_si
     fine_shells = max(8, int(window_frac * box))
     radius = diam / 2 / px
     coarse = min(fine_shells, coarse_shells_for(psi_step, radius, box))
-    act = ActivePixels.make(box, fine_shells)
     group = np.zeros(n, int)
     from spa.fourier import rfft_centered, shell_sum, shells_2d
 
     f = rfft_centered(images)
     pw = shell_sum((f.real**2 + f.imag**2).astype(np.float64), shells_2d(box), box // 2 + 1)
     s2 = initial_sigma2(group_power(pw, group, 1), [n], box)
-    refs = InplaneReferences(views)
-    data = prepare_chunk(images, ctf, group, np.zeros((n, 2)), s2, act, radius)
+    act = ActivePixels.make(box, fine_shells, xp)
+    refs = InplaneReferences(xp.asarray(views))
+    data = prepare_chunk(xp.asarray(images), xp.asarray(ctf), group, np.zeros((n, 2)), s2, act, radius)
     lp = np.log(np.full(k, 1.0 / k))
 
     def full():
         post, fine = expectation(data, refs, samp, lp, offset_range / 2, coarse, max_significant=max_sig)
         sums = refs.new_sums()
-        fine.accumulate(post.weight, refs, sums, np.zeros((1, act.size)))
+        fine.accumulate(post.weight, refs, sums, xp.zeros((1, act.size)))
         return post
 
     def pass1():
         coarse_pass(data, refs, samp, lp, offset_range / 2, coarse, max_significant=max_sig)
 
     full()
-    t_full = _timeit(full, 2)
-    t_p1 = _timeit(pass1, 2)
+    t_full = _timeit(full, be, 2)
+    t_p1 = _timeit(pass1, be, 2)
     fc = act.count(coarse)
     r, s = len(samp.coarse_rotations), len(samp.coarse_translations)
     flops = 2.0 * n * s * 2 * fc * k * r + 2.0 * n * fc * k * r  # cross-term GEMM + norm GEMM
     # np.matmul of the same shapes, alone
-    a = np.random.default_rng(3).standard_normal((n * s, 2 * fc)).astype(np.float32)
-    b = np.random.default_rng(4).standard_normal((2 * fc, k * r)).astype(np.float32)
+    a = xp.asarray(np.random.default_rng(3).standard_normal((n * s, 2 * fc)), dtype=xp.float32)
+    b = xp.asarray(np.random.default_rng(4).standard_normal((2 * fc, k * r)), dtype=xp.float32)
     nb = max(1, (1 << 24) // max(1, s * max(k * r, 2 * fc)))  # the E-step's image batch
     rows = nb * s
 
@@ -88,7 +93,7 @@ def bench(k, box, psi_step, offset_range, n=512, window_frac=0.25, xp=np, max_si
         for i in range(0, n * s, rows):
             a[i:i + rows] @ b
 
-    t_gemm = _timeit(gemm_same, 2)
+    t_gemm = _timeit(gemm_same, be, 2)
     post = full()
     return dict(K=k, box=box, psi=psi_step, R=r, S=s, F_coarse=fc, F_fine=act.size, n=n,
                 img_s=n / t_full, pass1_s=t_p1, full_s=t_full, gflops_pass1=flops / t_p1 / 1e9,
@@ -99,11 +104,13 @@ def bench(k, box, psi_step, offset_range, n=512, window_frac=0.25, xp=np, max_si
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--backend", default="numpy")
+    ap.add_argument("--backend", default="numpy", help="numpy or cupy (arrays on the GPU; timings synchronised)")
+    ap.add_argument("--n", type=int, default=None, help="images per chunk (default 512, 256 with --quick)")
     a = ap.parse_args()
-    xp = get_backend(a.backend).xp
-    peak = peak_sgemm(xp)
-    print(f"float32 matmul peak (2048² square): {peak:.1f} GFLOP/s")
+    be = get_backend(a.backend)
+    peak_n = 2048 if be.name == "numpy" else 8192
+    peak = peak_sgemm(be, peak_n)
+    print(f"backend {be.name}; float32 matmul peak ({peak_n}² square): {peak:.1f} GFLOP/s")
     configs = [(10, 64, 6.0, 5.0), (50, 64, 6.0, 5.0), (10, 128, 6.0, 5.0), (10, 64, 12.0, 3.0)]
     if not a.quick:
         configs += [(50, 128, 6.0, 5.0), (100, 64, 6.0, 5.0)]
@@ -114,7 +121,7 @@ def main():
             f"{'<nsig>':>7}")
     print(head)
     for k, box, psi, off in configs:
-        r = bench(k, box, psi, off, n=256 if a.quick else 512)
+        r = bench(k, box, psi, off, be, n=a.n or (256 if a.quick else 512))
         print(f"{r['K']:>4} {r['box']:>4} {r['psi']:>5.1f} {r['R']:>4} {r['S']:>4} {r['F_coarse']:>5} {r['F_fine']:>5} "
               f"{r['img_s']:>8.1f} {r['gflops_pass1']:>10.1f} {r['gflops_gemm_alone']:>15.1f} "
               f"{100 * r['gflops_pass1'] / r['gflops_gemm_alone']:>5.0f}% {100 * r['gflops_pass1'] / peak:>5.0f}% "

@@ -8,7 +8,7 @@ differ between the two live here, one function each:
 * FFTs (``scipy.fft`` with worker threads on CPU, ``cupy.fft`` with its plan
   cache on GPU),
 * scatter-add (``np.add.at`` vs ``cupyx.scatter_add``) and sums of rows by index,
-* host/device transfer and the GPU memory pool.
+* host/device transfer, synchronisation and the GPU memory pool.
 
 Selection: ``auto`` (CuPy if a CUDA device is usable, else NumPy), ``numpy`` or
 ``cupy``; from the argument, else the ``SPA_BACKEND`` environment variable,
@@ -136,6 +136,11 @@ class Backend:
             return np.asarray(a)
         return self.xp.asnumpy(a)
 
+    def synchronize(self) -> None:
+        """Wait until queued device work has finished (GPU kernels run asynchronously; for timings)."""
+        if self.name == "cupy":
+            self.xp.cuda.Device().synchronize()
+
     def free_memory(self) -> None:
         """Return cached GPU blocks to the driver (no-op on CPU)."""
         if self.name == "cupy":
@@ -169,6 +174,42 @@ def get_backend(name: str | None = None, fft_workers: int | None = None) -> Back
     if fft_workers is None:
         fft_workers = int(os.environ.get("SPA_FFT_WORKERS", "1"))
     return _make(resolve_name(name), fft_workers)
+
+
+def move(a, xp: ModuleType):
+    """Array ``a`` on the backend of module ``xp`` (NumPy or CuPy): a host↔device copy, or ``a`` itself."""
+    if array_module(a) is xp:
+        return a
+    if xp is np:
+        return backend_of(a).to_numpy(a)
+    return xp.asarray(a)
+
+
+class OnBackend:
+    """Mixin for objects that hold arrays (named in ``_array_fields``) and an ``xp`` attribute.
+
+    ``obj.on(xp)`` is the object with those arrays on backend ``xp``: itself when
+    they are there already, else a copy made once and kept (a worker that runs
+    many chunks against the same broadcast references moves them once).
+    """
+
+    _array_fields: tuple = ()
+
+    def on(self, xp: ModuleType):
+        if self.xp is xp:
+            return self
+        cache = self.__dict__.setdefault("_backend_copies", {})
+        if xp.__name__ not in cache:
+            new = type(self).__new__(type(self))
+            new.__dict__.update({k: v for k, v in self.__dict__.items() if k != "_backend_copies"})
+            for name in self._array_fields:
+                setattr(new, name, move(getattr(self, name), xp))
+            new.xp = xp
+            cache[xp.__name__] = new
+        return cache[xp.__name__]
+
+    def __getstate__(self):  # copies on other backends stay where they were made
+        return {k: v for k, v in self.__dict__.items() if k != "_backend_copies"}
 
 
 def array_module(a: Any) -> ModuleType:

@@ -102,7 +102,7 @@ def _init_chunk(source, idx, particles, shared: _InitShared):
     """Unweighted sums of images at their random (class, ψ) and per-group image power."""
     be = get_backend(shared.backend)
     xp = be.xp
-    refs = shared.refs
+    refs = shared.refs.on(xp)
     box = refs.box
     images = xp.asarray(source.read(idx), dtype=xp.float32)
     n = images.shape[0]

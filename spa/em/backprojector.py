@@ -38,6 +38,7 @@ class BackProjector:
     def insert_active(self, values, weights, rotations, jx=None, jy=None):
         """Insert per-pixel ``values`` (R, F) complex and ``weights`` (R, F) real at rotations (R,3,3)."""
         xp = self.xp
+        values, weights = xp.asarray(values), xp.asarray(weights)
         be = backend_of(self.data)
         if jx is None:
             jx, jy = self.jx, self.jy
@@ -45,10 +46,13 @@ class BackProjector:
                        values, weights, self.pad, self.padded)
 
     def insert(self, fimages, fweights, rotations):
-        """Insert full rfft-layout slices (R, B, B//2+1): values and their weights (e.g. CTF·X̂, CTF²)."""
+        """Insert full rfft-layout slices (R, B, B//2+1): values and their weights (e.g. CTF·X̂, CTF²).
+
+        Host arrays are moved to this back-projector's backend."""
+        xp = self.xp
         n = fimages.shape[0]
-        flat_v = fimages.reshape(n, -1)[:, self.index]
-        flat_w = fweights.reshape(n, -1)[:, self.index]
+        flat_v = xp.asarray(fimages).reshape(n, -1)[:, self.index]
+        flat_w = xp.asarray(fweights).reshape(n, -1)[:, self.index]
         self.insert_active(flat_v, flat_w, rotations)
 
     def __add__(self, other: "BackProjector") -> "BackProjector":

@@ -175,7 +175,7 @@ def estep_chunk(source, indices, particles: dict, ctx: EStepContext):
     """
     be = get_backend(ctx.backend)
     xp = be.xp
-    refs = ctx.refs
+    refs = ctx.refs.on(xp)
     box = refs.box
     images = xp.asarray(source.read(indices), dtype=xp.float32)
     ctf = xp.asarray(particle_ctfs(particles, box, ctx.pixel_size, do_ctf=ctx.do_ctf,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spa.backend import array_module, backend_of
+from spa.backend import OnBackend, array_module, backend_of
 from spa.em.gridding import crop_centered, gridding_factor, pad_centered, padded_size
 from spa.fourier import irfft_centered, radial_average, rfft_centered, shells_2d, soft_circular_mask
 
@@ -78,8 +78,10 @@ def enforce_hermitian_2d(data, weight=None):
     return data, weight
 
 
-class InplaneReferences:
+class InplaneReferences(OnBackend):
     """K 2D class references, ready for in-plane rotated "projections" and insertion.
+
+    ``refs.on(xp)`` gives them on another backend (chunks run where their images are).
 
     Parameters
     ----------
@@ -91,6 +93,7 @@ class InplaneReferences:
     """
 
     ndim = 2
+    _array_fields = ("images", "fourier")
 
     def __init__(self, images, pad: float = 2.0):
         xp = array_module(images)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spa.backend import array_module, backend_of
+from spa.backend import OnBackend, array_module, backend_of
 from spa.em.gridding import crop_centered, gridding_factor, pad_centered, padded_size
 from spa.em.projector import gather_slices, scatter_slices
 from spa.fourier import irfft_centered, radius_3d, rfft_centered, soft_spherical_mask
@@ -38,10 +38,13 @@ def _hermitian_plane(data, weight):
     weight[..., :, :, 0] = w0 + w0[..., mirror, :][..., :, mirror]
 
 
-class VolumeReferences:
-    """K 3D references (K, B, B, B) float32, centred at B//2, ready to project and to insert into."""
+class VolumeReferences(OnBackend):
+    """K 3D references (K, B, B, B) float32, centred at B//2, ready to project and to insert into.
+
+    ``refs.on(xp)`` gives them on another backend (chunks run where their images are)."""
 
     ndim = 3
+    _array_fields = ("images", "fourier")
 
     def __init__(self, volumes, pad: float = 2.0, symmetry=None):
         xp = array_module(volumes)

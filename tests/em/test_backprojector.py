@@ -1,4 +1,7 @@
-"""Backprojection: the adjoint of the projector, and exact reconstruction from many views."""
+"""Backprojection: the adjoint of the projector, and exact reconstruction from many views.
+
+These test the algorithm on NumPy arrays, whatever $SPA_BACKEND says (the GPU path has its own tests).
+"""
 
 import numpy as np
 
@@ -21,7 +24,7 @@ def test_reconstruction_from_noiseless_projections_recovers_the_map():
     rng = np.random.default_rng(0)
     rots = euler_to_matrix(*_uniform_angles(1500, rng).T)
     slices = Projector(vol).project(rots)
-    bp = BackProjector(box)
+    bp = BackProjector(box, xp=np)
     bp.insert(slices, np.ones(slices.shape, np.float32), rots)
     rec = bp.reconstruct()
     assert np.corrcoef(rec.ravel(), vol.ravel())[0, 1] > 0.999
@@ -41,7 +44,7 @@ def test_ctf_weighted_insertion_divides_out_the_ctf():
     defocus = rng.uniform(8000, 25000, n)
     ctf = ctf_2d(box, 2.0, defocus, defocus, 0.0, 300, 2.7, 0.1)
     slices = Projector(vol).project(rots) * ctf  # images = CTF · projection
-    bp = BackProjector(box)
+    bp = BackProjector(box, xp=np)
     bp.insert(slices * ctf, ctf * ctf, rots)
     rec = bp.reconstruct()
     assert np.corrcoef(rec.ravel(), vol.ravel())[0, 1] > 0.995
@@ -54,9 +57,9 @@ def test_partial_backprojectors_add_up():
     rots = euler_to_matrix(*_uniform_angles(200, rng).T)
     slices = Projector(vol).project(rots)
     ones = np.ones(slices.shape, np.float32)
-    whole = BackProjector(box)
+    whole = BackProjector(box, xp=np)
     whole.insert(slices, ones, rots)
-    a, b = BackProjector(box), BackProjector(box)
+    a, b = BackProjector(box, xp=np), BackProjector(box, xp=np)
     a.insert(slices[:90], ones[:90], rots[:90])
     b.insert(slices[90:], ones[90:], rots[90:])
     both = a + b
@@ -76,7 +79,7 @@ def test_projector_and_backprojector_are_adjoint():
     proj._flat = proj.fourier.reshape(-1)
     y = (rng.normal(size=(3, proj.index.size)) + 1j * rng.normal(size=(3, proj.index.size))).astype(np.complex64)
     pu = proj.project_active(rots)
-    bp = BackProjector(box)
+    bp = BackProjector(box, xp=np)
     bp.insert_active(y, np.zeros(y.shape, np.float32), rots)
     # conjugated (Friedel-reflected) samples make the map anti-linear there; compare the real inner products
     lhs = np.vdot(y, pu).real

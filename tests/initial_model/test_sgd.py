@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from spa.backend import backend_of
+
 from spa.em.fsc import fsc, resolution_at
 from spa.initial_model.align import align_to_reference
 from spa.initial_model.sgd import (SGDOptions, SGDRun, constrain_map, healpix_order_for, learning_rate_schedule,
@@ -43,7 +45,7 @@ def test_same_seed_same_map_and_different_seed_different_map(data):
         run.initialise()
         for t in range(3):
             run.step(t)
-        return np.asarray(run.refs.images)
+        return backend_of(run.refs.images).to_numpy(run.refs.images)
 
     a, b, c = three_steps(3), three_steps(3), three_steps(4)
     assert np.array_equal(a, b)

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Checks for a lent GPU machine, as one script (device time is scarce):
+#   1. the GPU-marked tests, then the EM/3D suites with the CuPy backend as the default;
+#   2. E-step throughput on the GPU against cuBLAS sgemm measured in the same run;
+#   3. 2D classification: CPU strong scaling over Dask workers (many cores there), and the GPU rate.
+# Wheels for packages that machine lacks may sit in .whl/ (see docs/gpu.md).  Logs go to $OUT.
+set -u
+OUT=${OUT:-/tmp/spa_gpu_out}
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
+stage=${1:-all}
+step() { echo "== $1 ($(date +%T))"; }
+step env
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import cupy, numpy; from spa.backend import cupy_available; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'usable', cupy_available())" | tee -a "$OUT/gpu.txt"
+if [[ $stage == all || $stage == tests ]]; then
+  step "gpu-marked tests"
+  timeout 90 python3 -m pytest -q -m gpu -p no:cacheprovider tests/em tests/geometry tests/test_backend.py \
+    > "$OUT/pytest_gpu_marked.log" 2>&1; tail -15 "$OUT/pytest_gpu_marked.log"
+  step "suites with SPA_BACKEND=cupy"
+  SPA_BACKEND=cupy timeout 200 python3 -m pytest -q -n 8 --timeout 180 -p no:cacheprovider \
+    tests/em tests/class2d tests/class3d tests/refine3d tests/initial_model tests/test_reconstruct.py \
+    > "$OUT/pytest_cupy_backend.log" 2>&1; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest_cupy_backend.log"
+fi
+if [[ $stage == all || $stage == bench3d ]]; then
+  step "bench_class2d cupy"
+  SPA_BACKEND=cupy timeout 60 python3 benchmarks/bench_class2d.py --n 4000 --iter 2 --workers 1 2>&1 \
+    | tee "$OUT/bench_class2d_cupy.log"
+  step "bench_refine3d cupy"
+  SPA_BACKEND=cupy timeout 150 python3 benchmarks/bench_refine3d.py --n 2000 --box 48 --snr 0.5 --max-iter 15 \
+    > "$OUT/bench_refine3d_cupy.log" 2>&1; tail -25 "$OUT/bench_refine3d_cupy.log"
+fi
+if [[ $stage == all || $stage == bench ]]; then
+  step "bench_estep cupy"
+  timeout 80 python3 benchmarks/bench_estep.py --backend cupy --n 2048 2>&1 | tee "$OUT/bench_estep_cupy.log"
+  step "bench_class2d cupy"
+  SPA_BACKEND=cupy timeout 60 python3 benchmarks/bench_class2d.py --n 4000 --iter 2 --workers 1 2>&1 \
+    | tee "$OUT/bench_class2d_cupy.log"
+  step "bench_class2d cpu scaling"
+  SPA_BACKEND=numpy OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 timeout 120 \
+    python3 benchmarks/bench_class2d.py --n 4000 --iter 2 --workers 1 2 4 8 2>&1 | tee "$OUT/bench_class2d_cpu.log"
+fi
+step done
