@@ -7,7 +7,8 @@ differ between the two live here, one function each:
 
 * FFTs (``scipy.fft`` with worker threads on CPU, ``cupy.fft`` with its plan
   cache on GPU),
-* scatter-add (``np.add.at`` vs ``cupyx.scatter_add``) and sums of rows by index,
+* scatter-add (``bincount`` on CPU, a deterministic sort + segmented sum on GPU)
+  and sums of rows by index,
 * host/device transfer, synchronisation and the GPU memory pool.
 
 Selection: ``auto`` (CuPy if a CUDA device is usable, else NumPy), ``numpy`` or
@@ -83,7 +84,10 @@ class Backend:
         """``target[indices] += values`` with repeated indices accumulated.
 
         ``indices`` is a flat integer index array into ``target.ravel()``
-        (``target`` must be contiguous), ``values`` the same length.
+        (``target`` must be contiguous), ``values`` the same length.  The result
+        does not depend on the order of the additions' scheduling: on GPU a
+        sort and a segmented sum, not atomics (whose order, and so the rounding,
+        changes from run to run: same seed, same map).
         """
         flat = target.reshape(-1)
         if self.name == "numpy":
@@ -95,37 +99,32 @@ class Backend:
                 ).astype(flat.dtype)
             else:
                 flat += np.bincount(indices, weights=values, minlength=flat.size).astype(flat.dtype)
-        else:
-            import cupyx  # noqa: PLC0415
-
-            if self.xp.iscomplexobj(flat):
-                view = flat.view(self.xp.float32 if flat.dtype == self.xp.complex64 else self.xp.float64)
-                cupyx.scatter_add(view, 2 * indices, values.real.astype(view.dtype))
-                cupyx.scatter_add(view, 2 * indices + 1, values.imag.astype(view.dtype))
-            else:
-                cupyx.scatter_add(flat, indices, values.astype(flat.dtype))
+            return
+        rows, sums = self._segment_sums(values.astype(flat.dtype), indices)
+        flat[rows] += sums
 
     def sum_rows_by_index(self, values, index, n_rows: int):
         """(n_rows, F) with row j = Σ of ``values`` (Q, F) rows whose ``index`` is j.
 
-        On CPU: sort by index, then one ``add.reduceat`` over contiguous runs (a
-        scatter-add of Q·F elements through ``bincount`` is several times slower);
-        on GPU: a scatter-add.
+        Sort by index, then one ``add.reduceat`` over the contiguous runs, on
+        either backend (on CPU a scatter-add of Q·F elements through ``bincount``
+        is several times slower; on GPU it keeps the sums deterministic).
         """
         xp = self.xp
         out = xp.zeros((n_rows,) + values.shape[1:], values.dtype)
         if values.shape[0] == 0:
             return out
-        if self.name == "numpy":
-            order = np.argsort(index, kind="stable")
-            idx = index[order]
-            starts = np.concatenate([[0], np.nonzero(idx[1:] != idx[:-1])[0] + 1])
-            out[idx[starts]] = np.add.reduceat(values[order], starts, axis=0)
-            return out
-        import cupyx  # noqa: PLC0415
-
-        cupyx.scatter_add(out, index, values)
+        rows, sums = self._segment_sums(values, index)
+        out[rows] = sums
         return out
+
+    def _segment_sums(self, values, index):
+        """(distinct indices, Σ values per index) through a stable sort and ``add.reduceat``."""
+        xp = self.xp
+        order = xp.argsort(index, kind="stable")
+        idx = index[order]
+        starts = xp.concatenate([xp.zeros(1, xp.int64), xp.nonzero(idx[1:] != idx[:-1])[0].astype(xp.int64) + 1])
+        return idx[starts], xp.add.reduceat(values[order], starts, axis=0)
 
     # -- transfers ------------------------------------------------------------
     def asarray(self, a, dtype=None):
