@@ -3,7 +3,10 @@
 K classes start from one reference low-passed to ``ini_high``: in the first
 iteration the particles are split into K random subsets, each aligned to the
 reference and reconstructed on its own, which breaks the symmetry between
-classes as RELION does.  Every later iteration runs the shared E-step over
+classes as RELION does.  Given K references instead (one per class, e.g. the
+classes of a multi-class ab initio or of an earlier run), each class starts
+from its own map (low-passed likewise) and the first iteration is an ordinary
+one over all of them.  Every later iteration runs the shared E-step over
 classes × orientations (global HEALPix search with oversampled children,
 local searches around each particle's input pose with ``sigma_ang`` (a
 Gaussian prior of that width, degrees, as RELION's --sigma_ang; the prior
@@ -117,10 +120,13 @@ class Class3D(d3.Run3D):
         return VolumeReferences(vols, symmetry=self.sym)
 
     def initialise(self):
-        """Iteration 1: K random subsets aligned to the one reference, each reconstructed as a class."""
+        """Iteration 1: K random subsets aligned to the one reference, each reconstructed as a class
+        (or, with K references, one ordinary iteration over them)."""
         o = self.opts
         stats = d3.data_statistics(self.source, self.particles, self.chunks, self.box, self.pixel_size,
                                    self.n_groups, self.radius, o.do_ctf, self.client, self.backend)
+        if np.ndim(self.reference) == 4:
+            return self._initialise_from_references(stats)
         ref = d3.prepare_reference(self.reference, self.pixel_size, o.ini_high, self.radius)
         ref = ref * d3.grey_scale(ref, stats, self.pixel_size, low_res=max(2 * o.ini_high, 60.0), high_res=o.ini_high)
         if self.mask is not None:
@@ -151,6 +157,26 @@ class Class3D(d3.Run3D):
         model.iteration = 1
         refs = self._post(VolumeReferences(np.stack(vols), symmetry=self.sym))
         self._apply(results)
+        return model, refs, results
+
+    def _initialise_from_references(self, stats):
+        o = self.opts
+        refs = np.asarray(self.reference, np.float32)
+        if refs.shape[0] != o.n_classes:
+            from spa.errors import SpaInputError
+
+            raise SpaInputError(None, f"{refs.shape[0]} references given for {o.n_classes} classes")
+        vols = []
+        for ref in refs:
+            ref = d3.prepare_reference(ref, self.pixel_size, o.ini_high, self.radius)
+            ref = ref * d3.grey_scale(ref, stats, self.pixel_size, low_res=max(2 * o.ini_high, 60.0),
+                                      high_res=o.ini_high)
+            vols.append(ref if self.mask is None else ref * self.mask)
+        window = min(self.max_shells, max(8, int(self.box * self.pixel_size / o.ini_high) + 1))
+        model0 = MlModel.initial(self.box, self.pixel_size, o.n_classes, stats.sigma2,
+                                 max(o.offset_range / 2, o.offset_step), window)
+        model0.iteration = 0
+        model, refs, results, _ = self.iterate(model0, VolumeReferences(np.stack(vols), symmetry=self.sym))
         return model, refs, results
 
     def _apply(self, results):
@@ -207,7 +233,8 @@ class Class3D(d3.Run3D):
             model, refs, _ = self.initialise()
             outputs.write_iteration(self, model, refs, sampling)
             save_checkpoint(self.output_dir, model.iteration, self.checkpoint_arrays(model, refs))
-            self.log(f"class3d: iteration 1/{self.opts.n_iter}: {self.opts.n_classes} classes from random subsets")
+            start = "one reference per class" if np.ndim(self.reference) == 4 else "random subsets"
+            self.log(f"class3d: iteration 1/{self.opts.n_iter}: {self.opts.n_classes} classes from {start}")
         while model.iteration < self.opts.n_iter:
             model, refs, results, sampling = self.iterate(model, refs)
             outputs.write_iteration(self, model, refs, sampling)

@@ -1,7 +1,8 @@
 """3D classification (as RELION's Class3D).
 
 K classes from one reference (low-passed to --ini-high): the first iteration
-reconstructs each class from a random subset of the particles, later
+reconstructs each class from a random subset of the particles; or from K
+references (one map per class, e.g. a multi-class ab initio's); later
 iterations assign particles to classes by regularised likelihood with a
 global orientation search (--healpix-order 2 = 15° with finer oversampled
 poses around the likely ones, i.e. 7.5°) or with poses kept fixed
@@ -43,7 +44,8 @@ OPTIONS = {
 
 def add_args(p):
     p.add_argument("--particles", required=True, help="particle STAR file (RELION 3.0/3.1) with images and CTF")
-    p.add_argument("--reference", required=True, help="reference map (.mrc)")
+    p.add_argument("--reference", required=True, nargs="+",
+                   help="reference map (.mrc): one for all classes, or K maps, one per class")
     p.add_argument("--classes", type=int, required=True, help="number of classes K")
     p.add_argument("--output-dir", required=True, help="output folder")
     for name, (typ, help_) in OPTIONS.items():
@@ -53,6 +55,8 @@ def add_args(p):
 
 
 def options_from(args, cfg):
+    import numpy as np
+
     from spa.class3d.classify import Class3DOptions
 
     names = {f.name for f in fields(Class3DOptions)}
@@ -68,6 +72,8 @@ def options_from(args, cfg):
 def main(args) -> int:
     from pathlib import Path
 
+    import numpy as np
+
     from spa.class3d.classify import Class3D
     from spa.em.driver3d import load_particles, load_reference
     from spa.errors import SpaInputError
@@ -78,7 +84,11 @@ def main(args) -> int:
     if opts.n_classes < 1:
         raise SpaInputError(args.particles, f"--classes must be ≥ 1, got {opts.n_classes}")
     table, optics, source, pixel_size, box = load_particles(args.particles, need_ctf=opts.do_ctf)
-    reference = load_reference(args.reference, box, pixel_size)
+    if len(args.reference) not in (1, opts.n_classes):
+        raise SpaInputError(args.reference[1], f"give one reference or one per class ({opts.n_classes}), "
+                            f"not {len(args.reference)}")
+    maps = [load_reference(path, box, pixel_size) for path in args.reference]
+    reference = maps[0] if len(maps) == 1 else np.stack(maps)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     record = make_record(args.argv, cfg, opts.seed, options=dict(vars(opts)))
 

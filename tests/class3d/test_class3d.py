@@ -65,3 +65,28 @@ def test_classification_with_local_searches_around_refined_poses(two_states, tmp
                              euler_to_matrix(truth["rlnAngleRot"], truth["rlnAngleTilt"], truth["rlnAnglePsi"]))
     # maps at ~12 Å after 5 iterations and a 3.75° fine step: poses wander a few degrees, no more
     assert np.median(moved) < 6.0 and np.percentile(moved, 99) < 20.0
+
+
+def test_global_search_from_one_reference_per_class(two_states, tmp_path):
+    """K references (RELION's --ref with one map per class): a global orientation search from the two
+    maps low-passed to 20 Å assigns the particles (no poses given) to their conformations."""
+    truth, _ = read_particles(two_states / "truth" / "particles.star")
+    out = tmp_path / "multi"
+    refs = [str(two_states / "truth" / f"class00{k}.mrc") for k in (1, 2)]
+    assert main(["class3d", "--particles", str(two_states / "particles.star"), "--reference", *refs,
+                 "--classes", "2", "--iter", "3", "--ini-high", "20", "--output-dir", str(out), "--seed", "1"]) == 0
+    est, _ = read_particles(out / "run_data.star")
+    labels = est["rlnClassNumber"].to_numpy()
+    # classes keep their references' order.  Measured 0.91: the misassigned particles sit 5–20° off
+    # their true pose, where the other conformation, turned, looks alike (the hinge moves a third of
+    # the mass); with poses fixed (above) the same data separate ≥ 0.95
+    assert np.mean(labels == truth["rlnClassNumber"].to_numpy()) >= 0.85
+    assert (out / "run_it001_class002.mrc").exists() and (out / "run_it003_data.star").exists()
+
+
+def test_reference_count_must_match_the_classes(two_states, tmp_path, capsys):
+    ref = str(two_states / "truth" / "class001.mrc")
+    code = main(["class3d", "--particles", str(two_states / "particles.star"), "--reference", ref, ref, ref,
+                 "--classes", "2", "--output-dir", str(tmp_path / "bad")])
+    assert code != 0
+    assert "one per class" in capsys.readouterr().err
