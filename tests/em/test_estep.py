@@ -115,6 +115,48 @@ def test_gemm_scores_equal_direct_residuals():
         assert int(sample[i, 0]) == int(np.argmax(np.concatenate(scores)))
 
 
+def test_fine_pass_sums_equal_direct_sums():
+    """The M-step sums of the fine pass (per-row Σ Γ·Y·P and Σ Γ·C²/σ², per-group Σ Γ|X·P − C·A|²)
+    equal the same sums taken candidate by candidate."""
+    p = _problem(n=6, snr=1.0, seed=5)
+    data, act = _data(p, 14)
+    refs = InplaneReferences(p["views"])
+    samp = p["samp"]
+    log_prior = np.log([0.2, 0.5, 0.3])
+    sample, valid, _ = coarse_pass(data, refs, samp, log_prior, 1.5, 8, significant_fraction=0.99,
+                                   max_significant=12)
+    img, cls, rot, shift, shape = fine_candidates(sample, valid, refs, samp)
+    fine = FinePass(data, refs, samp, img, cls, rot, shift)
+    fine.prune_weight = 0.0
+    weight, _ = fine.score(log_prior, 1.5, shape)
+
+    class Capture:
+        inserted = {}
+
+        def insert(self, sums, k, rotations, active, values, weights):
+            for psi, v, w in zip(rotations, values, weights):
+                self.inserted[(k, float(psi))] = (v, w)
+
+    cap = Capture()
+    wsig = np.zeros((1, act.size))
+    fine.accumulate(weight, cap, None, wsig)
+    data_direct, weight_direct = {}, {}
+    resid = np.zeros(act.size)
+    for j in range(len(img)):
+        key = (int(cls[j]), float(samp.fine_rotations[rot[j]]))
+        ph = phase_factors(samp.fine_translations[shift[j]][None], act)[0]
+        y = data.X[img[j]] * data.ctf[img[j]] * data.inv_sigma2[img[j]] * ph
+        data_direct[key] = data_direct.get(key, 0) + weight[j] * y
+        weight_direct[key] = weight_direct.get(key, 0) + weight[j] * data.ctf[img[j]] ** 2 * data.inv_sigma2[img[j]]
+        a = refs.project(int(cls[j]), samp.fine_rotations[[rot[j]]], act)[0]
+        resid += weight[j] * np.abs(data.X[img[j]] * ph - data.ctf[img[j]] * a) ** 2
+    assert set(cap.inserted) == set(data_direct)
+    for key, (v, w) in cap.inserted.items():
+        np.testing.assert_allclose(v, data_direct[key], rtol=1e-3, atol=1e-3 * np.abs(data_direct[key]).max())
+        np.testing.assert_allclose(w, weight_direct[key], rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(wsig[0], resid, rtol=2e-3, atol=1e-3 * resid.max())
+
+
 def test_inplane_insert_is_adjoint_of_project():
     rng = np.random.default_rng(5)
     refs = InplaneReferences(rng.normal(size=(2, BOX, BOX)).astype(np.float32))
