@@ -30,6 +30,28 @@ from spa.cli import main as spa  # noqa: E402
 from spa.io.star import read_particles  # noqa: E402
 
 
+def ceiling(sim: Path, truth_by_name, offset_range: float = 7.0) -> float:
+    """Fraction assigned to the right class by one global-search E-step with the two true maps."""
+    from spa.class3d.classify import Class3D, Class3DOptions
+    from spa.em import driver3d as d3
+    from spa.em.model import MlModel
+    from spa.em.volume_refs import VolumeReferences
+
+    table, optics, source, px, box = d3.load_particles(sim / "particles.star")
+    opts = Class3DOptions(n_classes=2, offset_range=offset_range)
+    run = Class3D(table, source, np.zeros((box,) * 3, np.float32), opts, sim / "ceiling", optics=optics, log=None)
+    stats = d3.data_statistics(run.source, run.particles, run.chunks, box, px, run.n_groups, run.radius)
+    vols = []
+    for k in (1, 2):
+        v = d3.prepare_reference(d3.load_reference(sim / "truth" / f"class00{k}.mrc", box, px), px, 2 * px,
+                                 run.radius)
+        vols.append(v * d3.grey_scale(v, stats, px, low_res=80.0, high_res=20.0))
+    model = MlModel.initial(box, px, 2, stats.sigma2, offset_range / 2, box // 2 + 1)
+    _, results, _ = run._estep(model, VolumeReferences(np.stack(vols)), run.chunks)
+    true = truth_by_name.loc[table["rlnImageName"]].to_numpy()
+    return float(np.mean(results["class"] + 1 == true))
+
+
 def _accuracy(star, truth_by_name) -> float:
     est, _ = read_particles(star)
     true = truth_by_name.loc[est["rlnImageName"]].to_numpy()
@@ -47,6 +69,8 @@ def main() -> None:
     ap.add_argument("--sigma-ang", type=float, default=4.0)
     ap.add_argument("--healpix-order", type=int, default=3, help="local-search grid (3 = 7.5°, oversampled 3.75°)")
     ap.add_argument("--refine-iter", type=int, default=12)
+    ap.add_argument("--global-iter", type=int, default=15)
+    ap.add_argument("--no-global-runs", dest="global_runs", action="store_false")
     args = ap.parse_args()
     peak = sgemm_gflops()
     out = {"particles": args.n, "box": args.box, "snr": args.snr, "sgemm_gflops": round(peak, 1)}
@@ -57,6 +81,20 @@ def main() -> None:
              "--seed", "5"])
         truth, _ = read_particles(d / "sim" / "truth" / "particles.star")
         truth_by_name = truth.set_index("rlnImageName")["rlnClassNumber"]
+        if args.global_runs:
+            t0 = time.perf_counter()
+            out["ceiling_true_maps_global_search"] = round(ceiling(d / "sim", truth_by_name), 4)
+            out["ceiling_s"] = round(time.perf_counter() - t0, 1)
+            for name, refs, extra in (
+                    ("global_one_reference", [d / "sim" / "truth" / "class001.mrc"], []),
+                    ("global_two_true_references_20A", [d / "sim" / "truth" / f"class00{k}.mrc" for k in (1, 2)],
+                     ["--ini-high", "20"])):
+                t0 = time.perf_counter()
+                spa(["class3d", "--particles", str(d / "sim" / "particles.star"), "--reference",
+                     *[str(r) for r in refs], "--classes", "2", "--iter", str(args.global_iter), *extra,
+                     "--output-dir", str(d / name), "--seed", "1"])
+                out[name] = {"seconds": round(time.perf_counter() - t0, 1),
+                             "accuracy": round(_accuracy(d / name / "run_data.star", truth_by_name), 4)}
         t0 = time.perf_counter()
         spa(["refine3d", "--particles", str(d / "sim" / "particles.star"), "--reference",
              str(d / "sim" / "truth" / "class001.mrc"), "--output-dir", str(d / "refine"), "--max-iter",
