@@ -48,7 +48,10 @@ def ceiling(sim: Path, truth_by_name, offset_range: float = 7.0) -> float:
         vols.append(v * d3.grey_scale(v, stats, px, low_res=80.0, high_res=20.0))
     model = MlModel.initial(box, px, 2, stats.sigma2, offset_range / 2, box // 2 + 1)
     _, results, _ = run._estep(model, VolumeReferences(np.stack(vols)), run.chunks)
-    true = truth_by_name.loc[table["rlnImageName"]].to_numpy()
+    # image names are rewritten to resolve from the working folder: match on "index@stack file name"
+    key = [f"{n.split('@')[0]}@{Path(n.split('@')[1]).name}" for n in table["rlnImageName"]]
+    by_key = {f"{n.split('@')[0]}@{Path(n.split('@')[1]).name}": c for n, c in truth_by_name.items()}
+    true = np.array([by_key[k] for k in key])
     return float(np.mean(results["class"] + 1 == true))
 
 
