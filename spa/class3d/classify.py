@@ -14,7 +14,10 @@ stays on the input poses, or on rlnAngle*Prior when given), or no
 alignment at all with ``skip_align``: poses fixed at the input values) ×
 shifts, then the MAP update with τ² = T × the class's power (T = 4 by
 default), class fractions and noise spectra.  An optional reference mask
-focuses the classification on a region.
+focuses the classification on a region.  From one reference the first half of
+the iterations split the particles evenly over the classes (``balance_iter``;
+Sinkhorn-balanced class posteriors per chunk): otherwise the class that grows
+first, having the better-determined map, takes particles of every state.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class Class3DOptions:
     incr_shells: int = 10
     significant_fraction: float = 0.999
     max_significant: int = 64
+    balance_iter: int | None = None
     chunk_size: int = 256
     seed: int = 0
     backend: str | None = None
@@ -100,6 +104,16 @@ class Class3D(d3.Run3D):
                                  sigma_deg=o.sigma_ang)
         return Sampling3D(o.healpix_order, o.offset_range, o.offset_step, o.oversampling, o.symmetry)
 
+    def balance_iterations(self) -> int:
+        """Iterations (from the start) whose E-step splits the particles evenly over the classes.
+
+        Default: the first half of the run when all classes start from one reference (where the
+        first class to grow otherwise takes every state); none with one reference per class."""
+        o = self.opts
+        if o.balance_iter is not None:
+            return int(o.balance_iter)
+        return 0 if np.ndim(self.reference) == 4 else o.n_iter // 2
+
     def _estep(self, model, refs, chunks):
         o = self.opts
         sampling = self.sampling()
@@ -108,7 +122,8 @@ class Class3D(d3.Run3D):
         ctx = d3.context(refs, sampling, model, pixel_size=self.pixel_size, radius_px=self.radius,
                          coarse_shells=coarse, do_ctf=o.do_ctf, ignore_first_peak=o.ignore_ctf_first_peak,
                          significant_fraction=o.significant_fraction, max_significant=o.max_significant,
-                         backend=self.backend)
+                         backend=self.backend,
+                         balance_classes=refs.n_classes > 1 and model.iteration < self.balance_iterations())
         wsum, results = d3.run_estep_3d(ctx, self.source, self.particles, chunks, self.client)
         return wsum, results, sampling
 
@@ -240,7 +255,9 @@ class Class3D(d3.Run3D):
             outputs.write_iteration(self, model, refs, sampling)
             save_checkpoint(self.output_dir, model.iteration, self.checkpoint_arrays(model, refs))
             frac = ", ".join(f"{p:.2f}" for p in model.pdf_class)
-            self.log(f"class3d: iteration {model.iteration}/{self.opts.n_iter}: class fractions {frac}, "
+            balanced = " (sizes balanced)" if model.n_classes > 1 and model.iteration - 1 < self.balance_iterations() \
+                else ""
+            self.log(f"class3d: iteration {model.iteration}/{self.opts.n_iter}: class fractions {frac}{balanced}, "
                      f"resolution {model.resolution_angstrom().min():.1f} Å, <Pmax> {results['max_prob'].mean():.3f}")
         outputs.write_final(self, model.iteration)
         return model, refs, self.table

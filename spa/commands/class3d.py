@@ -36,6 +36,8 @@ OPTIONS = {
     "offset_range": (float, "shift search range, pixels (default 5)"),
     "offset_step": (float, "shift search step, pixels (default 1)"),
     "reference_mask": (str, "mask (.mrc) for focused classification"),
+    "balance_iter": (int, "iterations from the start whose class assignment is balanced (equal class sizes "
+                           "per chunk; default: half of --iter from one reference, 0 from one reference per class)"),
     "chunk_size": (int, "particles per task (default 256)"),
     "max_significant": (int, "at most this many coarse samples per particle go to the fine pass "
                                "(RELION's --maxsig; default 64)"),

@@ -161,6 +161,7 @@ class EStepContext:
     significant_fraction: float = 0.999
     max_significant: int = 64
     backend: str = "numpy"
+    balance_classes: bool = False
 
 
 def estep_chunk(source, indices, particles: dict, ctx: EStepContext):
@@ -186,7 +187,7 @@ def estep_chunk(source, indices, particles: dict, ctx: EStepContext):
                          ctx.mask_radius_px)
     post, fine = expectation(data, refs, ctx.sampling, ctx.log_class_prior, ctx.sigma_offset_px,
                              min(ctx.coarse_shells, ctx.fine_shells), ctx.significant_fraction, ctx.max_significant,
-                             priors=particles.get("angles"))
+                             priors=particles.get("angles"), balance=ctx.balance_classes)
     sums = refs.new_sums()
     resid = xp.zeros((n_groups, active.size), xp.float64)
     fine.accumulate(post.weight, refs, sums, resid)

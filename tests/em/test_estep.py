@@ -7,7 +7,8 @@ import pytest
 
 from spa.class2d.synthetic import make_views, rotate_shift
 from spa.ctf import ctf_2d
-from spa.em.estep import ActivePixels, FinePass, coarse_pass, expectation, fine_candidates, phase_factors, prepare_chunk
+from spa.em.estep import (ActivePixels, FinePass, balance_classes, coarse_pass, expectation, fine_candidates,
+                          phase_factors, prepare_chunk)
 from spa.em.inplane import InplaneReferences, InplaneSampling
 from spa.fourier import irfft_centered, rfft_centered
 
@@ -202,3 +203,23 @@ def test_significant_selection_matches_a_full_sort():
         assert count[row] == needed, row
         np.testing.assert_array_equal(np.sort(idx[row, :needed]), np.sort(order[:needed]))
         assert valid[row].sum() == needed
+
+
+def test_balanced_class_weights_split_the_images_evenly():
+    """Sinkhorn balancing: per image the weights still sum to 1, per class the images' shares are
+    N/K, and an assignment that is balanced already is left as it is."""
+    rng = np.random.default_rng(0)
+    n, k, per = 40, 2, 6
+    img = np.repeat(np.arange(n), per)
+    cls = np.tile(np.repeat(np.arange(k), per // k), n)
+    w = rng.random(n * per).astype(np.float32)
+    w[cls == 0] *= 5  # class 0 favoured by every image
+    w /= np.bincount(img, weights=w)[img]
+    out = balance_classes(w, img, cls, n, k)
+    np.testing.assert_allclose(np.bincount(img, weights=out), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.bincount(cls, weights=out), n / k, rtol=1e-3)
+    # within an (image, class) the candidates keep their relative weights
+    sel = (img == 3) & (cls == 1)
+    np.testing.assert_allclose(out[sel] / out[sel].sum(), w[sel] / w[sel].sum(), rtol=1e-5)
+    even = np.full(n * per, 1.0 / per, np.float32)
+    np.testing.assert_allclose(balance_classes(even, img, cls, n, k), even, rtol=1e-5)
