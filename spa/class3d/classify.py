@@ -104,15 +104,14 @@ class Class3D(d3.Run3D):
                                  sigma_deg=o.sigma_ang)
         return Sampling3D(o.healpix_order, o.offset_range, o.offset_step, o.oversampling, o.symmetry)
 
-    def balance_iterations(self) -> int:
-        """Iterations (from the start) whose E-step splits the particles evenly over the classes.
+    def balanced(self, previous_iteration: int, n_classes: int) -> bool:
+        """Whether the E-step after ``previous_iteration`` splits the particles evenly over the classes.
 
         Default: the first half of the run when all classes start from one reference (where the
-        first class to grow otherwise takes every state); none with one reference per class."""
+        first class to grow otherwise takes every state); never with one reference per class."""
         o = self.opts
-        if o.balance_iter is not None:
-            return int(o.balance_iter)
-        return 0 if np.ndim(self.reference) == 4 else o.n_iter // 2
+        n = o.balance_iter if o.balance_iter is not None else 0 if np.ndim(self.reference) == 4 else o.n_iter // 2
+        return n_classes > 1 and previous_iteration < int(n)
 
     def _estep(self, model, refs, chunks):
         o = self.opts
@@ -123,7 +122,7 @@ class Class3D(d3.Run3D):
                          coarse_shells=coarse, do_ctf=o.do_ctf, ignore_first_peak=o.ignore_ctf_first_peak,
                          significant_fraction=o.significant_fraction, max_significant=o.max_significant,
                          backend=self.backend,
-                         balance_classes=refs.n_classes > 1 and model.iteration < self.balance_iterations())
+                         balance_classes=self.balanced(model.iteration, refs.n_classes))
         wsum, results = d3.run_estep_3d(ctx, self.source, self.particles, chunks, self.client)
         return wsum, results, sampling
 
@@ -255,8 +254,7 @@ class Class3D(d3.Run3D):
             outputs.write_iteration(self, model, refs, sampling)
             save_checkpoint(self.output_dir, model.iteration, self.checkpoint_arrays(model, refs))
             frac = ", ".join(f"{p:.2f}" for p in model.pdf_class)
-            balanced = " (sizes balanced)" if model.n_classes > 1 and model.iteration - 1 < self.balance_iterations() \
-                else ""
+            balanced = " (sizes balanced)" if self.balanced(model.iteration - 1, model.n_classes) else ""
             self.log(f"class3d: iteration {model.iteration}/{self.opts.n_iter}: class fractions {frac}{balanced}, "
                      f"resolution {model.resolution_angstrom().min():.1f} Å, <Pmax> {results['max_prob'].mean():.3f}")
         outputs.write_final(self, model.iteration)
