@@ -59,6 +59,10 @@ class Class3DOptions:
     significant_fraction: float = 0.999
     max_significant: int = 64
     balance_iter: int | None = None
+    significance_per_class: bool = True
+    init_classes: str = "variability"
+    variability_resolution: float = 8.0
+    consensus_iter: int = 8
     chunk_size: int = 256
     seed: int = 0
     backend: str | None = None
@@ -86,7 +90,15 @@ class Class3D(d3.Run3D):
             cols = prior_cols if opts.sigma_ang and all(c in self.table for c in prior_cols) \
                 else ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
             self.particles["angles"] = self.table[cols].to_numpy(float)
+        if opts.init_classes not in ("variability", "random"):
+            from spa.errors import SpaInputError
+
+            raise SpaInputError(None, f"--init-classes must be 'variability' or 'random', not {opts.init_classes!r}")
         self.chunks = self.chunks_of(np.arange(len(self.table)))
+        # how the classes start: K maps given, K maps from the 3D variability of posed particles, or
+        # K random subsets aligned to the one reference (RELION's way, the only one without poses)
+        self.start = "references" if np.ndim(reference) == 4 else \
+            "variability" if (opts.init_classes == "variability" and opts.n_classes > 1) else "random"
         self.mask = None
         if opts.reference_mask:
             from spa.io.mrc import read_mrc
@@ -110,7 +122,7 @@ class Class3D(d3.Run3D):
         Default: the first half of the run when all classes start from one reference (where the
         first class to grow otherwise takes every state); never with one reference per class."""
         o = self.opts
-        n = o.balance_iter if o.balance_iter is not None else 0 if np.ndim(self.reference) == 4 else o.n_iter // 2
+        n = o.balance_iter if o.balance_iter is not None else o.n_iter // 2 if self.start == "random" else 0
         return n_classes > 1 and previous_iteration < int(n)
 
     def _estep(self, model, refs, chunks):
@@ -122,7 +134,8 @@ class Class3D(d3.Run3D):
                          coarse_shells=coarse, do_ctf=o.do_ctf, ignore_first_peak=o.ignore_ctf_first_peak,
                          significant_fraction=o.significant_fraction, max_significant=o.max_significant,
                          backend=self.backend,
-                         balance_classes=self.balanced(model.iteration, refs.n_classes))
+                         balance_classes=self.balanced(model.iteration, refs.n_classes),
+                         significance_per_class=o.significance_per_class)
         wsum, results = d3.run_estep_3d(ctx, self.source, self.particles, chunks, self.client)
         return wsum, results, sampling
 
@@ -140,7 +153,12 @@ class Class3D(d3.Run3D):
         stats = d3.data_statistics(self.source, self.particles, self.chunks, self.box, self.pixel_size,
                                    self.n_groups, self.radius, o.do_ctf, self.client, self.backend)
         if np.ndim(self.reference) == 4:
-            return self._initialise_from_references(stats)
+            return self._initialise_from_references(stats, self.reference, o.ini_high)
+        if self.start == "variability":
+            if not self._has_poses():
+                self._consensus_alignment(stats)
+            maps, resolution = self._variability_maps()
+            return self._initialise_from_references(stats, maps, resolution)
         ref = d3.prepare_reference(self.reference, self.pixel_size, o.ini_high, self.radius)
         ref = ref * d3.grey_scale(ref, stats, self.pixel_size, low_res=max(2 * o.ini_high, 60.0), high_res=o.ini_high)
         if self.mask is not None:
@@ -173,20 +191,59 @@ class Class3D(d3.Run3D):
         self._apply(results)
         return model, refs, results
 
-    def _initialise_from_references(self, stats):
+    def _has_poses(self) -> bool:
+        cols = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
+        return all(c in self.table for c in cols) and bool(np.any(self.table[cols].to_numpy() != 0))
+
+    def _consensus_alignment(self, stats):
+        """Poses for particles that have none: ``consensus_iter`` iterations of one class from the
+        reference (the same E- and M-steps, nothing written), as a consensus refinement would give."""
         o = self.opts
-        refs = np.asarray(self.reference, np.float32)
+        ref = d3.prepare_reference(self.reference, self.pixel_size, o.ini_high, self.radius)
+        ref = ref * d3.grey_scale(ref, stats, self.pixel_size, low_res=max(2 * o.ini_high, 60.0), high_res=o.ini_high)
+        if self.mask is not None:
+            ref = ref * self.mask
+        window = min(self.max_shells, max(8, int(self.box * self.pixel_size / o.ini_high) + 1))
+        model = MlModel.initial(self.box, self.pixel_size, 1, stats.sigma2, max(o.offset_range / 2, o.offset_step),
+                                window)
+        refs = VolumeReferences(ref[None], symmetry=self.sym)
+        for i in range(max(1, o.consensus_iter)):
+            model, refs, results, _ = self.iterate(model, refs)
+            self.log(f"class3d: consensus alignment {i + 1}/{max(1, o.consensus_iter)} (poses for the "
+                     f"3D variability analysis): resolution {model.resolution_angstrom().min():.1f} Å, "
+                     f"<Pmax> {results['max_prob'].mean():.3f}")
+
+    def _variability_maps(self):
+        """K starting maps from the 3D variability of the particles at their input poses
+        (:mod:`spa.class3d.variability`): k-means on the coordinates along the top K−1 components,
+        each cluster reconstructed at the analysis' resolution."""
+        from spa.class3d import variability
+
+        o = self.opts
+        angles = self.table[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float)
+        resolution = max(o.variability_resolution, 3.0 * self.pixel_size)
+        data = variability.window_data(self.source, self.particles, np.arange(len(self.table)), angles,
+                                       self.particles["centres"], self.box, self.pixel_size, resolution, self.radius,
+                                       do_ctf=o.do_ctf)
+        label, _, _ = variability.seed_labels(data, o.n_classes, seed=o.seed)
+        sizes = ", ".join(str(int(c)) for c in np.bincount(label, minlength=o.n_classes))
+        self.log(f"class3d: classes seeded by 3D variability at {resolution:.1f} Å (sizes {sizes})")
+        return variability.class_maps(data, label, o.n_classes, self.box), resolution
+
+    def _initialise_from_references(self, stats, references, ini_high: float):
+        o = self.opts
+        refs = np.asarray(references, np.float32)
         if refs.shape[0] != o.n_classes:
             from spa.errors import SpaInputError
 
             raise SpaInputError(None, f"{refs.shape[0]} references given for {o.n_classes} classes")
         vols = []
         for ref in refs:
-            ref = d3.prepare_reference(ref, self.pixel_size, o.ini_high, self.radius)
-            ref = ref * d3.grey_scale(ref, stats, self.pixel_size, low_res=max(2 * o.ini_high, 60.0),
-                                      high_res=o.ini_high)
+            ref = d3.prepare_reference(ref, self.pixel_size, ini_high, self.radius)
+            ref = ref * d3.grey_scale(ref, stats, self.pixel_size, low_res=max(2 * ini_high, 60.0),
+                                      high_res=ini_high)
             vols.append(ref if self.mask is None else ref * self.mask)
-        window = min(self.max_shells, max(8, int(self.box * self.pixel_size / o.ini_high) + 1))
+        window = min(self.max_shells, max(8, int(self.box * self.pixel_size / ini_high) + 1))
         model0 = MlModel.initial(self.box, self.pixel_size, o.n_classes, stats.sigma2,
                                  max(o.offset_range / 2, o.offset_step), window)
         model0.iteration = 0
@@ -247,7 +304,8 @@ class Class3D(d3.Run3D):
             model, refs, _ = self.initialise()
             outputs.write_iteration(self, model, refs, sampling)
             save_checkpoint(self.output_dir, model.iteration, self.checkpoint_arrays(model, refs))
-            start = "one reference per class" if np.ndim(self.reference) == 4 else "random subsets"
+            start = {"references": "one reference per class", "variability": "their 3D-variability clusters",
+                     "random": "random subsets"}[self.start]
             self.log(f"class3d: iteration 1/{self.opts.n_iter}: {self.opts.n_classes} classes from {start}")
         while model.iteration < self.opts.n_iter:
             model, refs, results, sampling = self.iterate(model, refs)

@@ -1,7 +1,12 @@
 """3D classification (as RELION's Class3D).
 
 K classes from one reference (low-passed to --ini-high): the first iteration
-reconstructs each class from a random subset of the particles; or from K
+reconstructs each class from a subset of the particles, found by 3D variability
+analysis (k-means on the particles' coordinates along the top K−1 principal
+components of the data around their mean map, at --variability-resolution Å,
+with the poses in the STAR or, without any, from --consensus-iter iterations of
+one-class alignment to the reference) or, with
+--init-classes random, random subsets as RELION; or from K
 references (one map per class, e.g. a multi-class ab initio's); later
 iterations assign particles to classes by regularised likelihood with a
 global orientation search (--healpix-order 2 = 15° with finer oversampled
@@ -38,6 +43,12 @@ OPTIONS = {
     "reference_mask": (str, "mask (.mrc) for focused classification"),
     "balance_iter": (int, "iterations from the start whose class assignment is balanced (equal class sizes "
                            "per chunk; default: half of --iter from one reference, 0 from one reference per class)"),
+    "init_classes": (str, "how classes start from one reference: 'variability' (3D variability "
+                          "analysis, default) or 'random' (random subsets, as RELION)"),
+    "variability_resolution": (float, "resolution (Å) of the 3D variability analysis that seeds the classes "
+                                      "(default 8)"),
+    "consensus_iter": (int, "without poses in the STAR: iterations of one-class alignment that give the "
+                            "poses for the 3D variability analysis (default 8)"),
     "chunk_size": (int, "particles per task (default 256)"),
     "max_significant": (int, "at most this many coarse samples per particle go to the fine pass "
                                "(RELION's --maxsig; default 64)"),

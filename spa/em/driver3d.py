@@ -224,14 +224,15 @@ def run_estep_3d(ctx: EStepContext, source, particles: dict, chunks: list, clien
 
 
 def context(refs, sampling, model, *, pixel_size, radius_px, coarse_shells, do_ctf=True, ignore_first_peak=False,
-            significant_fraction=0.999, max_significant=64, backend="numpy", balance_classes=False) -> EStepContext:
+            significant_fraction=0.999, max_significant=64, backend="numpy", balance_classes=False,
+            significance_per_class=False) -> EStepContext:
     return EStepContext(
         refs=refs, sampling=sampling, sigma2=model.sigma2_noise,
         log_class_prior=np.log(np.maximum(model.pdf_class, 1e-300)), sigma_offset_px=model.sigma_offset_px,
         coarse_shells=min(model.current_shells, coarse_shells), fine_shells=model.current_shells,
         pixel_size=pixel_size, mask_radius_px=radius_px, do_ctf=do_ctf, ignore_first_peak=ignore_first_peak,
         significant_fraction=significant_fraction, max_significant=max_significant, backend=backend,
-        balance_classes=balance_classes,
+        balance_classes=balance_classes, significance_per_class=significance_per_class,
     )
 
 

@@ -162,6 +162,7 @@ class EStepContext:
     max_significant: int = 64
     backend: str = "numpy"
     balance_classes: bool = False
+    significance_per_class: bool = False
 
 
 def estep_chunk(source, indices, particles: dict, ctx: EStepContext):
@@ -187,7 +188,8 @@ def estep_chunk(source, indices, particles: dict, ctx: EStepContext):
                          ctx.mask_radius_px)
     post, fine = expectation(data, refs, ctx.sampling, ctx.log_class_prior, ctx.sigma_offset_px,
                              min(ctx.coarse_shells, ctx.fine_shells), ctx.significant_fraction, ctx.max_significant,
-                             priors=particles.get("angles"), balance=ctx.balance_classes)
+                             priors=particles.get("angles"), balance=ctx.balance_classes,
+                             per_class=ctx.significance_per_class)
     sums = refs.new_sums()
     resid = xp.zeros((n_groups, active.size), xp.float64)
     fine.accumulate(post.weight, refs, sums, resid)

@@ -182,11 +182,14 @@ def _logsumexp_rows(a):
 
 
 def coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_offset_px, coarse_shells: int,
-                significant_fraction: float = 0.999, max_significant: int = 64):
+                significant_fraction: float = 0.999, max_significant: int = 64, per_class: bool = False):
     """Pass 1 on the coarse grid: per image the significant (shift, class, rotation) samples.
 
     Returns (sample (N, M) int64 flat index s·K·R + k·R + r, valid (N, M) bool,
     n_significant (N,)), M = min(max_significant, S·K·R), best first.
+    ``per_class``: the selection runs within each class (M = K·min(max_significant,
+    S·R), class by class), so the fine pass, not the coarse window, decides the
+    class (see :func:`_significant_per_class`).
 
     Complex arrays are viewed as interleaved float32 (re, im, re, im, …), so
     Re Σ_f Y·P·conj(A) is a real GEMM on those views with no copies.  (Letting
@@ -208,7 +211,8 @@ def coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_offset_p
     lp_class = xp.repeat(xp.asarray(log_class_prior, dtype=xp.float32), R)  # (KR,)
     lp_trans = _translation_log_prior(data.centres, shifts, sigma_offset_px)  # (N, S)
     n = Y.shape[0]
-    m = int(min(max_significant, S * K * R))
+    per_class = per_class and K > 1
+    m = int(min(max_significant, S * R)) * K if per_class else int(min(max_significant, S * K * R))
     sample = xp.zeros((n, m), xp.int64)
     valid = xp.zeros((n, m), bool)
     n_sig = xp.zeros(n, xp.int64)
@@ -225,9 +229,36 @@ def coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_offset_p
         xp.matmul(yb.reshape(nbi * S, fc).view(xp.float32), A_real.T, out=logp.reshape(nbi * S, K * R))  # the GEMM
         logp += (lp_class[None, :] - 0.5 * (c2s[b] @ A_pow.T))[:, None, :]  # norm term (GEMM) + class prior
         logp += lp_trans[b][:, :, None]
-        sample[b], valid[b], n_sig[b] = _significant(logp.reshape(nbi, -1), m, significant_fraction,
-                                                     groups=(S, K * R))
+        if per_class:
+            sample[b], valid[b], n_sig[b] = _significant_per_class(logp, K, m // K, significant_fraction)
+        else:
+            sample[b], valid[b], n_sig[b] = _significant(logp.reshape(nbi, -1), m, significant_fraction,
+                                                         groups=(S, K * R))
     return sample, valid, n_sig
+
+
+def _significant_per_class(logp, n_classes: int, m: int, fraction: float):
+    """:func:`_significant` within each class of log posteriors (n, S, K·R) → (n, K·m) flat s·K·R + k·R + r.
+
+    With one selection over all classes, the coarse pass (a 15° grid on a
+    low-resolution window) keeps one or two samples per image, and where two
+    states look alike after a rotation these are often the wrong class's:
+    the class is decided before the fine pass could tell the states apart.
+    Keeping each class's own significant samples lets the fine pass (finer
+    grid, full window) weigh the classes against each other (two
+    conformations, SNR 0.5: 84 % → see docs/stages.md).
+    """
+    xp = array_module(logp)
+    n, S, KR = logp.shape
+    R = KR // n_classes
+    idx, val, cnt = [], [], 0
+    for k in range(n_classes):
+        sub = xp.ascontiguousarray(logp[:, :, k * R:(k + 1) * R]).reshape(n, S * R)
+        i, v, c = _significant(sub, m, fraction, groups=(S, R))
+        idx.append((i // R) * KR + k * R + i % R)
+        val.append(v)
+        cnt = cnt + c
+    return xp.concatenate(idx, axis=1), xp.concatenate(val, axis=1), cnt
 
 
 def _top_m(sub, m: int, groups):
@@ -362,7 +393,7 @@ def _children(s, k, r, valid, sampling):
 
 
 def local_coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_offset_px, coarse_shells: int, priors,
-                      significant_fraction: float = 0.999, max_significant: int = 64):
+                      significant_fraction: float = 0.999, max_significant: int = 64, per_class: bool = False):
     """Pass 1 of a local search: each image scores only the orientations near its prior.
 
     ``sampling`` is a :class:`spa.em.sampling3d.LocalSampling`; ``priors``
@@ -371,7 +402,8 @@ def local_coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_of
     they use; for a block of pairs the cross term over all coarse shifts is one
     GEMM (Q_b × 2F_c)·(2F_c × S), as in :class:`FinePass`; the Gaussian prior on
     the orientation joins the log posterior.  Returns (shift, class, coarse
-    orientation index, valid, n_significant), the first four (N, M), best first.
+    orientation index, valid, n_significant), the first four (N, M), best first
+    (``per_class``: as :func:`coarse_pass`, selected within each class).
     """
     xp = array_module(data.X)
     act = data.active.window(coarse_shells)
@@ -414,8 +446,16 @@ def local_coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_of
     col = xp.asarray(np.arange(p) - starts[img_h])
     dense = xp.full((n, width, S), -xp.inf, dtype=xp.float32)
     dense[img, col] = scores
-    m = int(min(max_significant, width * S))
-    top, valid, n_sig = _significant(dense.reshape(n, width * S), m, significant_fraction)
+    if per_class and K > 1:  # an image's pairs are (candidate, class), class fastest
+        m = int(min(max_significant, width // K * S))
+        parts = [_significant(xp.ascontiguousarray(dense.reshape(n, width // K, K, S)[:, :, k]).reshape(n, -1), m,
+                              significant_fraction) for k in range(K)]
+        top = xp.concatenate([(t // S) * (K * S) + k * S + t % S for k, (t, _, _) in enumerate(parts)], axis=1)
+        valid = xp.concatenate([v for _, v, _ in parts], axis=1)
+        n_sig = sum(c for _, _, c in parts)
+    else:
+        m = int(min(max_significant, width * S))
+        top, valid, n_sig = _significant(dense.reshape(n, width * S), m, significant_fraction)
     j, s = top // S, top % S
     pair = xp.where(valid, xp.asarray(starts)[:, None] + j, 0)
     cls_x, key_x = xp.asarray(cls_h), xp.asarray(key_h)
@@ -562,13 +602,14 @@ class FinePass:
 
 def expectation(data: ChunkData, refs, sampling, log_class_prior, sigma_offset_px, coarse_shells: int,
                 significant_fraction: float = 0.999, max_significant: int = 64, priors=None,
-                balance: bool = False):
+                balance: bool = False, per_class: bool = False):
     """Both passes for one chunk → (:class:`Posterior`, :class:`FinePass`).
 
     A sampling with ``local = True`` searches around ``priors`` (N, 3) Euler
     angles (:func:`local_coarse_pass`); any other searches its whole grid.
     ``balance``: split the chunk's images evenly over the classes
     (:func:`balance_classes`; 3D classification's first iterations).
+    ``per_class``: coarse samples are kept per class (:func:`_significant_per_class`).
     """
     xp = array_module(data.X)
     local = getattr(sampling, "local", False)
@@ -576,11 +617,12 @@ def expectation(data: ChunkData, refs, sampling, log_class_prior, sigma_offset_p
         if priors is None:
             raise ValueError("a local search needs the particles' prior orientations")
         s, k, r, valid, n_sig = local_coarse_pass(data, refs, sampling, log_class_prior, sigma_offset_px,
-                                                  coarse_shells, priors, significant_fraction, max_significant)
+                                                  coarse_shells, priors, significant_fraction, max_significant,
+                                                  per_class)
         img, cls, rot, shift, dense_shape = _children(s, k, r, valid, sampling)
     else:
         sample, valid, n_sig = coarse_pass(data, refs, sampling, log_class_prior, sigma_offset_px, coarse_shells,
-                                           significant_fraction, max_significant)
+                                           significant_fraction, max_significant, per_class)
         img, cls, rot, shift, dense_shape = fine_candidates(sample, valid, refs, sampling)
     fine = FinePass(data, refs, sampling, img, cls, rot, shift)
     log_prior = None

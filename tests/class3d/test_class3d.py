@@ -86,14 +86,14 @@ def test_global_search_from_one_reference_per_class(two_states, tmp_path):
 
 
 def test_one_reference_classes_separate_with_balanced_first_iterations(two_states, tmp_path):
-    """From one reference (random-subset start, global search), the first half of the iterations keep
+    """From one reference (RELION's random-subset start, global search), the first half of the iterations keep
     the class sizes equal; the classes then separate along the conformations instead of one class
     taking every particle (measured 0.876 after 12 iterations; 0.52 with one class of 499 without)."""
     truth, _ = read_particles(two_states / "truth" / "particles.star")
     out = tmp_path / "one"
     assert main(["class3d", "--particles", str(two_states / "particles.star"), "--reference",
                  str(two_states / "truth" / "class001.mrc"), "--classes", "2", "--iter", "10",
-                 "--output-dir", str(out), "--seed", "1"]) == 0
+                 "--init-classes", "random", "--output-dir", str(out), "--seed", "1"]) == 0
     est, _ = read_particles(out / "run_data.star")
     labels = est["rlnClassNumber"].to_numpy()
     assert min(np.bincount(labels)[1:]) >= 0.3 * len(labels)

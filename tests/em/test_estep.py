@@ -223,3 +223,26 @@ def test_balanced_class_weights_split_the_images_evenly():
     np.testing.assert_allclose(out[sel] / out[sel].sum(), w[sel] / w[sel].sum(), rtol=1e-5)
     even = np.full(n * per, 1.0 / per, np.float32)
     np.testing.assert_allclose(balance_classes(even, img, cls, n, k), even, rtol=1e-5)
+
+
+def test_per_class_significance_keeps_every_class_for_the_fine_pass():
+    """With the selection per class, each image's kept coarse samples cover every class (each class's
+    own best samples, ≤ max_significant each), and the best sample overall is still among them."""
+    p = _problem(n=12, snr=5.0, seed=6)
+    data, _ = _data(p)
+    refs = InplaneReferences(p["views"])
+    samp = p["samp"]
+    k = len(p["views"])
+    log_prior = np.log(np.full(k, 1 / k))
+    joint, jvalid, _ = coarse_pass(data, refs, samp, log_prior, 2.0, 8, max_significant=6)
+    sample, valid, n_sig = coarse_pass(data, refs, samp, log_prior, 2.0, 8, max_significant=6, per_class=True)
+    assert sample.shape == (12, 6 * k)
+    R = len(samp.coarse_rotations)
+    for i in range(12):
+        classes = (sample[i][valid[i]] // R) % k
+        assert set(classes.tolist()) == set(range(k))
+        assert int(joint[i, 0]) in set(sample[i][valid[i]].tolist())
+        assert n_sig[i] == valid[i].sum()
+    # the joint selection (peaked posteriors at this SNR) keeps fewer classes per image
+    joint_classes = [len(set(((joint[i][jvalid[i]] // R) % k).tolist())) for i in range(12)]
+    assert np.mean(joint_classes) < k

@@ -26,12 +26,13 @@ rule class3d:
         classes=config["class3d"]["classes"],
         iters=config["class3d"]["iter"],
         offsets=config["class3d"]["offset_range"],
+        consensus=config["class3d"]["consensus_iter"],
         sym=config["symmetry"],
         diameter=option("--particle-diameter", config["particle_diameter"]),
         common=lambda w: spa_common(seed=config["seed"] + 1000 * int(w.run[3:])),
     shell:
         "spa class3d --particles {input.particles} --reference {input.reference} "
-        "--classes {params.classes} --iter {params.iters} --offset-range {params.offsets} --sym {params.sym} {params.diameter} "
+        "--classes {params.classes} --iter {params.iters} --offset-range {params.offsets} --consensus-iter {params.consensus} --sym {params.sym} {params.diameter} "
         "--output-dir {params.outdir} {params.common} --workers {threads} --continue > {log} 2>&1"
 
 
