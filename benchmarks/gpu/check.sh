@@ -2,7 +2,8 @@
 # Checks for a lent GPU machine, as one script (device time is scarce):
 #   1. the GPU-marked tests, then the EM/3D suites with the CuPy backend as the default;
 #   2. E-step throughput on the GPU against cuBLAS sgemm measured in the same run;
-#   3. 2D classification: CPU strong scaling over Dask workers (many cores there), and the GPU rate.
+#   3. 2D classification: CPU strong scaling over Dask workers (many cores there), and the GPU rate;
+#   4. (stage class3d only) the class3d tests and the two-conformation benchmark with CuPy.
 # Wheels for packages that machine lacks may sit in .whl/ (see docs/gpu.md).  Logs go to $OUT.
 set -u
 OUT=${OUT:-/tmp/spa_gpu_out}
@@ -44,5 +45,14 @@ if [[ $stage == all || $stage == bench ]]; then
   step "bench_class2d cpu scaling"
   SPA_BACKEND=numpy OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 timeout 120 \
     python3 benchmarks/bench_class2d.py --n 4000 --iter 2 --workers 1 2 4 8 2>&1 | tee "$OUT/bench_class2d_cpu.log"
+fi
+if [[ $stage == class3d ]]; then
+  step "class3d tests with SPA_BACKEND=cupy"
+  SPA_BACKEND=cupy timeout 150 python3 -m pytest -q -n 8 -p no:cacheprovider tests/class3d tests/em/test_estep.py \
+    > "$OUT/pytest_class3d_cupy.log" 2>&1; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest_class3d_cupy.log"
+  step "bench_class3d cupy"
+  SPA_BACKEND=cupy timeout ${CLASS3D_LIMIT:-330} python3 benchmarks/bench_class3d.py --n ${CLASS3D_N:-4000} \
+    --snr 0.5 --runs 2 --iter 8 --global-iter 12 > "$OUT/bench_class3d_cupy.log" 2>&1
+  tail -3 "$OUT/bench_class3d_cupy.log"
 fi
 step done
