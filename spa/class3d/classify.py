@@ -225,7 +225,9 @@ class Class3D(d3.Run3D):
         data = variability.window_data(self.source, self.particles, np.arange(len(self.table)), angles,
                                        self.particles["centres"], self.box, self.pixel_size, resolution, self.radius,
                                        do_ctf=o.do_ctf)
-        label, _, _ = variability.seed_labels(data, o.n_classes, seed=o.seed)
+        # with a reference mask (focused classification) the components are confined to it
+        mask = None if self.mask is None else variability.small_mask(self.mask, data)
+        label, _, _ = variability.seed_labels(data, o.n_classes, seed=o.seed, mask=mask)
         sizes = ", ".join(str(int(c)) for c in np.bincount(label, minlength=o.n_classes))
         self.log(f"class3d: classes seeded by 3D variability at {resolution:.1f} Å (sizes {sizes})")
         return variability.class_maps(data, label, o.n_classes, self.box), resolution

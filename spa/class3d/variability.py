@@ -117,17 +117,20 @@ def fit_mean(data: WindowedData, regularisation: float = 1e-2):
 
 
 def principal_component(data: WindowedData, resid, *, n_iter: int = 30, seed: int = 0, tol: float = 1e-4,
-                        regularisation: float = 1e-2):
+                        regularisation: float = 1e-2, mask=None):
     """One PPCA component by EM → (direction map D, posterior mean coordinates z (N,), iterations run).
 
     E-step per image: precision a_i + 1 with a_i = Σ |C·P_i D|²/σ², mean
     z_i = Re Σ conj(C·P_i D)·R_i/σ² ÷ (a_i + 1); M-step: D minimises
     Σ_i E|R_i − z_i·C·P_i D|²/σ², a reconstruction with data z_i·C·R_i/σ² and
     weights E[z_i²]·C²/σ².  Stops when D changes by less than ``tol`` (1 − correlation).
+    ``mask`` (small box, 0…1): D is confined to it (focused classification).
     """
     rng = np.random.default_rng(seed)
     b = data.box
     D = rng.standard_normal((b, b, b)).astype(np.float32) * soft_spherical_mask(b, data.mask_radius_px, 3.0)
+    if mask is not None:
+        D = D * mask
     w = data.inv_sigma2
     z = np.zeros(len(resid))
     it = 0
@@ -142,7 +145,7 @@ def principal_component(data: WindowedData, resid, *, n_iter: int = 30, seed: in
                            regularisation)
         change = 1.0 - abs(float(np.vdot(new.ravel(), D.ravel()))) / max(
             float(np.linalg.norm(new) * np.linalg.norm(D)), 1e-30)
-        D = new.astype(np.float32)
+        D = (new if mask is None else new * mask).astype(np.float32)
         if change < tol:
             break
     P = data.ctf * _project(D, data)
@@ -151,12 +154,12 @@ def principal_component(data: WindowedData, resid, *, n_iter: int = 30, seed: in
     return D, z, it
 
 
-def components(data: WindowedData, n_components: int, *, n_iter: int = 30, seed: int = 0):
+def components(data: WindowedData, n_components: int, *, n_iter: int = 30, seed: int = 0, mask=None):
     """Mean map and the top ``n_components`` (maps, coordinates (N, C)), each fitted to what the earlier leave."""
     mean, resid = fit_mean(data)
     maps, coords = [], []
     for c in range(n_components):
-        D, z, _ = principal_component(data, resid, n_iter=n_iter, seed=seed + c)
+        D, z, _ = principal_component(data, resid, n_iter=n_iter, seed=seed + c, mask=mask)
         maps.append(D)
         coords.append(z)
         resid = resid - z[:, None] * (data.ctf * _project(D, data))
@@ -199,19 +202,25 @@ def bimodality(z) -> float:
     return 1.0 - within / total
 
 
-def seed_labels(data: WindowedData, n_classes: int, *, seed: int = 0, n_iter: int = 30, extra: int = 2):
+def seed_labels(data: WindowedData, n_classes: int, *, seed: int = 0, n_iter: int = 30, extra: int = 2,
+                mask=None):
     """Class labels (N,) 0…K−1: k-means on the coordinates along the K−1 most bimodal of the top
     K−1+``extra`` components (standardised); returns (labels, all coordinates (N, C), chosen component indices).
 
     The largest variance is not always the conformational change (pose errors spread the data
     too), but a discrete change is the one that splits the particles into groups."""
     n_comp = max(1, n_classes - 1) + extra
-    _, _, coords = components(data, n_comp, n_iter=n_iter, seed=seed)
+    _, _, coords = components(data, n_comp, n_iter=n_iter, seed=seed, mask=mask)
     score = np.array([bimodality(coords[:, c]) for c in range(n_comp)])
     chosen = np.sort(np.argsort(-score, kind="stable")[: max(1, n_classes - 1)])
     use = coords[:, chosen]
     use = use / np.maximum(use.std(axis=0), 1e-12)
     return kmeans(use, n_classes, seed=seed), coords, chosen
+
+
+def small_mask(mask, data: WindowedData) -> np.ndarray:
+    """A full-box mask (0…1) brought to the analysis' small box."""
+    return np.clip(fourier_resize(np.asarray(mask, np.float32), data.box, ndim=3), 0.0, 1.0)
 
 
 def class_maps(data: WindowedData, labels, n_classes: int, box: int, regularisation: float = 1e-2) -> np.ndarray:
@@ -226,4 +235,4 @@ def class_maps(data: WindowedData, labels, n_classes: int, box: int, regularisat
 
 
 __all__ = ["WindowedData", "small_box", "window_data", "fit_mean", "principal_component", "components", "kmeans",
-           "bimodality", "seed_labels", "class_maps"]
+           "bimodality", "seed_labels", "small_mask", "class_maps"]

@@ -85,3 +85,27 @@ def test_class3d_from_one_reference_without_poses(two_states, tmp_path):
     labels = est["rlnClassNumber"].to_numpy()
     assert min(np.bincount(labels)[1:]) >= 0.3 * len(labels)
     assert _accuracy(labels, truth["rlnClassNumber"].to_numpy()) >= 0.85
+
+
+def test_focus_mask_confines_the_components(two_states):
+    """Focused classification: with a mask around the part that moves the components still split the
+    conformations; with a mask that leaves that part out they cannot."""
+    from scipy.ndimage import gaussian_filter
+
+    from spa.io.mrc import read_mrc
+
+    truth, _ = read_particles(two_states / "truth" / "particles.star")
+    angles = truth[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float)
+    data, truth = _windowed(two_states, angles)
+    a, _ = read_mrc(two_states / "truth" / "class001.mrc")
+    b, _ = read_mrc(two_states / "truth" / "class002.mrc")
+    moving = gaussian_filter(np.abs(b - a), 2.0)
+    moving = gaussian_filter((moving > 0.15 * moving.max()).astype(np.float32), 1.5)
+    moving = np.clip(moving / max(moving.max(), 1e-9), 0, 1)
+    classes = truth["rlnClassNumber"].to_numpy() - 1
+    focus = variability.small_mask(moving, data)
+    labels, _, _ = variability.seed_labels(data, 2, seed=0, mask=focus)
+    assert _accuracy(labels, classes) >= 0.95
+    rest = variability.small_mask(1.0 - moving, data)
+    labels, _, _ = variability.seed_labels(data, 2, seed=0, mask=rest)
+    assert _accuracy(labels, classes) < 0.75
