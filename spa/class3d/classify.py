@@ -192,8 +192,10 @@ class Class3D(d3.Run3D):
         return model, refs, results
 
     def _has_poses(self) -> bool:
+        """Whether the STAR holds 3D poses (a 2D classification's in-plane angles alone, or placeholder
+        zeros, are not: their tilts do not vary)."""
         cols = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
-        return all(c in self.table for c in cols) and bool(np.any(self.table[cols].to_numpy() != 0))
+        return all(c in self.table for c in cols) and float(np.std(self.table["rlnAngleTilt"].to_numpy(float))) > 1.0
 
     def _consensus_alignment(self, stats):
         """Poses for particles that have none: ``consensus_iter`` iterations of one class from the
