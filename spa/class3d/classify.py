@@ -159,14 +159,8 @@ class Class3D(d3.Run3D):
                 self._consensus_alignment(stats)
             maps, resolution = self._variability_maps()
             return self._initialise_from_references(stats, maps, resolution)
-        ref = d3.prepare_reference(self.reference, self.pixel_size, o.ini_high, self.radius)
-        ref = ref * d3.grey_scale(ref, stats, self.pixel_size, low_res=max(2 * o.ini_high, 60.0), high_res=o.ini_high)
-        if self.mask is not None:
-            ref = ref * self.mask
-        window = min(self.max_shells, max(8, int(self.box * self.pixel_size / o.ini_high) + 1))
-        model1 = MlModel.initial(self.box, self.pixel_size, 1, stats.sigma2, max(o.offset_range / 2, o.offset_step),
-                                 window)
-        single = VolumeReferences(ref[None], symmetry=self.sym)
+        model1, single = self._one_class_start(stats)
+        window = model1.current_shells
         rng = np.random.default_rng(o.seed)
         label = rng.permutation(np.arange(len(self.table)) % o.n_classes)
         vols, results = [], {}
@@ -191,6 +185,19 @@ class Class3D(d3.Run3D):
         self._apply(results)
         return model, refs, results
 
+    def _one_class_start(self, stats):
+        """(one-class model, reference) from the one reference: low-passed to ``ini_high``, masked, on
+        the data's grey scale, with a Fourier window to match."""
+        o = self.opts
+        ref = d3.prepare_reference(self.reference, self.pixel_size, o.ini_high, self.radius)
+        ref = ref * d3.grey_scale(ref, stats, self.pixel_size, low_res=max(2 * o.ini_high, 60.0), high_res=o.ini_high)
+        if self.mask is not None:
+            ref = ref * self.mask
+        window = min(self.max_shells, max(8, int(self.box * self.pixel_size / o.ini_high) + 1))
+        model = MlModel.initial(self.box, self.pixel_size, 1, stats.sigma2, max(o.offset_range / 2, o.offset_step),
+                                window)
+        return model, VolumeReferences(ref[None], symmetry=self.sym)
+
     def _has_poses(self) -> bool:
         """Whether the STAR holds 3D poses (a 2D classification's in-plane angles alone, or placeholder
         zeros, are not: their tilts do not vary)."""
@@ -201,14 +208,7 @@ class Class3D(d3.Run3D):
         """Poses for particles that have none: ``consensus_iter`` iterations of one class from the
         reference (the same E- and M-steps, nothing written), as a consensus refinement would give."""
         o = self.opts
-        ref = d3.prepare_reference(self.reference, self.pixel_size, o.ini_high, self.radius)
-        ref = ref * d3.grey_scale(ref, stats, self.pixel_size, low_res=max(2 * o.ini_high, 60.0), high_res=o.ini_high)
-        if self.mask is not None:
-            ref = ref * self.mask
-        window = min(self.max_shells, max(8, int(self.box * self.pixel_size / o.ini_high) + 1))
-        model = MlModel.initial(self.box, self.pixel_size, 1, stats.sigma2, max(o.offset_range / 2, o.offset_step),
-                                window)
-        refs = VolumeReferences(ref[None], symmetry=self.sym)
+        model, refs = self._one_class_start(stats)
         for i in range(max(1, o.consensus_iter)):
             model, refs, results, _ = self.iterate(model, refs)
             self.log(f"class3d: consensus alignment {i + 1}/{max(1, o.consensus_iter)} (poses for the "
