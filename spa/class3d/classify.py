@@ -189,14 +189,20 @@ class Class3D(d3.Run3D):
         """(one-class model, reference) from the one reference: low-passed to ``ini_high``, masked, on
         the data's grey scale, with a Fourier window to match."""
         o = self.opts
-        ref = d3.prepare_reference(self.reference, self.pixel_size, o.ini_high, self.radius)
-        ref = ref * d3.grey_scale(ref, stats, self.pixel_size, low_res=max(2 * o.ini_high, 60.0), high_res=o.ini_high)
-        if self.mask is not None:
-            ref = ref * self.mask
-        window = min(self.max_shells, max(8, int(self.box * self.pixel_size / o.ini_high) + 1))
+        ref = self._starting_map(self.reference, stats, o.ini_high)
         model = MlModel.initial(self.box, self.pixel_size, 1, stats.sigma2, max(o.offset_range / 2, o.offset_step),
-                                window)
+                                self._window(o.ini_high))
         return model, VolumeReferences(ref[None], symmetry=self.sym)
+
+    def _starting_map(self, volume, stats, resolution: float):
+        """A starting map: low-passed to ``resolution`` Å, masked, on the data's grey scale."""
+        ref = d3.prepare_reference(volume, self.pixel_size, resolution, self.radius)
+        ref = ref * d3.grey_scale(ref, stats, self.pixel_size, low_res=max(2 * resolution, 60.0), high_res=resolution)
+        return ref if self.mask is None else ref * self.mask
+
+    def _window(self, resolution: float) -> int:
+        """Fourier window (shells) for maps limited to ``resolution`` Å."""
+        return min(self.max_shells, max(8, int(self.box * self.pixel_size / resolution) + 1))
 
     def _has_poses(self) -> bool:
         """Whether the STAR holds 3D poses (a 2D classification's in-plane angles alone, or placeholder
@@ -209,9 +215,10 @@ class Class3D(d3.Run3D):
         reference (the same E- and M-steps, nothing written), as a consensus refinement would give."""
         o = self.opts
         model, refs = self._one_class_start(stats)
-        for i in range(max(1, o.consensus_iter)):
+        n_iter = max(1, o.consensus_iter)
+        for i in range(n_iter):
             model, refs, results, _ = self.iterate(model, refs)
-            self.log(f"class3d: consensus alignment {i + 1}/{max(1, o.consensus_iter)} (poses for the "
+            self.log(f"class3d: consensus alignment {i + 1}/{n_iter} (poses for the "
                      f"3D variability analysis): resolution {model.resolution_angstrom().min():.1f} Å, "
                      f"<Pmax> {results['max_prob'].mean():.3f}")
 
@@ -247,15 +254,9 @@ class Class3D(d3.Run3D):
             from spa.errors import SpaInputError
 
             raise SpaInputError(None, f"{refs.shape[0]} references given for {o.n_classes} classes")
-        vols = []
-        for ref in refs:
-            ref = d3.prepare_reference(ref, self.pixel_size, ini_high, self.radius)
-            ref = ref * d3.grey_scale(ref, stats, self.pixel_size, low_res=max(2 * ini_high, 60.0),
-                                      high_res=ini_high)
-            vols.append(ref if self.mask is None else ref * self.mask)
-        window = min(self.max_shells, max(8, int(self.box * self.pixel_size / ini_high) + 1))
+        vols = [self._starting_map(ref, stats, ini_high) for ref in refs]
         model0 = MlModel.initial(self.box, self.pixel_size, o.n_classes, stats.sigma2,
-                                 max(o.offset_range / 2, o.offset_step), window)
+                                 max(o.offset_range / 2, o.offset_step), self._window(ini_high))
         model0.iteration = 0
         model, refs, results, _ = self.iterate(model0, VolumeReferences(np.stack(vols), symmetry=self.sym))
         return model, refs, results

@@ -68,8 +68,6 @@ def add_args(p):
 
 
 def options_from(args, cfg):
-    import numpy as np
-
     from spa.class3d.classify import Class3DOptions
 
     names = {f.name for f in fields(Class3DOptions)}

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spa.backend import array_module, backend_of
+from spa.em.significance import significant, significant_per_class, per_class_cap
 from spa.fourier import freq_2d, rfft_centered, shell_sum, shells_2d, soft_circular_mask
 
 # elements per temporary block (float32): bounds memory at ~64–128 MB per array
@@ -189,7 +190,7 @@ def coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_offset_p
     n_significant (N,)), M = min(max_significant, S·K·R), best first.
     ``per_class``: the selection runs within each class (M = K·min(cap, S·R), class
     by class, cap = :func:`per_class_cap`), so the fine pass, not the coarse
-    window, decides the class (see :func:`_significant_per_class`).
+    window, decides the class (see :func:`significant_per_class`).
 
     Complex arrays are viewed as interleaved float32 (re, im, re, im, …), so
     Re Σ_f Y·P·conj(A) is a real GEMM on those views with no copies.  (Letting
@@ -230,122 +231,11 @@ def coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_offset_p
         logp += (lp_class[None, :] - 0.5 * (c2s[b] @ A_pow.T))[:, None, :]  # norm term (GEMM) + class prior
         logp += lp_trans[b][:, :, None]
         if per_class:
-            sample[b], valid[b], n_sig[b] = _significant_per_class(logp, K, m // K, significant_fraction)
+            sample[b], valid[b], n_sig[b] = significant_per_class(logp, K, m // K, significant_fraction)
         else:
-            sample[b], valid[b], n_sig[b] = _significant(logp.reshape(nbi, -1), m, significant_fraction,
+            sample[b], valid[b], n_sig[b] = significant(logp.reshape(nbi, -1), m, significant_fraction,
                                                          groups=(S, K * R))
     return sample, valid, n_sig
-
-
-def per_class_cap(max_significant: int, n_classes: int) -> int:
-    """Samples kept per class when the selection runs per class: the overall cap shared among the
-    classes, but at least 8 (broad early posteriors would otherwise cost K times the fine pass:
-    K = 6 took 1.4–2.6× the time per iteration with the whole cap per class)."""
-    return int(max(-(-max_significant // max(n_classes, 1)), 8))
-
-
-def _significant_per_class(logp, n_classes: int, m: int, fraction: float):
-    """:func:`_significant` within each class of log posteriors (n, S, K·R) → (n, K·m) flat s·K·R + k·R + r.
-
-    With one selection over all classes, the coarse pass (a 15° grid on a
-    low-resolution window) keeps one or two samples per image, and where two
-    states look alike after a rotation these are often the wrong class's:
-    the class is decided before the fine pass could tell the states apart.
-    Keeping each class's own significant samples lets the fine pass (finer
-    grid, full window) weigh the classes against each other (two
-    conformations, SNR 0.5: 84 % → see docs/stages.md).
-    """
-    xp = array_module(logp)
-    n, S, KR = logp.shape
-    R = KR // n_classes
-    idx, val, cnt = [], [], 0
-    for k in range(n_classes):
-        sub = xp.ascontiguousarray(logp[:, :, k * R:(k + 1) * R]).reshape(n, S * R)
-        i, v, c = _significant(sub, m, fraction, groups=(S, R))
-        idx.append((i // R) * KR + k * R + i % R)
-        val.append(v)
-        cnt = cnt + c
-    return xp.concatenate(idx, axis=1), xp.concatenate(val, axis=1), cnt
-
-
-def _top_m(sub, m: int, groups):
-    """Indices and values of the m largest entries of each row, exactly, without sorting whole rows.
-
-    A row is S blocks of G samples (shift-major).  Every one of the m best
-    samples belongs to a column whose maximum over the S blocks is among the m
-    best column maxima, so the search narrows to those m columns (S·m values).
-    """
-    xp = array_module(sub)
-    s, g = groups
-    if s * g != sub.shape[1] or g <= m:
-        part = xp.argpartition(-sub, m - 1, axis=1)[:, :m]
-        return part, xp.take_along_axis(sub, part, axis=1)
-    cube = sub.reshape(sub.shape[0], s, g)
-    col = xp.argpartition(-cube.max(axis=1), m - 1, axis=1)[:, :m]  # (n, m) best columns
-    vals = xp.take_along_axis(cube, xp.broadcast_to(col[:, None, :], (sub.shape[0], s, m)), axis=2)
-    vals = vals.reshape(sub.shape[0], s * m)
-    part = xp.argpartition(-vals, m - 1, axis=1)[:, :m]
-    shift = part // m
-    column = xp.take_along_axis(col, part % m, axis=1)
-    return shift * g + column, xp.take_along_axis(vals, part, axis=1)
-
-
-def _significant(flat, m: int, fraction: float, delta: float = 25.0, groups=None):
-    """Per row of log posteriors: the best ≤ m samples holding ``fraction`` of the mass.
-
-    Rows with at most m samples within ``delta`` nats of their maximum (a
-    peaked posterior; the rest weigh < e⁻²⁵ each) list those samples directly;
-    rows with more (a broad posterior) get their mass from one exp-and-sum over
-    the row and their best m from an exact top-m search.  This runs once per
-    GEMM output element, so it reads whole rows as few times as it can (maximum,
-    threshold count, and the exp-sum for broad rows).  Returns (index (n, m)
-    best first, valid (n, m), count (n,)).
-    """
-    xp = array_module(flat)
-    be = backend_of(flat)
-    n = flat.shape[0]
-    mx = flat.max(axis=1)
-    near = flat > (mx - delta)[:, None]
-    cnt = xp.count_nonzero(near, axis=1)
-    small = cnt <= m
-    top_idx = xp.zeros((n, m), xp.int64)
-    top_val = xp.full((n, m), -xp.inf, dtype=xp.float32)
-    mass = xp.zeros(n, xp.float64)
-    big = xp.nonzero(~small)[0]
-    n_big = int(big.shape[0])
-    if n_big < n:  # peaked rows: list their few samples
-        if n_big:
-            small_rows = xp.nonzero(small)[0]
-            r_loc, c_s = xp.nonzero(near[small_rows])
-            r_s = small_rows[r_loc]
-        else:
-            r_s, c_s = xp.nonzero(near)
-        v_s = flat[r_s, c_s]
-        be.scatter_add(mass, r_s, xp.exp(v_s - mx[r_s]).astype(xp.float64))
-        cnt_small = xp.where(small, cnt, 0)
-        starts = xp.cumsum(cnt_small) - cnt_small  # where each small row begins among the kept elements
-        pos = xp.arange(r_s.shape[0]) - starts[r_s]
-        top_idx[r_s, pos] = c_s
-        top_val[r_s, pos] = v_s
-    if n_big:  # broad rows: exp-sum over the whole row (float32 pairwise sums of terms ≤ 1)
-        rows = flat if n_big == n else flat[big]
-        mx_b = mx if n_big == n else mx[big]
-        e = xp.subtract(rows, mx_b[:, None])
-        xp.exp(e, out=e)
-        mass[big] = e.sum(axis=1).astype(xp.float64)
-        del e
-        part, vals_big = _top_m(rows, m, groups or (1, flat.shape[1]))
-        top_idx[big] = part
-        top_val[big] = vals_big
-    lse = mx + xp.log(mass).astype(xp.float32)
-    order = xp.argsort(-top_val, axis=1)
-    top_idx = xp.take_along_axis(top_idx, order, axis=1)
-    top_val = xp.take_along_axis(top_val, order, axis=1)
-    w = xp.exp(top_val - lse[:, None])
-    cum = xp.cumsum(w, axis=1)
-    k_sig = xp.minimum(xp.minimum((cum < fraction).sum(axis=1) + 1, m), xp.minimum(cnt, m))
-    valid = xp.arange(m)[None, :] < k_sig[:, None]
-    return top_idx, valid, k_sig
 
 
 def balance_classes(weight, img, cls, n_images: int, n_classes: int, n_rounds: int = 50):
@@ -453,16 +343,17 @@ def local_coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_of
     col = xp.asarray(np.arange(p) - starts[img_h])
     dense = xp.full((n, width, S), -xp.inf, dtype=xp.float32)
     dense[img, col] = scores
-    if per_class and K > 1:  # an image's pairs are (candidate, class), class fastest
-        m = int(min(per_class_cap(max_significant, K), width // K * S))
-        parts = [_significant(xp.ascontiguousarray(dense.reshape(n, width // K, K, S)[:, :, k]).reshape(n, -1), m,
-                              significant_fraction) for k in range(K)]
-        top = xp.concatenate([(t // S) * (K * S) + k * S + t % S for k, (t, _, _) in enumerate(parts)], axis=1)
-        valid = xp.concatenate([v for _, v, _ in parts], axis=1)
-        n_sig = sum(c for _, _, c in parts)
+    if per_class and K > 1:
+        # an image's pairs are (candidate, class), class fastest: as (n, S, K·W) each class is a block
+        w = width // K
+        by_class = xp.ascontiguousarray(dense.reshape(n, w, K, S).transpose(0, 3, 2, 1)).reshape(n, S, K * w)
+        flat, valid, n_sig = significant_per_class(by_class, K, int(min(per_class_cap(max_significant, K), w * S)),
+                                                    significant_fraction)
+        s_idx, k_idx, c_idx = flat // (K * w), (flat // w) % K, flat % w
+        top = (c_idx * K + k_idx) * S + s_idx
     else:
         m = int(min(max_significant, width * S))
-        top, valid, n_sig = _significant(dense.reshape(n, width * S), m, significant_fraction)
+        top, valid, n_sig = significant(dense.reshape(n, width * S), m, significant_fraction)
     j, s = top // S, top % S
     pair = xp.where(valid, xp.asarray(starts)[:, None] + j, 0)
     cls_x, key_x = xp.asarray(cls_h), xp.asarray(key_h)
@@ -616,7 +507,7 @@ def expectation(data: ChunkData, refs, sampling, log_class_prior, sigma_offset_p
     angles (:func:`local_coarse_pass`); any other searches its whole grid.
     ``balance``: split the chunk's images evenly over the classes
     (:func:`balance_classes`; 3D classification's first iterations).
-    ``per_class``: coarse samples are kept per class (:func:`_significant_per_class`).
+    ``per_class``: coarse samples are kept per class (:func:`significant_per_class`).
     """
     xp = array_module(data.X)
     local = getattr(sampling, "local", False)

@@ -6,21 +6,13 @@ import pytest
 from spa.cli import main
 from spa.io.mrc import read_mrc
 from spa.io.star import read_particles, read_star, write_particles
+from tests.class3d.conftest import accuracy as _accuracy, simulate_two_states
 
 
 @pytest.fixture(scope="module")
 def two_states(tmp_path_factory):
     """Two conformations, box 48 at 2 Å/px, high SNR: what the likelihood can separate."""
-    d = tmp_path_factory.mktemp("sim2c")
-    assert main(["simulate", "--kind", "particles", "--preset", "demo", "--n-particles", "500", "--box", "48",
-                 "--snr", "3", "--conformations", "2", "--output-dir", str(d), "--seed", "8"]) == 0
-    return d
-
-
-def _accuracy(estimated, truth):
-    """Fraction correct under the best matching of the two arbitrary labels."""
-    same = np.mean(estimated == truth)
-    return max(same, 1 - same)
+    return simulate_two_states(tmp_path_factory, "sim2c", n=500, snr=3, seed=8)
 
 
 def test_classification_with_known_poses_separates_the_conformations(two_states, tmp_path):

@@ -8,20 +8,13 @@ from spa.cli import main
 from spa.em import driver3d as d3
 from spa.em.engine import particle_arrays
 from spa.io.star import read_particles
+from tests.class3d.conftest import accuracy as _accuracy, simulate_two_states
 
 
 @pytest.fixture(scope="module")
 def two_states(tmp_path_factory):
-    """Two conformations (the demo molecule, last domain turned 30°), box 48 at 2 Å/px, SNR 1."""
-    d = tmp_path_factory.mktemp("var2c")
-    assert main(["simulate", "--kind", "particles", "--preset", "demo", "--n-particles", "400", "--box", "48",
-                 "--snr", "1", "--conformations", "2", "--output-dir", str(d), "--seed", "3"]) == 0
-    return d
-
-
-def _accuracy(estimated, truth):
-    same = np.mean(estimated == truth)
-    return max(same, 1 - same)
+    """Two conformations, box 48 at 2 Å/px, SNR 1."""
+    return simulate_two_states(tmp_path_factory, "var2c", n=400, snr=1, seed=3)
 
 
 def _windowed(sim, angles, resolution=8.0):

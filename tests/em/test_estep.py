@@ -186,7 +186,7 @@ def test_inplane_projection_matches_real_space_rotation(psi):
 
 def test_significant_selection_matches_a_full_sort():
     """Peaked rows (few samples near the maximum) and broad rows (many) against sorting whole rows."""
-    from spa.em.estep import _significant
+    from spa.em.significance import significant as _significant
 
     rng = np.random.default_rng(5)
     s, g, m = 9, 40, 16
