@@ -103,19 +103,34 @@ class Backend:
         rows, sums = self._segment_sums(values.astype(flat.dtype), indices)
         flat[rows] += sums
 
-    def sum_rows_by_index(self, values, index, n_rows: int):
-        """(n_rows, F) with row j = Σ of ``values`` (Q, F) rows whose ``index`` is j.
+    def sum_rows_by_index(self, values, index, n_rows: int, rows=None, weights=None):
+        """(n_rows, F) with row j = Σ over entries e with ``index[e]`` = j of ``weights[e]·values[rows[e]]``.
 
-        Sort by index, then one ``add.reduceat`` over the contiguous runs, on
-        either backend (on CPU a scatter-add of Q·F elements through ``bincount``
-        is several times slower; on GPU it keeps the sums deterministic).
+        ``values`` (Q, F) real; ``index`` (E,) target rows; ``rows`` (E,) source
+        rows (default: entry e reads row e, E = Q); ``weights`` (E,) (default 1).
+        On CPU one sparse (n_rows × Q) by dense (Q × F) product (scipy's CSR
+        kernel: ~15× NumPy's ``add.reduceat`` over rows, which is slow along axis
+        0); on GPU a gather, a stable sort and ``add.reduceat`` (deterministic,
+        unlike atomics).  The sums are in ``values``' precision.
         """
         xp = self.xp
-        out = xp.zeros((n_rows,) + values.shape[1:], values.dtype)
-        if values.shape[0] == 0:
-            return out
-        rows, sums = self._segment_sums(values, index)
-        out[rows] = sums
+        n_entries = int(index.shape[0])
+        out_shape = (n_rows,) + values.shape[1:]
+        if n_entries == 0:
+            return xp.zeros(out_shape, values.dtype)
+        if self.name == "numpy":
+            import scipy.sparse as sparse
+
+            w = np.ones(n_entries, values.dtype) if weights is None else np.asarray(weights, values.dtype)
+            src = np.arange(n_entries) if rows is None else rows
+            onehot = sparse.csr_matrix((w, (index, src)), shape=(n_rows, values.shape[0]))
+            return np.asarray(onehot @ values.reshape(values.shape[0], -1)).reshape(out_shape)
+        picked = values if rows is None else values[rows]
+        if weights is not None:
+            picked = picked * weights.astype(values.dtype).reshape((-1,) + (1,) * (values.ndim - 1))
+        out = xp.zeros(out_shape, values.dtype)
+        targets, sums = self._segment_sums(picked, index)
+        out[targets] = sums
         return out
 
     def _segment_sums(self, values, index):

@@ -68,6 +68,15 @@ def test_sum_rows_by_index_matches_a_loop():
         expected[j] += values[i]
     np.testing.assert_allclose(be.sum_rows_by_index(values, index, 13), expected, rtol=1e-5, atol=1e-5)
     assert be.sum_rows_by_index(values[:0], index[:0], 4).shape == (4, 7)
+    # gathered source rows with weights: row j = Σ w·values[src] over the entries that target j
+    src = rng.integers(0, 200, 500)
+    target = rng.integers(0, 13, 500)
+    w = rng.uniform(0, 1, 500).astype(np.float32)
+    expected = np.zeros((13, 7), np.float64)
+    for s, t, wi in zip(src, target, w):
+        expected[t] += wi * values[s]
+    got = be.sum_rows_by_index(values, target, 13, rows=src, weights=w)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_move_and_on_backend_copies_once():

@@ -234,7 +234,7 @@ def coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_offset_p
             sample[b], valid[b], n_sig[b] = significant_per_class(logp, K, m // K, significant_fraction)
         else:
             sample[b], valid[b], n_sig[b] = significant(logp.reshape(nbi, -1), m, significant_fraction,
-                                                         groups=(S, K * R))
+                                                         groups=(S, K * R), overwrite=True)
     return sample, valid, n_sig
 
 
@@ -353,7 +353,7 @@ def local_coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_of
         top = (c_idx * K + k_idx) * S + s_idx
     else:
         m = int(min(max_significant, width * S))
-        top, valid, n_sig = significant(dense.reshape(n, width * S), m, significant_fraction)
+        top, valid, n_sig = significant(dense.reshape(n, width * S), m, significant_fraction, overwrite=True)
     j, s = top // S, top % S
     pair = xp.where(valid, xp.asarray(starts)[:, None] + j, 0)
     cls_x, key_x = xp.asarray(cls_h), xp.asarray(key_h)
@@ -458,44 +458,64 @@ class FinePass:
     def accumulate(self, weight, refs, sums, wsum_sigma2):
         """Add Σ Γ·Y·P (data) and Σ Γ·C²/σ² (weights) per used (class, rotation) row into ``sums``
         through ``refs.insert``, and Σ Γ·|X·P − C·A|² per (optics group, active pixel) into
-        ``wsum_sigma2`` (G, F) float64."""
+        ``wsum_sigma2`` (G, F) float64.
+
+        The residual power needs no pass over the candidates of its own: with the
+        row sums D_rg = Σ Y_i·Φ_q and W_rg = Σ w_q·C_i²/σ²_g per row r and optics
+        group g (w_q = Σ_s Γ_qs), and |X_i·P_s| = |X_i|²,
+
+            Σ Γ|X·P − C·A|² = Σ_i w_i|X_i|² + σ²_g·Σ_r (|A_r|²·W_rg − 2·Re(conj(A_r)·D_rg))
+
+        (w_i the image's total weight), so the M-step's work per candidate pair is
+        the Φ GEMM and one product Y_i·Φ_q.
+        """
         xp = self.xp
         be = backend_of(self.Y)
         u = self.A.shape[0]
         f = self.data.active.size
+        n = int(self.data.X.shape[0])
         n_groups = wsum_sigma2.shape[0]
-        rows_acc = xp.zeros((u, 3 * f), xp.float64)  # [Re data, Im data, weight]
+        group = self.data.group
+        q_key = self.q_row * n_groups + group[self.q_img]  # (row, group) of each pair
+        w_pair = xp.zeros(self.n_pairs, xp.float64)
+        be.scatter_add(w_pair, self.cand_q, weight.astype(xp.float64))
+        data_rows = xp.zeros((u * n_groups, 2 * f), xp.float64)  # Σ Y·Φ, interleaved (re, im)
+        ph = self.ph.view(xp.float32)  # (S_u, 2F) interleaved: Γ real, so Γ·P is one real GEMM
         for qs, cidx, qloc, su, sloc in self._blocks():
             qb, sb = qs.stop - qs.start, int(su.shape[0])
             m = xp.zeros((qb, sb), xp.float32)
             m[qloc, sloc] = weight[cidx]
-            phb = self.ph[su]
-            phi = (m @ phb.real) + 1j * (m @ phb.imag)  # Φ_q = Σ_s Γ_qs P_s, (Q_b, F)
-            wq = m.sum(axis=1)
-            iq, rq = self.q_img[qs], self.q_row[qs]
-            contrib = self.Y[iq] * phi
-            part_vals = xp.concatenate([contrib.real, contrib.imag, wq[:, None] * self.c2s[iq]], axis=1)
-            urows, local = xp.unique(rq, return_inverse=True)
-            rows_acc[urows] += be.sum_rows_by_index(part_vals, local.reshape(-1), int(urows.shape[0]))
-            xq, aq, cq = self.data.X[iq], self.A[rq], self.data.ctf[iq]
-            r2 = wq[:, None] * ((xq.real**2 + xq.imag**2) + cq**2 * (aq.real**2 + aq.imag**2)) \
-                - 2 * cq * (xq * aq.conj() * phi).real
-            g = self.data.group[iq]
-            gh = (g[None, :] == xp.arange(n_groups)[:, None]).astype(xp.float32)
-            wsum_sigma2 += (gh @ r2.astype(xp.float32)).astype(xp.float64)  # (G, Q_b) × (Q_b, F)
+            phi = (m @ ph[su]).view(xp.complex64)  # Φ_q = Σ_s Γ_qs P_s, (Q_b, F)
+            phi *= self.Y[self.q_img[qs]]
+            data_rows += be.sum_rows_by_index(phi.view(xp.float32), q_key[qs], u * n_groups)
+        # Σ w_q·C²/σ² per (row, group): a sparse (rows × images) by (images × F) product
+        weight_rows = be.sum_rows_by_index(self.c2s, q_key, u * n_groups, rows=self.q_img,
+                                           weights=w_pair.astype(xp.float32)).astype(xp.float64)
+        data_rows = data_rows.view(xp.complex128).reshape(u, n_groups, f)
+        weight_rows = weight_rows.reshape(u, n_groups, f)
+        w_img = xp.zeros(n, xp.float64)
+        be.scatter_add(w_img, self.q_img, w_pair)
+        x_pow = (self.data.X.real**2 + self.data.X.imag**2).astype(xp.float64) * w_img[:, None]
+        a = self.A.astype(xp.complex128)
+        a_pow = a.real**2 + a.imag**2
+        for g in backend_of(group).to_numpy(xp.unique(group)):
+            in_g = group == int(g)
+            sigma2_g = 1.0 / self.data.inv_sigma2[int(xp.argmax(in_g))].astype(xp.float64)
+            model = (a_pow * weight_rows[:, g] - 2 * (a.conj() * data_rows[:, g]).real).sum(axis=0)
+            wsum_sigma2[int(g)] += x_pow[in_g].sum(axis=0) + sigma2_g * model
+        data_c = data_rows.sum(axis=1)
+        weight_c = weight_rows.sum(axis=1)
         # rows that carry (almost) no posterior mass add nothing worth the insertion cost
         row_mass = xp.zeros(u, xp.float64)
-        be.scatter_add(row_mass, self.q_row[self.cand_q], weight.astype(xp.float64))
+        be.scatter_add(row_mass, self.q_row, w_pair)
         live = backend_of(row_mass).to_numpy(row_mass > self.prune_weight)
-        data_c = rows_acc[:, :f] + 1j * rows_acc[:, f:2 * f]
-        weight_rows = rows_acc[:, 2 * f:]
         for k in np.unique(self.pair_class):
             sel = np.nonzero((self.pair_class == k) & live)[0]
             if sel.size == 0:
                 continue
             sel_x = xp.asarray(sel)
             refs.insert(sums, int(k), self.rotations[self.pair_rot[sel]], self.data.active, data_c[sel_x],
-                        weight_rows[sel_x])
+                        weight_c[sel_x])
 
 
 def expectation(data: ChunkData, refs, sampling, log_class_prior, sigma_offset_px, coarse_shells: int,

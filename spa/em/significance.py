@@ -16,74 +16,65 @@ def _top_m(sub, m: int, groups):
 
     A row is S blocks of G samples (shift-major).  Every one of the m best
     samples belongs to a column whose maximum over the S blocks is among the m
-    best column maxima, so the search narrows to those m columns (S·m values).
+    best column maxima, so the search narrows to those m columns (S·m values,
+    gathered in memory order).
     """
     xp = array_module(sub)
+    n, width = sub.shape
     s, g = groups
-    if s * g != sub.shape[1] or g <= m:
-        part = xp.argpartition(-sub, m - 1, axis=1)[:, :m]
+    if s * g != width or g <= m:
+        part = xp.argpartition(sub, width - m, axis=1)[:, width - m:]
         return part, xp.take_along_axis(sub, part, axis=1)
-    cube = sub.reshape(sub.shape[0], s, g)
-    col = xp.argpartition(-cube.max(axis=1), m - 1, axis=1)[:, :m]  # (n, m) best columns
-    vals = xp.take_along_axis(cube, xp.broadcast_to(col[:, None, :], (sub.shape[0], s, m)), axis=2)
-    vals = vals.reshape(sub.shape[0], s * m)
-    part = xp.argpartition(-vals, m - 1, axis=1)[:, :m]
+    cube = sub.reshape(n, s, g)
+    col = xp.sort(xp.argpartition(cube.max(axis=1), g - m, axis=1)[:, g - m:], axis=1)  # (n, m) best columns
+    flat_index = (xp.arange(n)[:, None, None] * width + xp.arange(s)[None, :, None] * g) + col[:, None, :]
+    vals = xp.take(sub.reshape(-1), flat_index).reshape(n, s * m)
+    part = xp.argpartition(vals, s * m - m, axis=1)[:, s * m - m:]
     shift = part // m
     column = xp.take_along_axis(col, part % m, axis=1)
     return shift * g + column, xp.take_along_axis(vals, part, axis=1)
 
 
-def significant(flat, m: int, fraction: float, delta: float = 25.0, groups=None):
+def significant(flat, m: int, fraction: float, delta: float = 25.0, groups=None, overwrite: bool = False):
     """Per row of log posteriors: the best ≤ m samples holding ``fraction`` of the mass.
 
-    Rows with at most m samples within ``delta`` nats of their maximum (a
-    peaked posterior; the rest weigh < e⁻²⁵ each) list those samples directly;
-    rows with more (a broad posterior) get their mass from one exp-and-sum over
-    the row and their best m from an exact top-m search.  This runs once per
-    GEMM output element, so it reads whole rows as few times as it can (maximum,
-    threshold count, and the exp-sum for broad rows).  Returns (index (n, m)
-    best first, valid (n, m), count (n,)).
+    One exact top-(m+1) search per row (:func:`_top_m`) gives the best m and
+    tells a peaked row (at most m samples within ``delta`` nats of its
+    maximum; the rest weigh < e⁻²⁵ each, so its mass is the sum over its best
+    m) from a broad one, whose mass needs one exp-and-sum over the whole row.
+    This runs once per GEMM output element, so it reads whole rows as few times
+    as it can: the top-m search reads them once, the exp-sum of broad rows
+    twice more.  ``overwrite``: ``flat`` may be used as scratch (no copy of
+    the broad rows).  Returns (index (n, m) best first, valid (n, m), count (n,)).
     """
     xp = array_module(flat)
-    be = backend_of(flat)
-    n = flat.shape[0]
-    mx = flat.max(axis=1)
-    near = flat > (mx - delta)[:, None]
-    cnt = xp.count_nonzero(near, axis=1)
-    small = cnt <= m
-    top_idx = xp.zeros((n, m), xp.int64)
-    top_val = xp.full((n, m), -xp.inf, dtype=xp.float32)
-    mass = xp.zeros(n, xp.float64)
-    big = xp.nonzero(~small)[0]
+    n, width = flat.shape
+    m = int(min(m, width))
+    idx, val = _top_m(flat, min(m + 1, width), groups or (1, width))
+    order = xp.argsort(-val, axis=1)
+    idx = xp.take_along_axis(idx, order, axis=1)
+    val = xp.take_along_axis(val, order, axis=1)
+    mx = val[:, 0]
+    near = val > (mx - delta)[:, None]
+    cnt = xp.count_nonzero(near, axis=1)  # samples within delta of the maximum, up to m + 1
+    top_idx, top_val = idx[:, :m], val[:, :m]
+    mass = xp.where(near[:, :m], xp.exp(top_val - mx[:, None]), 0).sum(axis=1).astype(xp.float64)
+    big = xp.nonzero(cnt > m)[0]
     n_big = int(big.shape[0])
-    if n_big < n:  # peaked rows: list their few samples
-        if n_big:
-            small_rows = xp.nonzero(small)[0]
-            r_loc, c_s = xp.nonzero(near[small_rows])
-            r_s = small_rows[r_loc]
-        else:
-            r_s, c_s = xp.nonzero(near)
-        v_s = flat[r_s, c_s]
-        be.scatter_add(mass, r_s, xp.exp(v_s - mx[r_s]).astype(xp.float64))
-        cnt_small = xp.where(small, cnt, 0)
-        starts = xp.cumsum(cnt_small) - cnt_small  # where each small row begins among the kept elements
-        pos = xp.arange(r_s.shape[0]) - starts[r_s]
-        top_idx[r_s, pos] = c_s
-        top_val[r_s, pos] = v_s
     if n_big:  # broad rows: exp-sum over the whole row (float32 pairwise sums of terms ≤ 1)
-        rows = flat if n_big == n else flat[big]
-        mx_b = mx if n_big == n else mx[big]
-        e = xp.subtract(rows, mx_b[:, None])
-        xp.exp(e, out=e)
-        mass[big] = e.sum(axis=1).astype(xp.float64)
+        if n_big == n or (overwrite and 4 * n_big > n):
+            e = flat if overwrite else xp.empty_like(flat)
+            xp.subtract(flat, mx[:, None], out=e)
+            xp.exp(e, out=e)
+            row_sums = e.sum(axis=1).astype(xp.float64)
+            mass[big] = row_sums[big]
+        else:
+            e = flat[big]
+            e -= mx[big][:, None]
+            xp.exp(e, out=e)
+            mass[big] = e.sum(axis=1).astype(xp.float64)
         del e
-        part, vals_big = _top_m(rows, m, groups or (1, flat.shape[1]))
-        top_idx[big] = part
-        top_val[big] = vals_big
     lse = mx + xp.log(mass).astype(xp.float32)
-    order = xp.argsort(-top_val, axis=1)
-    top_idx = xp.take_along_axis(top_idx, order, axis=1)
-    top_val = xp.take_along_axis(top_val, order, axis=1)
     w = xp.exp(top_val - lse[:, None])
     cum = xp.cumsum(w, axis=1)
     k_sig = xp.minimum(xp.minimum((cum < fraction).sum(axis=1) + 1, m), xp.minimum(cnt, m))
@@ -115,7 +106,7 @@ def significant_per_class(logp, n_classes: int, m: int, fraction: float):
     idx, val, cnt = [], [], 0
     for k in range(n_classes):
         sub = xp.ascontiguousarray(logp[:, :, k * R:(k + 1) * R]).reshape(n, S * R)
-        i, v, c = significant(sub, m, fraction, groups=(S, R))
+        i, v, c = significant(sub, m, fraction, groups=(S, R), overwrite=True)
         idx.append((i // R) * KR + k * R + i % R)
         val.append(v)
         cnt = cnt + c

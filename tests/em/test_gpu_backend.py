@@ -117,6 +117,12 @@ def test_synchronize_and_sum_rows_by_index_on_the_gpu():
     got = be.sum_rows_by_index(be.xp.asarray(values), be.xp.asarray(index), 9)
     be.synchronize()
     np.testing.assert_allclose(be.to_numpy(got), expect, rtol=1e-5, atol=1e-5)
+    src, w = rng.integers(0, 50, 80), rng.uniform(0, 1, 80).astype(np.float32)
+    target = rng.integers(0, 9, 80)
+    expect = get_backend("numpy").sum_rows_by_index(values, target, 9, rows=src, weights=w)
+    got = be.sum_rows_by_index(be.xp.asarray(values), be.xp.asarray(target), 9, rows=be.xp.asarray(src),
+                               weights=be.xp.asarray(w))
+    np.testing.assert_allclose(be.to_numpy(got), expect, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.complex128])
