@@ -91,7 +91,9 @@ class Backend:
         """
         flat = target.reshape(-1)
         if self.name == "numpy":
-            # bincount is much faster than np.add.at for large index sets
+            # bincount is much faster than np.add.at for large index sets; it casts indices to intp,
+            # so cast once for the real and imaginary parts
+            indices = np.asarray(indices).astype(np.intp, copy=False)
             if np.iscomplexobj(flat):
                 flat += (
                     np.bincount(indices, weights=values.real, minlength=flat.size)
@@ -181,6 +183,33 @@ def _make(name: str, fft_workers: int) -> Backend:
 
         return Backend("cupy", cupy, fft_workers)
     return Backend("numpy", np, fft_workers)
+
+
+def keep_heap_top(pad_bytes: int | None = None) -> bool:
+    """Ask glibc to keep ``pad_bytes`` (default $SPA_HEAP_PAD_MB, 1024 MiB; 0: leave malloc alone)
+    of freed heap mapped instead of returning it to the kernel after every free.
+
+    The E-step makes and frees temporaries of tens of MB per block; with glibc's
+    default the heap top is trimmed after each, so every block page-faults its
+    memory in again, which on the 2-core test machine cost as much as the
+    arithmetic (trilinear interpolation 145 → 72 ms, projection 303 → 214 ms for
+    4000 slices, measured).  M_TOP_PAD only changes how much memory the process
+    keeps mapped (up to the pad), never the results.  Returns whether it was set.
+    """
+    if pad_bytes is None:
+        pad_bytes = int(float(os.environ.get("SPA_HEAP_PAD_MB", "1024")) * 2**20)
+    if pad_bytes <= 0:
+        return False
+    try:
+        import ctypes
+
+        m_top_pad = -2
+        return bool(ctypes.CDLL("libc.so.6").mallopt(m_top_pad, int(pad_bytes)))
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
+        return False
+
+
+HEAP_TUNED = keep_heap_top()
 
 
 def get_backend(name: str | None = None, fft_workers: int | None = None) -> Backend:

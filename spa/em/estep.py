@@ -496,15 +496,18 @@ class FinePass:
         w_img = xp.zeros(n, xp.float64)
         be.scatter_add(w_img, self.q_img, w_pair)
         x_pow = (self.data.X.real**2 + self.data.X.imag**2).astype(xp.float64) * w_img[:, None]
-        a = self.A.astype(xp.complex128)
-        a_pow = a.real**2 + a.imag**2
+        a_re, a_im = self.A.real, self.A.imag
         for g in backend_of(group).to_numpy(xp.unique(group)):
             in_g = group == int(g)
             sigma2_g = 1.0 / self.data.inv_sigma2[int(xp.argmax(in_g))].astype(xp.float64)
-            model = (a_pow * weight_rows[:, g] - 2 * (a.conj() * data_rows[:, g]).real).sum(axis=0)
+            d, w = data_rows[:, g], weight_rows[:, g]
+            model = (xp.einsum("rf,rf,rf->f", a_re, a_re, w) + xp.einsum("rf,rf,rf->f", a_im, a_im, w)
+                     - 2 * (xp.einsum("rf,rf->f", a_re, d.real) + xp.einsum("rf,rf->f", a_im, d.imag)))
             wsum_sigma2[int(g)] += x_pow[in_g].sum(axis=0) + sigma2_g * model
-        data_c = data_rows.sum(axis=1)
-        weight_c = weight_rows.sum(axis=1)
+        if n_groups == 1:
+            data_c, weight_c = data_rows[:, 0], weight_rows[:, 0]
+        else:
+            data_c, weight_c = data_rows.sum(axis=1), weight_rows.sum(axis=1)
         # rows that carry (almost) no posterior mass add nothing worth the insertion cost
         row_mass = xp.zeros(u, xp.float64)
         be.scatter_add(row_mass, self.q_row, w_pair)
