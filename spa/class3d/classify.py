@@ -169,6 +169,7 @@ class Class3D(d3.Run3D):
             rows = np.nonzero(label == k)[0]
             chunks = self.chunks_of(rows)
             wsum, res, _ = self._estep(model1, single, chunks)
+            res.pop("class_posterior", None)  # one-class posteriors say nothing about the K classes
             new_model, new_ref = maximize(model1, wsum, single, tau2_fudge=o.tau2_fudge, mask_radius_px=self.radius)
             vols.append(np.asarray(get_backend(self.backend).to_numpy(new_ref.images[0])))
             for key, v in res.items():
@@ -267,7 +268,8 @@ class Class3D(d3.Run3D):
         self.table = d3.particles_table_3d(
             self.table, np.arange(len(self.table)), results["angles"], results["offset"], self.pixel_size,
             classes=results["class"] + 1, max_prob=results.get("max_prob"),
-            n_significant=results.get("n_significant"), loglike=results.get("loglike"))
+            n_significant=results.get("n_significant"), loglike=results.get("loglike"),
+            class_posterior=_assigned_class_posterior(results))
 
     def iterate(self, model, refs):
         o = self.opts
@@ -285,7 +287,8 @@ class Class3D(d3.Run3D):
         arr["refs"] = np.asarray(get_backend(self.backend).to_numpy(refs.images), np.float32)
         arr["centres"] = self.particles["centres"]
         cols = [c for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnClassNumber",
-                            "rlnMaxValueProbDistribution", "rlnNrOfSignificantSamples", "rlnLogLikeliContribution")
+                            "rlnMaxValueProbDistribution", "rlnNrOfSignificantSamples", "rlnLogLikeliContribution",
+                            "rlnSpaClassPosterior")
                 if c in self.table]
         arr["table_cols"] = np.array(cols)
         arr["table_vals"] = self.table[cols].to_numpy(float)
@@ -336,3 +339,12 @@ def _add_noise_sums(a, b):
 
     return WsumModel({}, a.sigma2 + b.sigma2, a.sigma2_count + b.sigma2_count, a.class_weight + b.class_weight,
                      a.offset2 + b.offset2, a.n_images + b.n_images, a.loglike + b.loglike)
+
+
+def _assigned_class_posterior(results):
+    """Each particle's posterior probability of the class it is assigned, summed over its poses
+    (None when the E-step did not report class posteriors)."""
+    post = results.get("class_posterior")
+    if post is None:
+        return None
+    return post[np.arange(post.shape[0]), results["class"]]

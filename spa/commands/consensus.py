@@ -3,7 +3,9 @@
   spa consensus classes --runs R1/run_data.star R2/run_data.star [R3 ...] --output-dir D
       Particles (matched by rlnImageName) whose class is the same in every run
       (or in --min-agreement of them), after matching each run's class numbers
-      to run 1's (Hungarian assignment on the shared particle counts).
+      to run 1's (Hungarian assignment on the shared particle counts); with
+      --min-class-posterior P a run counts only where its class posterior
+      (rlnSpaClassPosterior, from spa class3d) is at least P.
       Writes D/particles.star (stable set, rlnClassNumber in run 1's numbering),
       D/consensus_classes.star, .json and .png (stability per class against
       chance, adjusted Rand index between runs).
@@ -54,6 +56,11 @@ def add_args(p):
     agree.add_argument(
         "--min-fraction", type=float, default=None, metavar="F",
         help="as --min-agreement, given as a fraction of the runs (N = ceil(F · runs))",
+    )
+    c.add_argument(
+        "--min-class-posterior", type=float, default=None, metavar="P",
+        help="a run counts towards the agreement only where its class posterior (rlnSpaClassPosterior, "
+             "summed over poses, written by spa class3d) is at least P; default: not used",
     )
     add_common_args(c)
     c.set_defaults(_consensus=_classes)
@@ -106,7 +113,7 @@ def _need_runs(paths, n_min: int, n_max: int | None, what: str) -> None:
 
 def _classes(args) -> int:
     from spa.consensus.classes import class_consensus
-    from spa.consensus.report import class_labels, load_runs, write_class_consensus
+    from spa.consensus.report import class_labels, class_posteriors, load_runs, write_class_consensus
     from spa.provenance import make_record
 
     cfg = load_config(args, "consensus")
@@ -123,12 +130,18 @@ def _classes(args) -> int:
     if not 1 <= k <= m:
         raise SpaInputError(None, f"--min-agreement must be between 1 and the number of runs ({m}), got {k}")
 
+    min_post = option(args, "min_class_posterior", cfg, None)
+    if min_post is not None and not 0 <= float(min_post) <= 1:
+        raise SpaInputError(None, f"--min-class-posterior must be in [0, 1], got {min_post}")
     runs = load_runs(paths, require=("rlnClassNumber",))
     labels = [class_labels(p, parts) for p, (parts, _) in zip(paths, runs)]
-    result = class_consensus(labels, min_agreement=k)
+    posteriors = None if min_post is None else [class_posteriors(p, parts) for p, (parts, _) in zip(paths, runs)]
+    result = class_consensus(labels, min_agreement=k, posteriors=posteriors,
+                             min_posterior=None if min_post is None else float(min_post))
     seed = seed_of(args, cfg)
-    record = make_record(args.argv, cfg, seed, settings={"runs": paths, "min_agreement": k})
-    summary = write_class_consensus(args.output_dir, paths, runs, result, record)
+    record = make_record(args.argv, cfg, seed, settings={"runs": paths, "min_agreement": k,
+                                                         "min_class_posterior": min_post})
+    summary = write_class_consensus(args.output_dir, paths, runs, result, record, min_posterior=min_post)
     if summary["n_kept"] == 0:
         print("consensus classes: warning: no particle is stable across the runs", file=sys.stderr)
     keys = ("n_particles", "n_kept", "fraction_kept", "mean_adjusted_rand_index")

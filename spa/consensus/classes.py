@@ -145,12 +145,19 @@ def _most_frequent(matched: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return matched[best, cols], counts[best, cols]
 
 
-def class_consensus(runs, *, min_agreement: int | None = None) -> ClassConsensus:
+def class_consensus(runs, *, min_agreement: int | None = None, posteriors=None,
+                    min_posterior: float | None = None) -> ClassConsensus:
     """Consensus of ``M ≥ 2`` classifications ``runs`` (sequence of (N,) integer label vectors, same particle order).
 
     Each run is matched to run 1 (:func:`match_labels`); a particle is stable
     when ``min_agreement`` runs (default: all, the intersection) agree on its
-    matched class.  See :class:`ClassConsensus` for what is returned.
+    matched class.  With ``posteriors`` (per run, each particle's posterior
+    probability of its class, summed over poses) and ``min_posterior``, a run
+    counts towards the agreement only where its posterior reaches that value:
+    runs seeded from the same data repeat their confident mistakes, so
+    agreement alone cannot remove particles that every run gets wrong, but the
+    unsure ones among them can be.  See :class:`ClassConsensus` for what is
+    returned.
     """
     runs = [np.asarray(r).astype(np.int64) for r in runs]
     m = len(runs)
@@ -184,12 +191,25 @@ def class_consensus(runs, *, min_agreement: int | None = None) -> ClassConsensus
         matched.append(vals[order][np.searchsorted(keys[order], r)])
     matched = np.stack(matched)
 
+    votes = matched
+    if min_posterior is not None:
+        if posteriors is None:
+            raise ValueError("min_posterior needs the runs' class posteriors")
+        post = np.stack([np.asarray(p, np.float64) for p in posteriors])
+        if post.shape != matched.shape:
+            raise ValueError("one class posterior per particle and run is needed")
+        # an unsure run votes for a class of its own (distinct negative numbers), so it agrees with none
+        unsure = np.arange(m)[:, None] + np.iinfo(np.int64).min // 2
+        votes = np.where(post >= float(min_posterior), matched, unsure)
     if k_min == m:
         # the intersection: run 1's class where every run agrees with it
         consensus = matched[0].copy()
-        agreement = (matched == matched[0]).sum(axis=0)
+        agreement = (votes == votes[0]).sum(axis=0)
     else:
-        consensus, agreement = _most_frequent(matched)
+        consensus, agreement = _most_frequent(votes)
+        unsure_vote = consensus < np.iinfo(np.int64).min // 4
+        consensus = np.where(unsure_vote, matched[0], consensus)
+        agreement = np.where(unsure_vote, 0, agreement)
     stable = agreement >= k_min
 
     classes = np.unique(runs[0])

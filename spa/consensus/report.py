@@ -75,6 +75,18 @@ def class_labels(path, particles: pd.DataFrame) -> np.ndarray:
     return values.astype(np.int64)
 
 
+def class_posteriors(path, particles: pd.DataFrame) -> np.ndarray:
+    """rlnSpaClassPosterior (each particle's posterior probability of its class, written by
+    ``spa class3d``) as float64 in [0, 1]; the path names the file in errors."""
+    if "rlnSpaClassPosterior" not in particles:
+        raise SpaInputError(path, "no rlnSpaClassPosterior column (written by spa class3d); "
+                                  "leave out --min-class-posterior for runs of other programs")
+    values = particles["rlnSpaClassPosterior"].to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(values)) or np.any(values < 0) or np.any(values > 1 + 1e-4):
+        raise SpaInputError(path, "rlnSpaClassPosterior must be probabilities in [0, 1]")
+    return values
+
+
 def poses_of(particles: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Rotation matrices (N, 3, 3) from rlnAngleRot/Tilt/Psi and origins (N, 2) in px from rlnOriginX/YAngst."""
     from spa.geometry.euler import euler_to_matrix
@@ -127,7 +139,7 @@ def _run_label(i: int) -> str:
     return f"rlnSpaClassSizeRun{i + 1:03d}"
 
 
-def write_class_consensus(out_dir, run_paths, runs, result, provenance: dict) -> dict:
+def write_class_consensus(out_dir, run_paths, runs, result, provenance: dict, min_posterior=None) -> dict:
     """Write particles.star, consensus_classes.star/.json/.png for a :class:`~spa.consensus.classes.ClassConsensus`.
 
     ``runs`` is :func:`load_runs`'s list (run 1's rows and optics give the
@@ -174,6 +186,7 @@ def write_class_consensus(out_dir, run_paths, runs, result, provenance: dict) ->
         "rlnSpaNumberKept": n_kept,
         "rlnSpaFractionKept": n_kept / n,
         "rlnSpaMinAgreement": int(result.min_agreement),
+        "rlnSpaMinClassPosterior": float(min_posterior) if min_posterior is not None else 0.0,
         "rlnSpaMeanAdjustedRandIndex": mean_ari,
     }
     write_star(
@@ -193,6 +206,7 @@ def write_class_consensus(out_dir, run_paths, runs, result, provenance: dict) ->
         "n_kept": n_kept,
         "fraction_kept": n_kept / n,
         "min_agreement": int(result.min_agreement),
+        "min_class_posterior": min_posterior,
         "mean_adjusted_rand_index": mean_ari,
         "adjusted_rand_index": result.ari.tolist(),
         "class_matching": [{str(k): v for k, v in sorted(mp.items())} for mp in result.mappings],

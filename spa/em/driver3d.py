@@ -246,8 +246,12 @@ def coarse_shells_for(angular_step_deg: float, radius_px: float, box: int) -> in
 
 # -- outputs ---------------------------------------------------------------------------------
 def particles_table_3d(table: pd.DataFrame, rows, angles, offsets_px, pixel_size: float, *, classes=None,
-                       max_prob=None, n_significant=None, loglike=None) -> pd.DataFrame:
-    """Copy of ``table`` with poses (and posterior statistics) set on ``rows``."""
+                       max_prob=None, n_significant=None, loglike=None, class_posterior=None) -> pd.DataFrame:
+    """Copy of ``table`` with poses (and posterior statistics) set on ``rows``.
+
+    ``class_posterior``: the posterior probability of each particle's class, summed over
+    its poses (written as rlnSpaClassPosterior; RELION has no such column).
+    """
     out = table
     r = np.asarray(rows)
     for col, vals in (("rlnAngleRot", angles[:, 0]), ("rlnAngleTilt", angles[:, 1]), ("rlnAnglePsi", angles[:, 2]),
@@ -258,7 +262,8 @@ def particles_table_3d(table: pd.DataFrame, rows, angles, offsets_px, pixel_size
         out.loc[r, col] = np.asarray(vals, np.float64)
     for col, vals, dtype in (("rlnClassNumber", classes, np.int64), ("rlnMaxValueProbDistribution", max_prob, float),
                              ("rlnNrOfSignificantSamples", n_significant, np.int64),
-                             ("rlnLogLikeliContribution", loglike, float)):
+                             ("rlnLogLikeliContribution", loglike, float),
+                             ("rlnSpaClassPosterior", class_posterior, float)):
         if vals is None:
             continue
         if col not in out:

@@ -171,7 +171,8 @@ def estep_chunk(source, indices, particles: dict, ctx: EStepContext):
     Results: ``class`` (0-based), ``rot`` (fine rotation index), ``offset``
     (n, 2) absolute offsets in pixels (RELION sign), ``max_prob``
     (rlnMaxValueProbDistribution), ``n_significant``
-    (rlnNrOfSignificantSamples), ``loglike`` (rlnLogLikeliContribution).
+    (rlnNrOfSignificantSamples), ``loglike`` (rlnLogLikeliContribution), ``class_posterior``
+    (n, K): each class's posterior probability summed over poses.
     ``particles["angles"]`` (n, 3), when present, are the prior orientations
     a local search (``ctx.sampling.local``) centres on.
     """
@@ -204,13 +205,22 @@ def estep_chunk(source, indices, particles: dict, ctx: EStepContext):
     order = xp.lexsort(xp.stack([-post.weight, post.img]))
     first = xp.searchsorted(post.img[order], xp.arange(n))
     best = order[first]
+    # each class's posterior probability, marginal over poses (n, K)
+    class_post = xp.zeros(n * refs.n_classes, xp.float64)
+    be.scatter_add(class_post, post.img * refs.n_classes + post.cls, post.weight.astype(xp.float64))
     results = {
         "class": post.cls[best], "rot": post.rot[best], "offset": t[best],
         "max_prob": post.weight[best], "n_significant": post.n_significant, "loglike": post.log_evidence,
+        "class_posterior": _normalised_rows(class_post.reshape(n, refs.n_classes)).astype(xp.float32),
     }
     results = {k: be.to_numpy(v) for k, v in results.items()}
     wsum = WsumModel(sums, wsig, count, class_w, offset2, int(n), float(be.to_numpy(post.log_evidence).sum()))
     return wsum.to_host(), results
+
+
+def _normalised_rows(p):
+    """Rows divided by their sums (float32 weights sum to 1 only to ~1e-4 over many candidates)."""
+    return p / p.sum(axis=1, keepdims=True)
 
 
 # -- distribution -------------------------------------------------------------------------

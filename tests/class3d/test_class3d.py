@@ -53,6 +53,14 @@ def test_classification_with_local_searches_around_refined_poses(two_states, tmp
                  "--output-dir", str(out), "--seed", "1"]) == 0
     est, _ = read_particles(out / "run_data.star")
     assert _accuracy(est["rlnClassNumber"].to_numpy(), truth["rlnClassNumber"].to_numpy()) >= 0.95
+    # each particle's class posterior (summed over poses): a probability, and the sure ones are
+    # right more often than the rest
+    post = est["rlnSpaClassPosterior"].to_numpy()
+    assert np.all((post >= 0.5 - 1e-6) & (post <= 1 + 1e-6))  # K = 2: the assigned class holds ≥ half
+    sure = post >= 0.9
+    assert sure.mean() > 0.5
+    assert _accuracy(est["rlnClassNumber"].to_numpy()[sure], truth["rlnClassNumber"].to_numpy()[sure]) >= \
+        _accuracy(est["rlnClassNumber"].to_numpy(), truth["rlnClassNumber"].to_numpy())
     moved = angular_distance(euler_to_matrix(est["rlnAngleRot"], est["rlnAngleTilt"], est["rlnAnglePsi"]),
                              euler_to_matrix(truth["rlnAngleRot"], truth["rlnAngleTilt"], truth["rlnAnglePsi"]))
     # maps at ~12 Å after 5 iterations and a 3.75° fine step: poses wander a few degrees, no more

@@ -130,3 +130,37 @@ def test_unmatched_classes_of_different_runs_never_agree():
     # particle 4: run 1 says 2, runs 2 and 3 each their own leftover class -> only one vote for any class
     assert res.stable.tolist() == [True, True, True, False, True, True]
     assert set(res.consensus.tolist()) <= {1, 2}
+
+
+def test_min_posterior_drops_the_unsure_votes():
+    """Runs that repeat the same mistakes agree on them; where the mistakes are the runs' unsure
+    assignments (low class posterior), a posterior threshold removes them from the stable set."""
+    rng = np.random.default_rng(7)
+    n = 2000
+    truth = rng.integers(0, 2, n)
+    wrong = rng.random(n) < 0.06  # every run gets these wrong, the same way
+    labels = np.where(wrong, 1 - truth, truth) + 1
+    runs = [labels, np.where(labels == 1, 2, 1)]  # run 2: same partition, other numbering
+    # the runs' class posteriors: most wrong ones unsure, a few confident (as measured on simulations)
+    post = rng.uniform(0.95, 1.0, n)
+    unsure = wrong & (rng.random(n) < 0.7)
+    post[unsure] = rng.uniform(0.5, 0.85, unsure.sum())
+    posts = [post, np.clip(post + rng.normal(0, 0.01, n), 0, 1)]
+
+    def purity(res):
+        kept = res.stable
+        return np.mean(res.consensus[kept] - 1 == truth[kept]), kept.mean()
+
+    plain = class_consensus(runs)
+    p0, k0 = purity(plain)
+    assert k0 == 1.0 and p0 < 0.95  # agreement alone keeps the shared mistakes
+    filtered = class_consensus(runs, posteriors=posts, min_posterior=0.9)
+    p1, k1 = purity(filtered)
+    assert p1 > 0.98 and k1 > 0.93
+    assert np.array_equal(filtered.stable, (post >= 0.9) & (posts[1] >= 0.9))
+    # a majority vote where unsure runs do not count: runs 1 and 3 share their posteriors, so two
+    # sure votes exist exactly where those reach the threshold
+    three = class_consensus(runs + [labels], min_agreement=2, posteriors=posts + [post], min_posterior=0.9)
+    assert np.array_equal(three.stable, post >= 0.9)
+    with pytest.raises(ValueError):
+        class_consensus(runs, min_posterior=0.9)

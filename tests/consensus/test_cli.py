@@ -223,6 +223,14 @@ def test_bad_inputs(tmp_path, capsys):
     assert main(["consensus", "classes", "--runs", str(paths[0]), str(nocls), "--output-dir", out]) == 1
     err = _err(capsys)
     assert str(nocls) in err and "rlnClassNumber" in err
+    # a posterior threshold on runs without class posteriors
+    assert main(["consensus", "classes", "--runs", str(paths[0]), str(paths[1]), "--output-dir", out,
+                 "--min-class-posterior", "0.9"]) == 1
+    err = _err(capsys)
+    assert str(paths[0]) in err and "rlnSpaClassPosterior" in err
+    assert main(["consensus", "classes", "--runs", str(paths[0]), str(paths[1]), "--output-dir", out,
+                 "--min-class-posterior", "1.5"]) == 1
+    assert "min-class-posterior" in _err(capsys)
     # poses: no pose columns, and three runs
     assert main(["consensus", "poses", "--runs", str(paths[0]), str(paths[1]), "--output-dir", out]) == 1
     err = _err(capsys)

@@ -50,6 +50,8 @@ rule class3d_consensus:
         runtime=10,
     params:
         outdir=lambda w, output: os.path.dirname(output.particles),
+        min_posterior=config["class3d"]["min_class_posterior"],
         common=spa_common(),
     shell:
-        "spa consensus classes --runs {input.runs} --output-dir {params.outdir} {params.common} > {log} 2>&1"
+        "spa consensus classes --runs {input.runs} --min-class-posterior {params.min_posterior} "
+        "--output-dir {params.outdir} {params.common} > {log} 2>&1"
