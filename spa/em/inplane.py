@@ -142,9 +142,8 @@ class InplaneReferences(OnBackend):
         idx, w, conj = self._setup(rotations, active)
         data = xp.where(conj, xp.asarray(data).conj(), xp.asarray(data))
         flat_idx = idx.reshape(-1)
-        be.scatter_add(sums["data"][class_index], flat_idx, (data[..., None] * w).reshape(-1).astype(xp.complex128))
-        be.scatter_add(sums["weight"][class_index], flat_idx,
-                       (xp.asarray(weight)[..., None] * w).reshape(-1).astype(xp.float64))
+        be.scatter_add(sums["data"][class_index], flat_idx, data[..., None], scale=w)
+        be.scatter_add(sums["weight"][class_index], flat_idx, xp.asarray(weight)[..., None], scale=w)
 
     # -- spectra and reconstruction -------------------------------------------------
     def power_spectrum(self):

@@ -142,8 +142,8 @@ def scatter_slices(be, data_flat, weight_flat, rotations, jx, jy, values, weight
     values = xp.where(conj, values.conj(), values)
     flat_idx = idx.reshape(-1)
     # no dtype conversion here: scatter_add accumulates in the target's precision
-    be.scatter_add(data_flat, flat_idx, (values[None] * w).reshape(-1))
-    be.scatter_add(weight_flat, flat_idx, (weights[None] * w).reshape(-1))
+    be.scatter_add(data_flat, flat_idx, values[None], scale=w)
+    be.scatter_add(weight_flat, flat_idx, weights[None], scale=w)
 
 
 def slice_coordinates(rotations, jx, jy, pad_factor: float):
