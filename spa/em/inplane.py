@@ -141,9 +141,8 @@ class InplaneReferences(OnBackend):
         be = backend_of(sums["data"])
         idx, w, conj = self._setup(rotations, active)
         data = xp.where(conj, xp.asarray(data).conj(), xp.asarray(data))
-        flat_idx = idx.reshape(-1)
-        be.scatter_add(sums["data"][class_index], flat_idx, data[..., None], scale=w)
-        be.scatter_add(sums["weight"][class_index], flat_idx, xp.asarray(weight)[..., None], scale=w)
+        be.add_interpolated([sums["data"][class_index], sums["weight"][class_index]], [data, xp.asarray(weight)],
+                            idx, w, corner_axis=-1)
 
     # -- spectra and reconstruction -------------------------------------------------
     def power_spectrum(self):

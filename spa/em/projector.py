@@ -140,10 +140,8 @@ def scatter_slices(be, data_flat, weight_flat, rotations, jx, jy, values, weight
     xp = be.xp
     idx, w, conj = trilinear_corners(*slice_components(rotations, jx, jy, pad_factor), padded)
     values = xp.where(conj, values.conj(), values)
-    flat_idx = idx.reshape(-1)
-    # no dtype conversion here: scatter_add accumulates in the target's precision
-    be.scatter_add(data_flat, flat_idx, values[None], scale=w)
-    be.scatter_add(weight_flat, flat_idx, weights[None], scale=w)
+    # no dtype conversion here: the sums accumulate in the targets' precision
+    be.add_interpolated([data_flat, weight_flat], [values, weights], idx, w, corner_axis=0)
 
 
 def slice_coordinates(rotations, jx, jy, pad_factor: float):
