@@ -105,3 +105,24 @@ def test_cupy_path_under_the_emulator_without_a_gpu():
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and "skipped" not in run.stdout.splitlines()[-1], run.stdout[-500:]
+
+
+def test_add_interpolated_matches_a_loop():
+    """The adjoint of an interpolation, for a complex and a real grid at once, corners on either axis."""
+    be = backend.get_backend("numpy")
+    rng = np.random.default_rng(5)
+    size, n_points, n_corners = 50, 30, 4
+    idx = rng.integers(0, size, (n_points, n_corners))
+    w = rng.uniform(0, 1, (n_points, n_corners)).astype(np.float32)
+    val = (rng.normal(size=n_points) + 1j * rng.normal(size=n_points)).astype(np.complex64)
+    wt = rng.uniform(0, 2, n_points).astype(np.float32)
+    want_d, want_w = np.zeros(size, np.complex128), np.zeros(size)
+    for p in range(n_points):
+        for c in range(n_corners):
+            want_d[idx[p, c]] += w[p, c] * val[p]
+            want_w[idx[p, c]] += w[p, c] * wt[p]
+    for axis, (i, ww) in ((-1, (idx, w)), (0, (idx.T.copy(), w.T.copy()))):
+        d, t = np.zeros(size, np.complex128), np.zeros(size)
+        be.add_interpolated([d, t], [val, wt], i, ww, corner_axis=axis)
+        np.testing.assert_allclose(d, want_d, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(t, want_w, rtol=1e-6, atol=1e-6)

@@ -141,3 +141,19 @@ def test_scatter_add_on_the_gpu_is_deterministic_and_matches_numpy(dtype):
         runs.append(be.to_numpy(t))
     assert np.array_equal(runs[0], runs[1])
     np.testing.assert_allclose(runs[0], expect, rtol=1e-9, atol=1e-9)
+
+
+def test_add_interpolated_on_the_gpu_matches_numpy():
+    be = get_backend("cupy")
+    rng = np.random.default_rng(6)
+    idx = rng.integers(0, 40, (8, 25))
+    w = rng.uniform(0, 1, (8, 25)).astype(np.float32)
+    val = (rng.normal(size=25) + 1j * rng.normal(size=25)).astype(np.complex64)
+    wt = rng.uniform(0, 1, 25).astype(np.float32)
+    d, t = np.zeros(40, np.complex128), np.zeros(40)
+    get_backend("numpy").add_interpolated([d, t], [val, wt], idx, w, corner_axis=0)
+    gd, gt = be.xp.zeros(40, be.xp.complex128), be.xp.zeros(40)
+    be.add_interpolated([gd, gt], [be.xp.asarray(val), be.xp.asarray(wt)], be.xp.asarray(idx), be.xp.asarray(w),
+                        corner_axis=0)
+    np.testing.assert_allclose(be.to_numpy(gd), d, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(be.to_numpy(gt), t, rtol=1e-5, atol=1e-6)
