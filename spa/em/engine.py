@@ -202,7 +202,10 @@ def estep_chunk(source, indices, particles: dict, ctx: EStepContext):
     t = data.centres[post.img] + shifts
     offset2 = float(((t * t).sum(-1) * post.weight).sum())
     # per image: the candidate with the largest weight
-    order = xp.lexsort(xp.stack([-post.weight, post.img]))
+    # one integer sort instead of a two-key lexsort: the bits of a non-negative float32 order as
+    # the floats do, so (image, largest weight first) is one int64 key
+    w_bits = post.weight.astype(xp.float32).view(xp.int32).astype(xp.int64)
+    order = xp.argsort(post.img.astype(xp.int64) * 2**31 + (2**31 - 1 - w_bits), kind="stable")
     first = xp.searchsorted(post.img[order], xp.arange(n))
     best = order[first]
     # each class's posterior probability, marginal over poses (n, K)
