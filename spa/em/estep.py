@@ -360,6 +360,20 @@ def local_coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_of
     return s, cls_x[pair], key_x[pair], valid, n_sig
 
 
+def unique_inverse(keys, n_keys: int):
+    """``xp.unique(keys, return_inverse=True)`` for integer keys in [0, n_keys): the same sorted
+    values and inverse, from a presence table and its running count (no sort) when the table is
+    small enough; the fine pass calls this on every candidate several times per chunk."""
+    xp = array_module(keys)
+    if n_keys > 1 << 24:
+        values, inverse = xp.unique(keys, return_inverse=True)
+        return values, inverse.reshape(-1)
+    present = xp.zeros(int(n_keys), bool)
+    present[keys] = True
+    rank = xp.cumsum(present) - 1
+    return xp.nonzero(present)[0].astype(keys.dtype), rank[keys]
+
+
 class FinePass:
     """Pass 2: rescoring the candidates on the full window, and their weighted sums.
 
@@ -384,10 +398,8 @@ class FinePass:
         self.xp, self.data = xp, data
         self.img, self.cls, self.rot, self.shift = img, cls, rot, shift
         n_rot = len(sampling.fine_rotations)
-        self.pairs, row = xp.unique(cls * n_rot + rot, return_inverse=True)
-        row = row.reshape(-1)
-        self.shift_u, spos = xp.unique(shift, return_inverse=True)
-        self.spos = spos.reshape(-1)
+        self.pairs, row = unique_inverse(cls * n_rot + rot, refs.n_classes * n_rot)
+        self.shift_u, self.spos = unique_inverse(shift, len(sampling.fine_translations))
         host_pairs = backend_of(self.pairs).to_numpy(self.pairs)
         self.pair_class = host_pairs // n_rot
         self.pair_rot = host_pairs % n_rot
@@ -403,7 +415,7 @@ class FinePass:
         self.Y = data.X * (data.ctf * data.inv_sigma2)
         self.c2s = data.ctf**2 * data.inv_sigma2
         # (image, row) pairs, image-major; candidates sorted by pair for blocking
-        qkey, cand_q = xp.unique(img * max(u, 1) + row, return_inverse=True)
+        qkey, cand_q = unique_inverse(img * max(u, 1) + row, int(data.X.shape[0]) * max(u, 1))
         self.cand_q = cand_q.reshape(-1)
         self.q_img = qkey // max(u, 1)
         self.q_row = qkey % max(u, 1)
@@ -420,7 +432,7 @@ class FinePass:
         for j in range(len(bounds) - 1):
             q0, q1 = bounds[j], bounds[j + 1]
             cidx = self.order[int(edges[j]):int(edges[j + 1])]
-            su, sloc = xp.unique(self.spos[cidx], return_inverse=True)
+            su, sloc = unique_inverse(self.spos[cidx], int(self.shift_u.shape[0]))
             yield slice(q0, q1), cidx, self.cand_q[cidx] - q0, su, sloc.reshape(-1)
 
     def score(self, log_class_prior, sigma_offset_px, dense_shape, log_prior=None):

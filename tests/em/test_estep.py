@@ -250,3 +250,16 @@ def test_per_class_significance_keeps_every_class_for_the_fine_pass():
     # the joint selection (peaked posteriors at this SNR) keeps fewer classes per image
     joint_classes = [len(set(((joint[i][jvalid[i]] // R) % k).tolist())) for i in range(12)]
     assert np.mean(joint_classes) < k
+
+
+def test_unique_inverse_equals_numpy_unique():
+    from spa.em.estep import unique_inverse
+
+    rng = np.random.default_rng(8)
+    keys = rng.integers(0, 5000, 20000) * 3  # sparse use of the key range
+    want_values, want_inverse = np.unique(keys, return_inverse=True)
+    for n_keys in (15000, (1 << 24) + 1):  # presence table, and the sorting fallback
+        values, inverse = unique_inverse(keys, n_keys)
+        np.testing.assert_array_equal(values, want_values)
+        np.testing.assert_array_equal(inverse, want_inverse.reshape(-1))
+        np.testing.assert_array_equal(values[inverse], keys)
