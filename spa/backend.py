@@ -88,33 +88,26 @@ class Backend:
         it) give one addend per index, in the same order once flattened.  The
         result does not depend on the order of the additions' scheduling: on GPU
         a sort and a segmented sum, not atomics (whose order, and so the
-        rounding, changes from run to run: same seed, same map).  On CPU the
-        product with ``scale`` is formed straight in float64, the precision
-        ``bincount`` adds in, so no complex or float32 temporary is made.
+        rounding, changes from run to run: same seed, same map).
         """
         flat = target.reshape(-1)
         indices = indices.reshape(-1)
+        if scale is not None:
+            values = values * scale
+        values = values.reshape(-1)
         if self.name == "numpy":
             # bincount is much faster than np.add.at for large index sets; it casts indices to intp,
             # so cast once for the real and imaginary parts
             indices = np.asarray(indices).astype(np.intp, copy=False)
-
-            def part(v):
-                if scale is None:
-                    return v.reshape(-1)
-                return np.multiply(v, scale, dtype=np.float64).reshape(-1)
-
             if np.iscomplexobj(flat):
                 flat += (
-                    np.bincount(indices, weights=part(values.real), minlength=flat.size)
-                    + 1j * np.bincount(indices, weights=part(values.imag), minlength=flat.size)
+                    np.bincount(indices, weights=values.real, minlength=flat.size)
+                    + 1j * np.bincount(indices, weights=values.imag, minlength=flat.size)
                 ).astype(flat.dtype)
             else:
-                flat += np.bincount(indices, weights=part(values), minlength=flat.size).astype(flat.dtype)
+                flat += np.bincount(indices, weights=values, minlength=flat.size).astype(flat.dtype)
             return
-        if scale is not None:
-            values = values * scale
-        rows, sums = self._segment_sums(values.reshape(-1).astype(flat.dtype), indices)
+        rows, sums = self._segment_sums(values.astype(flat.dtype), indices)
         flat[rows] += sums
 
     def add_interpolated(self, targets, values, indices, weights, corner_axis: int = -1) -> None:

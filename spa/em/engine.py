@@ -196,8 +196,6 @@ def estep_chunk(source, indices, particles: dict, ctx: EStepContext):
     fine.accumulate(post.weight, refs, sums, resid)
     wsig, count = sigma2_sums(resid, active.shell, active.n_shells, data.power, data.group, n_groups, box)
     n = images.shape[0]
-    class_w = xp.zeros(refs.n_classes, xp.float64)
-    be.scatter_add(class_w, post.cls, post.weight.astype(xp.float64))
     shifts = xp.asarray(ctx.sampling.fine_translations, dtype=xp.float32)[post.shift]
     t = data.centres[post.img] + shifts
     offset2 = float(((t * t).sum(-1) * post.weight).sum())
@@ -208,13 +206,15 @@ def estep_chunk(source, indices, particles: dict, ctx: EStepContext):
     order = xp.argsort(post.img.astype(xp.int64) * 2**31 + (2**31 - 1 - w_bits), kind="stable")
     first = xp.searchsorted(post.img[order], xp.arange(n))
     best = order[first]
-    # each class's posterior probability, marginal over poses (n, K)
+    # each class's posterior probability, marginal over poses (n, K); summed over images, the class weights
     class_post = xp.zeros(n * refs.n_classes, xp.float64)
     be.scatter_add(class_post, post.img * refs.n_classes + post.cls, post.weight.astype(xp.float64))
+    class_post = class_post.reshape(n, refs.n_classes)
+    class_w = class_post.sum(axis=0)
     results = {
         "class": post.cls[best], "rot": post.rot[best], "offset": t[best],
         "max_prob": post.weight[best], "n_significant": post.n_significant, "loglike": post.log_evidence,
-        "class_posterior": _normalised_rows(class_post.reshape(n, refs.n_classes)).astype(xp.float32),
+        "class_posterior": _normalised_rows(class_post).astype(xp.float32),
     }
     results = {k: be.to_numpy(v) for k, v in results.items()}
     wsum = WsumModel(sums, wsig, count, class_w, offset2, int(n), float(be.to_numpy(post.log_evidence).sum()))
