@@ -3,7 +3,9 @@
 #   1. the GPU-marked tests, then the EM/3D suites with the CuPy backend as the default;
 #   2. E-step throughput on the GPU against cuBLAS sgemm measured in the same run;
 #   3. 2D classification: CPU strong scaling over Dask workers (many cores there), and the GPU rate;
-#   4. (stage class3d only) the class3d tests and the two-conformation benchmark with CuPy.
+#   4. (stage class3d only) the class3d tests and the two-conformation benchmark with CuPy;
+#   5. (stage refine128 only) the GPU-marked tests, then the issue's refinement check: 10k particles of
+#      box 128 (realistic preset, no junk), gold-standard vs true-pose resolution and poses within 3°.
 # Wheels for packages that machine lacks may sit in .whl/ (see docs/gpu.md).  Logs go to $OUT.
 set -u
 OUT=${OUT:-/tmp/spa_gpu_out}
@@ -54,5 +56,14 @@ if [[ $stage == class3d ]]; then
   SPA_BACKEND=cupy timeout ${CLASS3D_LIMIT:-330} python3 benchmarks/bench_class3d.py --n ${CLASS3D_N:-4000} \
     --snr 0.5 --runs 2 --iter 8 --global-iter 12 > "$OUT/bench_class3d_cupy.log" 2>&1
   tail -3 "$OUT/bench_class3d_cupy.log"
+fi
+if [[ $stage == refine128 ]]; then
+  step "gpu-marked tests"
+  timeout 100 python3 -m pytest -q -m gpu -p no:cacheprovider tests/em tests/geometry tests/test_backend.py \
+    > "$OUT/pytest_gpu_marked.log" 2>&1; tail -4 "$OUT/pytest_gpu_marked.log"
+  step "bench_refine3d cupy, box 128"
+  SPA_BACKEND=cupy timeout ${REFINE_LIMIT:-420} python3 benchmarks/bench_refine3d.py --preset realistic \
+    --n ${REFINE_N:-10000} --junk-fraction 0 --max-iter 25 --sim-workers 8 --time-limit ${REFINE_TIME:-330} \
+    > "$OUT/bench_refine3d_box128.log" 2>&1; grep -E "refine3d: |^[{}]|^  \"" "$OUT/bench_refine3d_box128.log" | tail -45
 fi
 step done
