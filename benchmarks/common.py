@@ -18,12 +18,22 @@ def best_time(fn, repeat: int = 5) -> float:
     return min(times)
 
 
-def sgemm_gflops(n: int = 1024, xp=np) -> float:
-    """Single-precision matrix-multiply rate of this machine (GFLOP/s)."""
-    a = xp.ones((n, n), dtype=xp.float32)
-    b = xp.ones((n, n), dtype=xp.float32)
-    t = best_time(lambda: a @ b)
-    return 2 * n**3 / t / 1e9
+def sgemm_gflops(n: int = 1024, backend: str | None = None) -> float:
+    """Single-precision matrix-multiply rate (GFLOP/s) of the backend the stages use (default: as
+    $SPA_BACKEND; on a GPU the device's, synchronised)."""
+    from spa.backend import get_backend
+
+    be = get_backend(backend)
+    if be.name != "numpy":
+        n = max(n, 4096)
+    a = be.xp.ones((n, n), dtype=be.xp.float32)
+    b = be.xp.ones((n, n), dtype=be.xp.float32)
+
+    def multiply():
+        a @ b
+        be.synchronize()
+
+    return 2 * n**3 / best_time(multiply) / 1e9
 
 
 def fft2_rate(box: int, batch: int = 256) -> float:

@@ -66,4 +66,13 @@ if [[ $stage == refine128 ]]; then
     --n ${REFINE_N:-10000} --junk-fraction 0 --max-iter 25 --sim-workers 8 --time-limit ${REFINE_TIME:-330} \
     > "$OUT/bench_refine3d_box128.log" 2>&1; grep -E "refine3d: |^[{}]|^  \"" "$OUT/bench_refine3d_box128.log" | tail -45
 fi
+if [[ $stage == reconstruct ]]; then
+  step "reconstruct: NumPy vs CuPy, stage by stage"
+  timeout 60 python3 -m spa.cli simulate --kind particles --preset realistic --n-particles 3000 --junk-fraction 0 \
+    --workers 8 --output-dir /tmp/simr --seed 1 > "$OUT/simulate.log" 2>&1
+  timeout 120 python3 benchmarks/gpu/compare_reconstruct.py --star /tmp/simr/truth/particles.star 2>&1 \
+    | grep -v "chunks:" | tee "$OUT/compare_reconstruct.log"
+  step "bench_estep cupy"
+  timeout 100 python3 benchmarks/bench_estep.py --backend cupy --n 2048 2>&1 | tee "$OUT/bench_estep_cupy.log"
+fi
 step done
