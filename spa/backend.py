@@ -164,7 +164,7 @@ class Backend:
         On CPU one sparse (n_rows × Q) by dense (Q × F) product (scipy's CSR
         kernel: ~15× NumPy's ``add.reduceat`` over rows, which is slow along axis
         0); on GPU a gather, a stable sort and ``add.reduceat`` (deterministic,
-        unlike atomics).  The sums are in ``values``' precision.
+        unlike atomics; summed in float64).  The result has ``values``' dtype.
         """
         xp = self.xp
         n_entries = int(index.shape[0])
@@ -187,12 +187,21 @@ class Backend:
         return out
 
     def _segment_sums(self, values, index):
-        """(distinct indices, Σ values per index) through a stable sort and ``add.reduceat``."""
+        """(distinct indices, Σ values per index) through a stable sort and ``add.reduceat``.
+
+        The sums are formed in float64 (complex128) and returned in ``values``' dtype: CuPy's
+        ``add.reduceat`` is a running sum differenced at the segment starts, so each segment
+        carries the rounding error of the whole running total; in float32 that swamped the small
+        segments (a back-projection's CTF² weights after ~10⁷ positive addends: errors of 0.5 %
+        of the largest voxel, maps wrong by 100× where the weights are small).
+        """
         xp = self.xp
         order = xp.argsort(index, kind="stable")
         idx = index[order]
         starts = xp.concatenate([xp.zeros(1, xp.int64), xp.nonzero(idx[1:] != idx[:-1])[0].astype(xp.int64) + 1])
-        return idx[starts], xp.add.reduceat(values[order], starts, axis=0)
+        wide = xp.complex128 if xp.iscomplexobj(values) else xp.float64
+        sums = xp.add.reduceat(values[order].astype(wide, copy=False), starts, axis=0)
+        return idx[starts], sums.astype(values.dtype, copy=False)
 
     # -- transfers ------------------------------------------------------------
     def asarray(self, a, dtype=None):

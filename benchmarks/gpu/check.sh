@@ -72,7 +72,8 @@ if [[ $stage == reconstruct ]]; then
     --workers 8 --output-dir /tmp/simr --seed 1 > "$OUT/simulate.log" 2>&1
   timeout 120 python3 benchmarks/gpu/compare_reconstruct.py --star /tmp/simr/truth/particles.star 2>&1 \
     | grep -v "chunks:" | tee "$OUT/compare_reconstruct.log"
-  step "bench_estep cupy"
-  timeout 100 python3 benchmarks/bench_estep.py --backend cupy --n 2048 2>&1 | tee "$OUT/bench_estep_cupy.log"
+  step "gpu-marked tests"
+  timeout 100 python3 -m pytest -q -m gpu -p no:cacheprovider tests/em tests/geometry tests/test_backend.py \
+    > "$OUT/pytest_gpu_marked.log" 2>&1; tail -4 "$OUT/pytest_gpu_marked.log"
 fi
 step done

@@ -157,3 +157,23 @@ def test_add_interpolated_on_the_gpu_matches_numpy():
                         corner_axis=0)
     np.testing.assert_allclose(be.to_numpy(gd), d, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(be.to_numpy(gt), t, rtol=1e-5, atol=1e-6)
+
+
+def test_float32_sums_on_the_gpu_keep_small_segments():
+    """Many positive float32 addends (a back-projection's CTF² weights): every segment's sum, small
+    or large, to float32 precision.  CuPy's add.reduceat differences a running sum, which in float32
+    lost the small segments after ~10⁶ addends."""
+    be = get_backend("cupy")
+    rng = np.random.default_rng(7)
+    n_bins = 2000
+    big = rng.integers(0, n_bins // 2, 2_000_000)  # crowded bins first ...
+    small = rng.integers(n_bins // 2, n_bins, 4_000)  # ... then sparse ones
+    idx = np.concatenate([big, small])
+    vals = rng.uniform(0.5, 1.5, idx.size).astype(np.float32)
+    expect = np.bincount(idx, weights=vals.astype(np.float64), minlength=n_bins)
+    target = be.xp.zeros(n_bins, be.xp.float32)
+    be.scatter_add(target, be.xp.asarray(idx), be.xp.asarray(vals))
+    np.testing.assert_allclose(be.to_numpy(target), expect, rtol=1e-5)
+    rows = be.sum_rows_by_index(be.xp.asarray(vals[:, None] * np.ones((1, 3), np.float32)), be.xp.asarray(idx),
+                                n_bins)
+    np.testing.assert_allclose(be.to_numpy(rows), np.repeat(expect[:, None], 3, axis=1), rtol=1e-5)

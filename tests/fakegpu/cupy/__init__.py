@@ -192,9 +192,27 @@ class _Ufunc:
                 args = (_unwrap(a), _unwrap(indices, strict=False)) + (() if b is None else (_unwrap(b),))
                 attr(*args)
             return at
+        if name == "reduceat" and self._uf is _np.add:
+            return _running_sum_reduceat
         if callable(attr):
             return lambda *a, **k: _wrap(attr(*_unwrap(a), **_unwrap(k)))
         return attr
+
+
+def _running_sum_reduceat(a, indices, axis=0, dtype=None, out=None):
+    """``add.reduceat`` as CuPy computes it: a running sum in the array's dtype, differenced at the
+    segment starts (so a segment's rounding error is that of the whole running total)."""
+    a, indices = _unwrap(a), _unwrap(indices)
+    acc = _np.cumsum(a, axis=axis, dtype=dtype)
+    acc = _np.concatenate([_np.zeros_like(_np.take(acc, [0], axis=axis)), acc], axis=axis)
+    ends = _np.append(indices[1:], a.shape[axis])
+    sums = _np.take(acc, ends, axis=axis) - _np.take(acc, indices, axis=axis)
+    empty = (indices >= ends).reshape((-1,) + (1,) * (a.ndim - axis - 1))
+    result = _np.where(empty, _np.take(a, indices, axis=axis), sums)
+    if out is not None:
+        _unwrap(out)[...] = result
+        return out
+    return _wrap(result)
 
 
 def _strict_function(f):
