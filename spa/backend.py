@@ -297,6 +297,8 @@ class OnBackend:
     """
 
     _array_fields: tuple = ()
+    #: per-process caches: neither pickled (to Dask workers) nor carried to copies on other backends
+    _transient_fields: tuple = ("_backend_copies",)
 
     def on(self, xp: ModuleType):
         if self.xp is xp:
@@ -304,15 +306,15 @@ class OnBackend:
         cache = self.__dict__.setdefault("_backend_copies", {})
         if xp.__name__ not in cache:
             new = type(self).__new__(type(self))
-            new.__dict__.update({k: v for k, v in self.__dict__.items() if k != "_backend_copies"})
+            new.__dict__.update({k: v for k, v in self.__dict__.items() if k not in self._transient_fields})
             for name in self._array_fields:
                 setattr(new, name, move(getattr(self, name), xp))
             new.xp = xp
             cache[xp.__name__] = new
         return cache[xp.__name__]
 
-    def __getstate__(self):  # copies on other backends stay where they were made
-        return {k: v for k, v in self.__dict__.items() if k != "_backend_copies"}
+    def __getstate__(self):  # copies on other backends and caches stay where they were made
+        return {k: v for k, v in self.__dict__.items() if k not in self._transient_fields}
 
 
 def array_module(a: Any) -> ModuleType:

@@ -160,11 +160,6 @@ class Posterior:
     log_evidence: object
 
 
-def _stack_real(z):
-    xp = array_module(z)
-    return xp.concatenate([z.real, z.imag], axis=-1)
-
-
 def _translation_log_prior(centres, shifts, sigma_offset_px: float):
     """Gaussian log prior of absolute offsets centre + shift: (N, S)."""
     xp = array_module(centres)
@@ -321,7 +316,7 @@ def local_coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_of
     a_pow = (A.real**2 + A.imag**2).astype(xp.float32)
     shifts = xp.asarray(sampling.coarse_translations, dtype=xp.float32)
     S = shifts.shape[0]
-    ph_st = _stack_real(phase_factors(shifts, act))  # (S, 2Fc)
+    ph_conj = xp.conjugate(phase_factors(shifts, act)).view(xp.float32)  # (S, 2Fc) interleaved, as in FinePass
     Y = data.X[:, :fc] * (data.ctf[:, :fc] * data.inv_sigma2[:, :fc])
     c2s = data.ctf[:, :fc] ** 2 * data.inv_sigma2[:, :fc]
     lp_trans = _translation_log_prior(data.centres, shifts, sigma_offset_px)  # (N, S)
@@ -332,8 +327,10 @@ def local_coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_of
     block = max(1, BLOCK_ELEMENTS // (4 * max(1, fc)))
     for q0 in range(0, p, block):
         q = slice(q0, min(p, q0 + block))
-        z = Y[img[q]] * A[row[q]].conj()
-        cross = xp.concatenate([z.real, -z.imag], axis=1) @ ph_st.T  # (Q_b, S) GEMM
+        z = A[row[q]]
+        xp.conjugate(z, out=z)
+        z *= Y[img[q]]
+        cross = z.view(xp.float32) @ ph_conj.T  # (Q_b, S) GEMM: Re(z·P) on interleaved views
         norm = (c2s[img[q]] * a_pow[row[q]]).sum(axis=1)
         scores[q] = cross + (lp_pair[q] - 0.5 * norm)[:, None] + lp_trans[img[q]]
     # per image a dense row (its pairs × shifts, −∞ padded) for the significance selection
@@ -444,9 +441,11 @@ class FinePass:
         p = int(self.img.shape[0])
         cross = xp.zeros(p, xp.float32)
         for qs, cidx, qloc, su, sloc in self._blocks():
-            z = self.Y[self.q_img[qs]] * self.A[self.q_row[qs]].conj()
-            phb = self.ph[su]
-            d = xp.concatenate([z.real, -z.imag], axis=1) @ _stack_real(phb).T  # (Q_b, S_b) GEMM
+            z = self.A[self.q_row[qs]]
+            xp.conjugate(z, out=z)
+            z *= self.Y[self.q_img[qs]]
+            # Re(z·P) = Re z·Re P − Im z·Im P: z's interleaved (re, im) view against conj(P)'s, no copies of z
+            d = z.view(xp.float32) @ xp.conjugate(self.ph[su]).view(xp.float32).T  # (Q_b, S_b) GEMM
             cross[cidx] = d[qloc, sloc]
         a_pow = (self.A.real**2 + self.A.imag**2).astype(xp.float32)
         row = self.q_row[self.cand_q]
