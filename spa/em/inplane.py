@@ -89,16 +89,19 @@ class AngleTable:
             known = (pos < self.codes.size) & (self.codes[np.minimum(pos, self.codes.size - 1)] == codes) \
                 if self.codes.size else np.zeros(codes.size, bool)
             if not known.all():
-                self._add(np.unique(codes[~known]), active)
+                self._add(np.unique(codes[~known]), np.unique(codes), active)
                 pos = np.searchsorted(self.codes, codes)
             take = xp.asarray(pos)
             return self.idx[:, take], self.w[:, take], self.conj[take]
 
-    def _add(self, new_codes, active):
+    def _add(self, new_codes, wanted_codes, active):
+        """Compute the setups of ``new_codes``; when the table would overflow, start again with
+        just ``wanted_codes`` (all the current lookup needs)."""
         xp = self.xp
         per_angle = 4 * active.size
         if (self.codes.size + new_codes.size) * per_angle > self.MAX_ENTRIES:
             self.codes, self.idx, self.w, self.conj = np.zeros(0, np.int64), None, None, None
+            new_codes = wanted_codes
         idx, w, conj = bilinear_setup(rotated_coordinates(new_codes / 1e6, active.jx, active.jy, self.pad), self.padded)
         # corner-major (4, N, F): a projection is then four contiguous gathers and multiply-adds, 3×
         # faster than a sum over a trailing axis of length 4
