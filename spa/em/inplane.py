@@ -63,21 +63,29 @@ def rotated_coordinates(psi_deg, jx, jy, pad: float):
 class AngleTable:
     """Bilinear setups of in-plane angles at one pixel set, computed once per angle and gathered after.
 
-    :meth:`lookup` returns corner-major ``(index (4, R, F), weight (4, R, F), conj (R, F))``.
-
-    Angles are keyed to 10⁻⁶ degree.  The table is bounded (``MAX_ENTRIES`` corner entries); when a
-    lookup would overflow it (e.g. local searches with continuous angles) it starts again.
+    :meth:`lookup` returns corner-major ``(index (4, R, F), weight (4, R, F), conj (R, F))``:
+    a projection is then four contiguous gathers and multiply-adds, 3× faster than a sum over a
+    trailing axis of length 4.  Rows are appended (capacity doubling) and found through a small
+    sorted host index, so new angles cost their own setup only.  Angles are keyed to 10⁻⁶ degree.
+    The table is bounded (``MAX_ENTRIES`` corner entries); a lookup that would overflow it (e.g.
+    local searches with continuous angles) starts it again.
     """
 
-    MAX_ENTRIES = 1 << 23  # corners held (int64 index + float32 weight: ~100 MB)
+    MAX_ENTRIES = 1 << 23  # corners held (int32 index + float32 weight: ~64 MB)
 
     def __init__(self, pad: float, padded: int, xp):
         import threading
 
         self.pad, self.padded, self.xp = pad, padded, xp
-        self.codes = np.zeros(0, np.int64)  # sorted angle keys (host)
-        self.idx = self.w = self.conj = None  # (N, F, 4), (N, F, 4), (N, F) on the device
+        self.itype = xp.int32 if padded * (padded // 2 + 1) < 2**31 else xp.int64
         self._lock = threading.Lock()  # Dask may run chunks in threads sharing the references
+        self._reset()
+
+    def _reset(self):
+        self.codes = np.zeros(0, np.int64)  # sorted angle keys (host)
+        self.rows = np.zeros(0, np.int64)  # table row of each key
+        self.n = 0
+        self.idx = self.w = self.conj = None  # (4, capacity, F), (4, capacity, F), (capacity, F)
 
     def lookup(self, rotations, active):
         xp = self.xp
@@ -91,31 +99,38 @@ class AngleTable:
             if not known.all():
                 self._add(np.unique(codes[~known]), np.unique(codes), active)
                 pos = np.searchsorted(self.codes, codes)
-            take = xp.asarray(pos)
+            take = xp.asarray(self.rows[pos])
             return self.idx[:, take], self.w[:, take], self.conj[take]
 
     def _add(self, new_codes, wanted_codes, active):
-        """Compute the setups of ``new_codes``; when the table would overflow, start again with
+        """Append the setups of ``new_codes``; when the table would overflow, start again with
         just ``wanted_codes`` (all the current lookup needs)."""
         xp = self.xp
-        per_angle = 4 * active.size
-        if (self.codes.size + new_codes.size) * per_angle > self.MAX_ENTRIES:
-            self.codes, self.idx, self.w, self.conj = np.zeros(0, np.int64), None, None, None
+        f = active.size
+        max_rows = max(1, self.MAX_ENTRIES // (4 * max(f, 1)))
+        if self.n + new_codes.size > max_rows:
+            self._reset()
             new_codes = wanted_codes
         idx, w, conj = bilinear_setup(rotated_coordinates(new_codes / 1e6, active.jx, active.jy, self.pad), self.padded)
-        # corner-major (4, N, F): a projection is then four contiguous gathers and multiply-adds, 3×
-        # faster than a sum over a trailing axis of length 4
-        itype = xp.int32 if self.padded * (self.padded // 2 + 1) < 2**31 else xp.int64
-        idx = xp.ascontiguousarray(xp.moveaxis(idx, -1, 0)).astype(itype)
-        w = xp.ascontiguousarray(xp.moveaxis(w, -1, 0))
-        if self.idx is not None:
-            idx = xp.concatenate([self.idx, idx], axis=1)
-            w = xp.concatenate([self.w, w], axis=1)
-            conj = xp.concatenate([self.conj, conj])
+        n_new = new_codes.size
+        capacity = 0 if self.idx is None else self.idx.shape[1]
+        if self.n + n_new > capacity:
+            capacity = max(2 * capacity, self.n + n_new, 64)
+            grown = (xp.empty((4, capacity, f), self.itype), xp.empty((4, capacity, f), xp.float32),
+                     xp.empty((capacity, f), bool))
+            if self.n:
+                grown[0][:, :self.n] = self.idx[:, :self.n]
+                grown[1][:, :self.n] = self.w[:, :self.n]
+                grown[2][:self.n] = self.conj[:self.n]
+            self.idx, self.w, self.conj = grown
+        rows = slice(self.n, self.n + n_new)
+        self.idx[:, rows] = xp.moveaxis(idx, -1, 0)
+        self.w[:, rows] = xp.moveaxis(w, -1, 0)
+        self.conj[rows] = conj
         codes = np.concatenate([self.codes, new_codes])
+        table_rows = np.concatenate([self.rows, np.arange(self.n, self.n + n_new)])
         order = np.argsort(codes, kind="stable")
-        take = xp.asarray(order)
-        self.codes, self.idx, self.w, self.conj = codes[order], idx[:, take], w[:, take], conj[take]
+        self.codes, self.rows, self.n = codes[order], table_rows[order], self.n + n_new
 
 
 def enforce_hermitian_2d(data, weight=None):
