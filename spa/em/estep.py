@@ -229,7 +229,7 @@ def coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_offset_p
             sample[b], valid[b], n_sig[b] = significant_per_class(logp, K, m // K, significant_fraction)
         else:
             sample[b], valid[b], n_sig[b] = significant(logp.reshape(nbi, -1), m, significant_fraction,
-                                                         groups=(S, K * R), overwrite=True)
+                                                         groups=(S, K * R))
     return sample, valid, n_sig
 
 
@@ -350,7 +350,7 @@ def local_coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_of
         top = (c_idx * K + k_idx) * S + s_idx
     else:
         m = int(min(max_significant, width * S))
-        top, valid, n_sig = significant(dense.reshape(n, width * S), m, significant_fraction, overwrite=True)
+        top, valid, n_sig = significant(dense.reshape(n, width * S), m, significant_fraction)
     j, s = top // S, top % S
     pair = xp.where(valid, xp.asarray(starts)[:, None] + j, 0)
     cls_x, key_x = xp.asarray(cls_h), xp.asarray(key_h)

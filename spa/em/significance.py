@@ -35,17 +35,25 @@ def _top_m(sub, m: int, groups):
     return shift * g + column, xp.take_along_axis(vals, part, axis=1)
 
 
-def significant(flat, m: int, fraction: float, delta: float = 25.0, groups=None, overwrite: bool = False):
+def _count_needed(cum_top, cnt, mass, m: int, fraction: float):
+    """Samples needed per row: the fewest best ones holding ``fraction`` of ``mass``, at most m and at most
+    the row's near samples ``cnt``."""
+    xp = array_module(cum_top)
+    return xp.minimum(xp.minimum((cum_top < fraction * mass[:, None]).sum(axis=1) + 1, m), xp.minimum(cnt, m))
+
+
+def significant(flat, m: int, fraction: float, delta: float = 25.0, groups=None):
     """Per row of log posteriors: the best ≤ m samples holding ``fraction`` of the mass.
 
     One exact top-(m+1) search per row (:func:`_top_m`) gives the best m and
     tells a peaked row (at most m samples within ``delta`` nats of its
     maximum; the rest weigh < e⁻²⁵ each, so its mass is the sum over its best
-    m) from a broad one, whose mass needs one exp-and-sum over the whole row.
-    This runs once per GEMM output element, so it reads whole rows as few times
-    as it can: the top-m search reads them once, the exp-sum of broad rows
-    twice more.  ``overwrite``: ``flat`` may be used as scratch (no copy of
-    the broad rows).  Returns (index (n, m) best first, valid (n, m), count (n,)).
+    m) from a broad one.  A broad row's mass lies between that of its best m+1
+    and that plus (width − m − 1) samples at the (m+1)-th value; when both
+    bounds give the same count (or the cap m) the count is exact, and only the
+    other rows are read again for an exp-and-sum.  This runs once per GEMM
+    output element, so whole rows are read as few times as possible.
+    Returns (index (n, m) best first, valid (n, m), count (n,)).
     """
     xp = array_module(flat)
     n, width = flat.shape
@@ -58,26 +66,27 @@ def significant(flat, m: int, fraction: float, delta: float = 25.0, groups=None,
     near = val > (mx - delta)[:, None]
     cnt = xp.count_nonzero(near, axis=1)  # samples within delta of the maximum, up to m + 1
     top_idx, top_val = idx[:, :m], val[:, :m]
-    mass = xp.where(near[:, :m], xp.exp(top_val - mx[:, None]), 0).sum(axis=1).astype(xp.float64)
-    big = xp.nonzero(cnt > m)[0]
-    n_big = int(big.shape[0])
-    if n_big:  # broad rows: exp-sum over the whole row (float32 pairwise sums of terms ≤ 1)
-        if n_big == n or (overwrite and 4 * n_big > n):
-            e = flat if overwrite else xp.empty_like(flat)
-            xp.subtract(flat, mx[:, None], out=e)
+    w_top = xp.exp(top_val - mx[:, None]).astype(xp.float64)
+    cum_top = xp.cumsum(w_top, axis=1)  # unnormalised mass of the best j samples, j = 1 … m
+    # peaked rows: the mass is that of their near samples (the others weigh < e⁻²⁵ each)
+    k_sig = _count_needed(cum_top, cnt, xp.where(near[:, :m], w_top, 0).sum(axis=1), m, fraction)
+    broad = cnt > m
+    if bool(broad.any()):
+        # broad rows: the true mass lies between that of the best m+1 samples and that plus every other
+        # sample at the (m+1)-th value; where both bounds give the same count (or the cap m) it is the
+        # count, and only the rest read their whole row again
+        rest = xp.exp(val[:, -1] - mx).astype(xp.float64)
+        low = cum_top[:, -1] + rest
+        k_low = _count_needed(cum_top, cnt, low, m, fraction)
+        k_high = _count_needed(cum_top, cnt, low + (width - m - 1) * rest, m, fraction)
+        k_sig = xp.where(broad, k_low, k_sig)
+        unsure = xp.nonzero(broad & (k_low < m) & (k_high != k_low))[0]
+        if int(unsure.shape[0]):  # exp-and-sum of those rows (float32 pairwise sums of terms ≤ 1)
+            e = flat[unsure]
+            e -= mx[unsure][:, None]
             xp.exp(e, out=e)
-            row_sums = e.sum(axis=1).astype(xp.float64)
-            mass[big] = row_sums[big]
-        else:
-            e = flat[big]
-            e -= mx[big][:, None]
-            xp.exp(e, out=e)
-            mass[big] = e.sum(axis=1).astype(xp.float64)
-        del e
-    lse = mx + xp.log(mass).astype(xp.float32)
-    w = xp.exp(top_val - lse[:, None])
-    cum = xp.cumsum(w, axis=1)
-    k_sig = xp.minimum(xp.minimum((cum < fraction).sum(axis=1) + 1, m), xp.minimum(cnt, m))
+            k_sig[unsure] = _count_needed(cum_top[unsure], cnt[unsure], e.sum(axis=1).astype(xp.float64), m,
+                                          fraction)
     valid = xp.arange(m)[None, :] < k_sig[:, None]
     return top_idx, valid, k_sig
 
@@ -106,7 +115,7 @@ def significant_per_class(logp, n_classes: int, m: int, fraction: float):
     idx, val, cnt = [], [], 0
     for k in range(n_classes):
         sub = xp.ascontiguousarray(logp[:, :, k * R:(k + 1) * R]).reshape(n, S * R)
-        i, v, c = significant(sub, m, fraction, groups=(S, R), overwrite=True)
+        i, v, c = significant(sub, m, fraction, groups=(S, R))
         idx.append((i // R) * KR + k * R + i % R)
         val.append(v)
         cnt = cnt + c

@@ -197,7 +197,13 @@ def test_significant_selection_matches_a_full_sort():
     peaked = rng.normal(-200, 20, (6, s * g)).astype(np.float32)
     peaked[np.arange(6), rng.integers(0, s * g, 6)] = 0.0
     broad = rng.normal(0, 1.5, (6, s * g)).astype(np.float32)
-    flat = np.concatenate([peaked, broad])
+    # many samples within 25 nats, yet a few hold nearly all the mass (the bounds decide), or about
+    # 0.999 of it (the bounds disagree: the row is summed)
+    dominated = rng.uniform(-24, -12, (6, s * g)).astype(np.float32)
+    dominated[np.arange(6), rng.integers(0, s * g, 6)] = 0.0
+    edge = rng.uniform(-24, -9.5, (6, s * g)).astype(np.float32)
+    edge[:, :3] = 0.0
+    flat = np.concatenate([peaked, broad, dominated, edge])
     idx, valid, count = _significant(flat, m, 0.999, groups=(s, g))
     for row in range(flat.shape[0]):
         order = np.argsort(-flat[row].astype(np.float64))
