@@ -17,7 +17,8 @@ def _top_m(sub, m: int, groups):
     A row is S blocks of G samples (shift-major).  Every one of the m best
     samples belongs to a column whose maximum over the S blocks is among the m
     best column maxima, so the search narrows to those m columns (S·m values,
-    gathered in memory order).
+    gathered in memory order), and within them to the values at least the
+    m-th best column maximum.  Returned best first.
     """
     xp = array_module(sub)
     n, width = sub.shape
@@ -26,13 +27,24 @@ def _top_m(sub, m: int, groups):
         part = xp.argpartition(sub, width - m, axis=1)[:, width - m:]
         return part, xp.take_along_axis(sub, part, axis=1)
     cube = sub.reshape(n, s, g)
-    col = xp.sort(xp.argpartition(cube.max(axis=1), g - m, axis=1)[:, g - m:], axis=1)  # (n, m) best columns
+    col_max = cube.max(axis=1)
+    col = xp.argpartition(col_max, g - m, axis=1)[:, g - m:]  # (n, m) best columns
+    # the m best column maxima are m values ≥ their smallest, so every one of the m best samples is too:
+    # only the gathered values ≥ that threshold (typically a few m of the S·m) need ordering
+    threshold = xp.take_along_axis(col_max, col, axis=1).min(axis=1)
+    col = xp.sort(col, axis=1)
     flat_index = (xp.arange(n)[:, None, None] * width + xp.arange(s)[None, :, None] * g) + col[:, None, :]
     vals = xp.take(sub.reshape(-1), flat_index).reshape(n, s * m)
-    part = xp.argpartition(vals, s * m - m, axis=1)[:, s * m - m:]
-    shift = part // m
-    column = xp.take_along_axis(col, part % m, axis=1)
-    return shift * g + column, xp.take_along_axis(vals, part, axis=1)
+    row, pos = xp.nonzero(vals >= threshold[:, None])  # row-major: rows ascending
+    v = vals[row, pos]
+    order = xp.argsort(-v, kind="stable")  # by value, descending ...
+    order = order[xp.argsort(row[order], kind="stable")]  # ... within each row
+    row, pos, v = row[order], pos[order], v[order]
+    counts = xp.bincount(row, minlength=n)
+    rank = xp.arange(row.shape[0]) - (xp.cumsum(counts) - counts)[row]
+    keep = rank < m
+    pos, v = pos[keep].reshape(n, m), v[keep].reshape(n, m)
+    return (pos // m) * g + xp.take_along_axis(col, pos % m, axis=1), v
 
 
 def _count_needed(cum_top, cnt, mass, m: int, fraction: float):
