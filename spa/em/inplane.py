@@ -65,13 +65,14 @@ class AngleTable:
 
     :meth:`lookup` returns corner-major ``(index (4, R, F), weight (4, R, F), conj (R, F))``:
     a projection is then four contiguous gathers and multiply-adds, 3× faster than a sum over a
-    trailing axis of length 4.  Rows are appended (capacity doubling) and found through a small
+    trailing axis of length 4; with ``point_major`` (R, F, 4), the layout insertion's sparse product
+    reads (kept too: transposing per call cost 40 % of an insertion).  Rows are appended (capacity doubling) and found through a small
     sorted host index, so new angles cost their own setup only.  Angles are keyed to 10⁻⁶ degree.
     The table is bounded (``MAX_ENTRIES`` corner entries); a lookup that would overflow it (e.g.
     local searches with continuous angles) starts it again.
     """
 
-    MAX_ENTRIES = 1 << 23  # corners held (int32 index + float32 weight: ~64 MB)
+    MAX_ENTRIES = 1 << 24  # corners held, both layouts (int32 index + float32 weight: ~128 MB)
 
     def __init__(self, pad: float, padded: int, xp):
         import threading
@@ -86,8 +87,9 @@ class AngleTable:
         self.rows = np.zeros(0, np.int64)  # table row of each key
         self.n = 0
         self.idx = self.w = self.conj = None  # (4, capacity, F), (4, capacity, F), (capacity, F)
+        self.idx_pm = self.w_pm = None  # (capacity, F, 4) each
 
-    def lookup(self, rotations, active):
+    def lookup(self, rotations, active, point_major: bool = False):
         xp = self.xp
         angles = np.asarray(rotations if isinstance(rotations, np.ndarray) else backend_of(rotations).to_numpy(rotations),
                             np.float64).reshape(-1)
@@ -100,6 +102,8 @@ class AngleTable:
                 self._add(np.unique(codes[~known]), np.unique(codes), active)
                 pos = np.searchsorted(self.codes, codes)
             take = xp.asarray(self.rows[pos])
+            if point_major:
+                return self.idx_pm[take], self.w_pm[take], self.conj[take]
             return self.idx[:, take], self.w[:, take], self.conj[take]
 
     def _add(self, new_codes, wanted_codes, active):
@@ -107,7 +111,7 @@ class AngleTable:
         just ``wanted_codes`` (all the current lookup needs)."""
         xp = self.xp
         f = active.size
-        max_rows = max(1, self.MAX_ENTRIES // (4 * max(f, 1)))
+        max_rows = max(1, self.MAX_ENTRIES // (8 * max(f, 1)))
         if self.n + new_codes.size > max_rows:
             self._reset()
             new_codes = wanted_codes
@@ -117,16 +121,21 @@ class AngleTable:
         if self.n + n_new > capacity:
             capacity = max(2 * capacity, self.n + n_new, 64)
             grown = (xp.empty((4, capacity, f), self.itype), xp.empty((4, capacity, f), xp.float32),
-                     xp.empty((capacity, f), bool))
+                     xp.empty((capacity, f), bool), xp.empty((capacity, f, 4), self.itype),
+                     xp.empty((capacity, f, 4), xp.float32))
             if self.n:
                 grown[0][:, :self.n] = self.idx[:, :self.n]
                 grown[1][:, :self.n] = self.w[:, :self.n]
                 grown[2][:self.n] = self.conj[:self.n]
-            self.idx, self.w, self.conj = grown
+                grown[3][:self.n] = self.idx_pm[:self.n]
+                grown[4][:self.n] = self.w_pm[:self.n]
+            self.idx, self.w, self.conj, self.idx_pm, self.w_pm = grown
         rows = slice(self.n, self.n + n_new)
         self.idx[:, rows] = xp.moveaxis(idx, -1, 0)
         self.w[:, rows] = xp.moveaxis(w, -1, 0)
         self.conj[rows] = conj
+        self.idx_pm[rows] = idx
+        self.w_pm[rows] = w
         codes = np.concatenate([self.codes, new_codes])
         table_rows = np.concatenate([self.rows, np.arange(self.n, self.n + n_new)])
         order = np.argsort(codes, kind="stable")
@@ -184,7 +193,7 @@ class InplaneReferences(OnBackend):
         self.fourier = rfft_centered(padded, 2).astype(xp.complex64)  # (K, P, P//2+1)
 
     # -- forward model ------------------------------------------------------------
-    def _setup(self, rotations, active):
+    def _setup(self, rotations, active, point_major: bool = False):
         """Interpolation setup of ``rotations`` (ψ, degrees) at the ``active`` pixels, from a per-angle cache.
 
         It depends only on the angle and the pixel set, not on the class or the data, and the
@@ -198,7 +207,7 @@ class InplaneReferences(OnBackend):
         table = cache.get(key)
         if table is None:
             table = cache.setdefault(key, AngleTable(self.pad, self.padded, self.xp))
-        return table.lookup(rotations, active)
+        return table.lookup(rotations, active, point_major)
 
     def project_all(self, rotations, active):
         """All classes at all rotations: complex64 (K, R, F)."""
@@ -230,10 +239,10 @@ class InplaneReferences(OnBackend):
         """Add per-pose sums (R, F) back into class ``class_index``'s frame (transpose of :meth:`project`)."""
         xp = self.xp
         be = backend_of(sums["data"])
-        idx, w, conj = self._setup(rotations, active)
+        idx, w, conj = self._setup(rotations, active, point_major=True)
         data = xp.where(conj, xp.asarray(data).conj(), xp.asarray(data))
         be.add_interpolated([sums["data"][class_index], sums["weight"][class_index]], [data, xp.asarray(weight)],
-                            idx, w, corner_axis=0)
+                            idx, w, corner_axis=-1)
 
     # -- spectra and reconstruction -------------------------------------------------
     def power_spectrum(self):

@@ -23,12 +23,15 @@ def test_angle_table_matches_direct_setup_for_new_repeated_and_unsorted_angles()
         np.testing.assert_array_equal(idx, want_idx)
         np.testing.assert_array_equal(w, want_w)
         np.testing.assert_array_equal(conj, want_conj)
+        pm_idx, pm_w, _ = table.lookup(angles, act, point_major=True)
+        np.testing.assert_array_equal(pm_idx, np.moveaxis(want_idx, 0, -1))
+        np.testing.assert_array_equal(pm_w, np.moveaxis(want_w, 0, -1))
     assert table.codes.size == 6  # each distinct angle computed once
 
 
 def test_angle_table_starts_again_when_full(monkeypatch):
     act = ActivePixels.make(32, 12, np)
-    monkeypatch.setattr(AngleTable, "MAX_ENTRIES", 4 * act.size * 5)
+    monkeypatch.setattr(AngleTable, "MAX_ENTRIES", 8 * act.size * 5)
     table = AngleTable(2.0, 64, np)
     table.lookup(np.arange(4.0), act)
     idx, w, _ = table.lookup(np.array([100.0, 101.0, 0.0]), act)  # 4 + 3 > 5 angles: a fresh table
