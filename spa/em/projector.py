@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from spa.backend import array_module, backend_of
+from spa.em import fused
 from spa.em.gridding import gridding_factor, pad_centered, padded_size
 from spa.fourier import freq_2d, rfft_centered
 
@@ -139,6 +140,8 @@ def _row_blocks(n_rows: int, n_pixels: int):
 def gather_slices(flat, rotations, jx, jy, pad_factor: float, padded: int):
     """Interpolated values (R, F) complex64 of a half-grid transform ``flat`` at pad·Aᵀ(jx, jy, 0)."""
     xp = array_module(flat)
+    if xp is np and fused.available():
+        return fused.project_slices(flat, rotations, jx, jy, pad_factor, padded)
     rotations = xp.asarray(rotations)
     out = xp.empty((rotations.shape[0], jx.shape[0]), xp.complex64)
     for rows in _row_blocks(rotations.shape[0], jx.shape[0]):
@@ -157,6 +160,9 @@ def scatter_slices(be, data_flat, weight_flat, rotations, jx, jy, values, weight
     the layout :meth:`spa.backend.Backend.add_interpolated` reads.
     """
     xp = be.xp
+    if xp is np and fused.available():
+        fused.insert_slices(data_flat, weight_flat, rotations, jx, jy, values, weights, pad_factor, padded)
+        return
     rotations = xp.asarray(rotations)
     n_rows, n_pixels = values.shape
     idx = w = None
