@@ -498,7 +498,13 @@ class FinePass:
             m[qloc, sloc] = weight[cidx]
             phi = (m @ ph[su]).view(xp.complex64)  # Φ_q = Σ_s Γ_qs P_s, (Q_b, F)
             phi *= self.Y[self.q_img[qs]]
-            data_rows += be.sum_rows_by_index(phi.view(xp.float32), q_key[qs], u * n_groups)
+            # only the block's own rows: a full-size sum per block made the M-step quadratic in the
+            # number of rows (3D: rows ≈ pairs)
+            keys_b, inv = unique_inverse(q_key[qs], u * n_groups)
+            if int(keys_b.shape[0]) == qb:  # every pair its own row (3D, mostly): no sums to form
+                data_rows[q_key[qs]] += phi.view(xp.float32)
+            else:
+                data_rows[keys_b] += be.sum_rows_by_index(phi.view(xp.float32), inv, int(keys_b.shape[0]))
         # Σ w_q·C²/σ² per (row, group): a sparse (rows × images) by (images × F) product
         weight_rows = be.sum_rows_by_index(self.c2s, q_key, u * n_groups, rows=self.q_img,
                                            weights=w_pair.astype(xp.float32)).astype(xp.float64)
