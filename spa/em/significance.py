@@ -37,14 +37,25 @@ def _top_m(sub, m: int, groups):
     vals = xp.take(sub.reshape(-1), flat_index).reshape(n, s * m)
     row, pos = xp.nonzero(vals >= threshold[:, None])  # row-major: rows ascending
     v = vals[row, pos]
-    order = xp.argsort(-v, kind="stable")  # by value, descending ...
-    order = order[xp.argsort(row[order], kind="stable")]  # ... within each row
+    order = _by_row_then_descending(row, v)
     row, pos, v = row[order], pos[order], v[order]
     counts = xp.bincount(row, minlength=n)
     rank = xp.arange(row.shape[0]) - (xp.cumsum(counts) - counts)[row]
     keep = rank < m
     pos, v = pos[keep].reshape(n, m), v[keep].reshape(n, m)
     return (pos // m) * g + xp.take_along_axis(col, pos % m, axis=1), v
+
+
+def _by_row_then_descending(row, v):
+    """Order of candidates by row, then by value, largest first: one int64 sort of (row, value bits)
+    (float32 bits, negatives' magnitude bits flipped, order as the floats) instead of two sorts."""
+    xp = array_module(v)
+    if v.dtype != xp.float32:
+        order = xp.argsort(-v, kind="stable")
+        return order[xp.argsort(row[order], kind="stable")]
+    bits = v.view(xp.int32)
+    monotone = xp.where(bits < 0, bits ^ 0x7FFFFFFF, bits).astype(xp.int64)
+    return xp.argsort(row.astype(xp.int64) * (1 << 32) + ((1 << 31) - 1 - monotone))
 
 
 def _count_needed(cum_top, cnt, mass, m: int, fraction: float):

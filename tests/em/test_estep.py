@@ -269,3 +269,18 @@ def test_unique_inverse_equals_numpy_unique():
         np.testing.assert_array_equal(values, want_values)
         np.testing.assert_array_equal(inverse, want_inverse.reshape(-1))
         np.testing.assert_array_equal(values[inverse], keys)
+
+
+def test_candidates_ordered_by_row_then_value_through_float_bits():
+    """One int64 sort of (row, float32 bits) orders as (row, −value): negatives, zeros of both signs
+    and −∞ included."""
+    from spa.em.significance import _by_row_then_descending
+
+    rng = np.random.default_rng(8)
+    row = np.sort(rng.integers(0, 30, 3000))
+    v = (rng.normal(size=3000) * 10).astype(np.float32)
+    v[::7], v[::11], v[5] = -0.0, 0.0, -np.inf
+    order = _by_row_then_descending(row, v)
+    assert np.all(np.diff(row[order]) >= 0)
+    for r in range(30):
+        np.testing.assert_array_equal(v[order][row[order] == r], np.sort(v[row == r])[::-1])
