@@ -18,7 +18,8 @@ def _top_m(sub, m: int, groups):
     samples belongs to a column whose maximum over the S blocks is among the m
     best column maxima, so the search narrows to those m columns (S·m values,
     gathered in memory order), and within them to the values at least the
-    m-th best column maximum.  Returned best first.
+    m-th best column maximum (sorted when they are few — peaked posteriors —
+    else partitioned).  Returned best first.
     """
     xp = array_module(sub)
     n, width = sub.shape
@@ -35,7 +36,14 @@ def _top_m(sub, m: int, groups):
     col = xp.sort(col, axis=1)
     flat_index = (xp.arange(n)[:, None, None] * width + xp.arange(s)[None, :, None] * g) + col[:, None, :]
     vals = xp.take(sub.reshape(-1), flat_index).reshape(n, s * m)
-    row, pos = xp.nonzero(vals >= threshold[:, None])  # row-major: rows ascending
+    keep = vals >= threshold[:, None]
+    if int(xp.count_nonzero(keep)) > 4 * n * m:  # smooth posteriors: many values pass, partition instead
+        part = xp.argpartition(vals, s * m - m, axis=1)[:, s * m - m:]
+        top = xp.take_along_axis(vals, part, axis=1)
+        order = xp.argsort(-top, axis=1)
+        part, top = xp.take_along_axis(part, order, axis=1), xp.take_along_axis(top, order, axis=1)
+        return (part // m) * g + xp.take_along_axis(col, part % m, axis=1), top
+    row, pos = xp.nonzero(keep)  # row-major: rows ascending
     v = vals[row, pos]
     order = _by_row_then_descending(row, v)
     row, pos, v = row[order], pos[order], v[order]

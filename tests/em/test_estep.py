@@ -284,3 +284,24 @@ def test_candidates_ordered_by_row_then_value_through_float_bits():
     assert np.all(np.diff(row[order]) >= 0)
     for r in range(30):
         np.testing.assert_array_equal(v[order][row[order] == r], np.sort(v[row == r])[::-1])
+
+
+@pytest.mark.parametrize("smooth", [False, True])
+def test_top_m_search_is_exact_for_peaked_and_smooth_rows(smooth):
+    """The top-m search sorts the few values above its threshold (peaked rows) or partitions the
+    gathered columns (smooth rows, where most pass): both give the m best of every row, best first."""
+    from spa.em.significance import _top_m
+
+    rng = np.random.default_rng(9)
+    n, s, g, m = 20, 15, 60, 12
+    if smooth:  # a smooth function of the shift plus a little noise: most shifts of a good column pass
+        rows = (rng.normal(size=(n, 1, g)) * 3 - 0.05 * np.arange(s)[None, :, None] ** 2
+                + rng.normal(size=(n, s, g)) * 0.1).reshape(n, s * g)
+    else:
+        rows = rng.normal(size=(n, s * g)) * 20
+    rows = rows.astype(np.float32)
+    idx, val = _top_m(rows, m, (s, g))
+    for r in range(n):
+        want = np.sort(rows[r])[::-1][:m]
+        np.testing.assert_array_equal(val[r], want)
+        np.testing.assert_array_equal(rows[r][idx[r]], want)
