@@ -490,7 +490,9 @@ class FinePass:
         q_key = self.q_row * n_groups + group[self.q_img]  # (row, group) of each pair
         w_pair = xp.zeros(self.n_pairs, xp.float64)
         be.scatter_add(w_pair, self.cand_q, weight.astype(xp.float64))
-        data_rows = xp.zeros((u * n_groups, 2 * f), xp.float64)  # Σ Y·Φ, interleaved (re, im)
+        # Σ Y·Φ per (row, group), interleaved (re, im); float32 like the values inserted from it (each
+        # row sums a few pairs: float64 here only doubled the memory traffic of the largest arrays)
+        data_rows = xp.zeros((u * n_groups, 2 * f), xp.float32)
         ph = self.ph.view(xp.float32)  # (S_u, 2F) interleaved: Γ real, so Γ·P is one real GEMM
         for qs, cidx, qloc, su, sloc in self._blocks():
             qb, sb = qs.stop - qs.start, int(su.shape[0])
@@ -507,24 +509,26 @@ class FinePass:
                 data_rows[keys_b] += be.sum_rows_by_index(phi.view(xp.float32), inv, int(keys_b.shape[0]))
         # Σ w_q·C²/σ² per (row, group): a sparse (rows × images) by (images × F) product
         weight_rows = be.sum_rows_by_index(self.c2s, q_key, u * n_groups, rows=self.q_img,
-                                           weights=w_pair.astype(xp.float32)).astype(xp.float64)
-        data_rows = data_rows.view(xp.complex128).reshape(u, n_groups, f)
+                                           weights=w_pair.astype(xp.float32))
+        data_rows = data_rows.reshape(u, n_groups, 2 * f)
         weight_rows = weight_rows.reshape(u, n_groups, f)
         w_img = xp.zeros(n, xp.float64)
         be.scatter_add(w_img, self.q_img, w_pair)
         x_pow = (self.data.X.real**2 + self.data.X.imag**2).astype(xp.float64) * w_img[:, None]
-        a_re, a_im = self.A.real, self.A.imag
+        a_pow = self.A.real**2 + self.A.imag**2
+        a_flat = self.A.view(xp.float32)  # (U, 2F) interleaved
         for g in backend_of(group).to_numpy(xp.unique(group)):
             in_g = group == int(g)
             sigma2_g = 1.0 / self.data.inv_sigma2[int(xp.argmax(in_g))].astype(xp.float64)
             d, w = data_rows[:, g], weight_rows[:, g]
-            model = (xp.einsum("rf,rf,rf->f", a_re, a_re, w) + xp.einsum("rf,rf,rf->f", a_im, a_im, w)
-                     - 2 * (xp.einsum("rf,rf->f", a_re, d.real) + xp.einsum("rf,rf->f", a_im, d.imag)))
-            wsum_sigma2[int(g)] += x_pow[in_g].sum(axis=0) + sigma2_g * model
+            # terms of one sign each, summed over rows pairwise into float64 (no float64 copies)
+            power = (a_pow * w).sum(axis=0, dtype=xp.float64)
+            cross = (a_flat * d).sum(axis=0, dtype=xp.float64).reshape(f, 2).sum(axis=1)  # Re(conj(A)·D)
+            wsum_sigma2[int(g)] += x_pow[in_g].sum(axis=0) + sigma2_g * (power - 2 * cross)
         if n_groups == 1:
-            data_c, weight_c = data_rows[:, 0], weight_rows[:, 0]
+            data_c, weight_c = data_rows[:, 0].view(xp.complex64), weight_rows[:, 0]
         else:
-            data_c, weight_c = data_rows.sum(axis=1), weight_rows.sum(axis=1)
+            data_c, weight_c = data_rows.sum(axis=1).view(xp.complex64), weight_rows.sum(axis=1)
         # rows that carry (almost) no posterior mass add nothing worth the insertion cost
         row_mass = xp.zeros(u, xp.float64)
         be.scatter_add(row_mass, self.q_row, w_pair)
@@ -532,6 +536,9 @@ class FinePass:
         for k in np.unique(self.pair_class):
             sel = np.nonzero((self.pair_class == k) & live)[0]
             if sel.size == 0:
+                continue
+            if sel.size == u:  # every row (one class, all live): no copies of the sums
+                refs.insert(sums, int(k), self.rotations[self.pair_rot], self.data.active, data_c, weight_c)
                 continue
             sel_x = xp.asarray(sel)
             refs.insert(sums, int(k), self.rotations[self.pair_rot[sel]], self.data.active, data_c[sel_x],
