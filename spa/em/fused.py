@@ -38,8 +38,9 @@ if _HAVE_NUMBA:
     _jit = numba.njit(cache=True, nogil=True)
 
     @_jit
-    def _corners(a, jx_f, jy_f, padded, half):
-        """(x0, x1, y0, y1, z0, z1, fx, fy, fz, conj) of one point, as trilinear_corners computes them."""
+    def _corners(a, jx_f, jy_f, padded, half, plane):
+        """The eight (flat index, weight) corners of one point, and its Friedel flag, in the order and
+        float32 arithmetic of trilinear_corners (z outer, then y, then x; w = (w_z·w_y)·w_x)."""
         one = np.float32(1.0)
         qx = a[0, 0] * jx_f + a[1, 0] * jy_f
         qy = a[0, 1] * jx_f + a[1, 1] * jy_f
@@ -69,55 +70,38 @@ if _HAVE_NUMBA:
         z1 = z0 + 1
         if z1 > padded - 1:
             z1 -= padded
-        return x0, x1, y0, y1, z0, z1, fx, fy, fz, conj
+        r00, r01 = z0 * plane + y0 * half, z0 * plane + y1 * half
+        r10, r11 = z1 * plane + y0 * half, z1 * plane + y1 * half
+        wx0, wy0, wz0 = one - fx, one - fy, one - fz
+        w00, w01, w10, w11 = wz0 * wy0, wz0 * fy, fz * wy0, fz * fy
+        index = (r00 + x0, r00 + x1, r01 + x0, r01 + x1, r10 + x0, r10 + x1, r11 + x0, r11 + x1)
+        weight = (w00 * wx0, w00 * fx, w01 * wx0, w01 * fx, w10 * wx0, w10 * fx, w11 * wx0, w11 * fx)
+        return index, weight, conj
 
     @_jit
     def _project(flat, rot, jx, jy, padded, out):
         half = padded // 2 + 1
         plane = padded * half
-        one = np.float32(1.0)
         for r in range(rot.shape[0]):
-            a = rot[r]
             for f in range(jx.shape[0]):
-                x0, x1, y0, y1, z0, z1, fx, fy, fz, conj = _corners(a, jx[f], jy[f], padded, half)
-                wx0, wy0, wz0 = one - fx, one - fy, one - fz
-                acc = np.complex64(0)
-                for zi in range(2):
-                    row_z = (z0 if zi == 0 else z1) * plane
-                    wz = wz0 if zi == 0 else fz
-                    for yi in range(2):
-                        row = row_z + (y0 if yi == 0 else y1) * half
-                        wzy = wz * (wy0 if yi == 0 else fy)
-                        acc += flat[row + x0] * (wzy * wx0)
-                        acc += flat[row + x1] * (wzy * fx)
+                index, weight, conj = _corners(rot[r], jx[f], jy[f], padded, half, plane)
+                acc = flat[index[0]] * weight[0]
+                for c in range(1, 8):
+                    acc += flat[index[c]] * weight[c]
                 out[r, f] = np.conj(acc) if conj else acc
 
     @_jit
-    def _insert(data, weight, rot, jx, jy, values, weights, padded):
+    def _insert(data, weight_grid, rot, jx, jy, values, weights, padded):
         half = padded // 2 + 1
         plane = padded * half
-        one = np.float32(1.0)
         for r in range(rot.shape[0]):
-            a = rot[r]
             for f in range(jx.shape[0]):
-                x0, x1, y0, y1, z0, z1, fx, fy, fz, conj = _corners(a, jx[f], jy[f], padded, half)
-                v = values[r, f]
-                if conj:
-                    v = np.conj(v)
+                index, weight, conj = _corners(rot[r], jx[f], jy[f], padded, half, plane)
+                v = np.conj(values[r, f]) if conj else values[r, f]
                 t = weights[r, f]
-                wx0, wy0, wz0 = one - fx, one - fy, one - fz
-                for zi in range(2):
-                    row_z = (z0 if zi == 0 else z1) * plane
-                    wz = wz0 if zi == 0 else fz
-                    for yi in range(2):
-                        row = row_z + (y0 if yi == 0 else y1) * half
-                        wzy = wz * (wy0 if yi == 0 else fy)
-                        w = wzy * wx0
-                        data[row + x0] += v * w
-                        weight[row + x0] += t * w
-                        w = wzy * fx
-                        data[row + x1] += v * w
-                        weight[row + x1] += t * w
+                for c in range(8):
+                    data[index[c]] += v * weight[c]
+                    weight_grid[index[c]] += t * weight[c]
 
 
 def _rotations(rotations, pad_factor: float) -> np.ndarray:
