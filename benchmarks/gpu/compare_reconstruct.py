@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--truth", default=None, help="true map (default: class001.mrc beside the STAR)")
     ap.add_argument("--chunk", type=int, default=512)
     args = ap.parse_args()
-    cpu, gpu = get_backend("numpy"), get_backend("cupy")
+    gpu = get_backend("cupy")
     table, _ = read_particles(args.star)
     rows = table.iloc[:args.chunk].reset_index(drop=True)
     images = ParticleImages(rows, args.star).read(np.arange(len(rows)))

@@ -8,7 +8,7 @@ per element of the coarse pass's GEMM output.
 
 from __future__ import annotations
 
-from spa.backend import array_module, backend_of
+from spa.backend import array_module
 
 
 def _top_m(sub, m: int, groups):
