@@ -521,7 +521,7 @@ class FinePass:
             in_g = group == int(g)
             sigma2_g = 1.0 / self.data.inv_sigma2[int(xp.argmax(in_g))].astype(xp.float64)
             d, w = data_rows[:, g], weight_rows[:, g]
-            # terms of one sign each, summed over rows pairwise into float64 (no float64 copies)
+            # float32 products accumulated over the rows in float64 (no float64 copies of the arrays)
             power = (a_pow * w).sum(axis=0, dtype=xp.float64)
             cross = (a_flat * d).sum(axis=0, dtype=xp.float64).reshape(f, 2).sum(axis=1)  # Re(conj(A)·D)
             wsum_sigma2[int(g)] += x_pow[in_g].sum(axis=0) + sigma2_g * (power - 2 * cross)
