@@ -73,15 +73,14 @@ if _HAVE_NUMBA:
         return x0, x1, y0, y1, z0, z1, fx, fy, fz, conj
 
     @_jit
-    def _project(flat, rot, jx, jy, order, padded, out):
+    def _project(flat, rot, jx, jy, padded, out):
         # ``flat`` as interleaved float32 (re, im): real multiply-adds, not complex × complex
         half = padded // 2 + 1
         plane = padded * half
         one = np.float32(1.0)
         for r in range(rot.shape[0]):
             a = rot[r]
-            for k in range(order.shape[0]):
-                f = order[k]
+            for f in range(jx.shape[0]):
                 x0, x1, y0, y1, z0, z1, fx, fy, fz, conj = _corners(a, jx[f], jy[f], padded, half)
                 wx0, wy0, wz0 = one - fx, one - fy, one - fz
                 re = np.float32(0.0)
@@ -101,14 +100,13 @@ if _HAVE_NUMBA:
                 out[r, f] = complex(re, -im) if conj else complex(re, im)
 
     @_jit
-    def _insert(data, weight, rot, jx, jy, order, values, weights, padded):
+    def _insert(data, weight, rot, jx, jy, values, weights, padded):
         half = padded // 2 + 1
         plane = padded * half
         one = np.float32(1.0)
         for r in range(rot.shape[0]):
             a = rot[r]
-            for k in range(order.shape[0]):
-                f = order[k]
+            for f in range(jx.shape[0]):
                 x0, x1, y0, y1, z0, z1, fx, fy, fz, conj = _corners(a, jx[f], jy[f], padded, half)
                 v = values[r, f]
                 if conj:
@@ -134,18 +132,12 @@ def _rotations(rotations, pad_factor: float) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(rotations, dtype=np.float32) * np.float32(pad_factor))
 
 
-def _raster_order(jx, jy) -> np.ndarray:
-    """Pixels in raster order (ky, then kx): neighbouring pixels then touch neighbouring voxels of the
-    grid, where the active pixels' radial order jumped across the slice (cache misses)."""
-    return np.lexsort((np.asarray(jx), np.asarray(jy))).astype(np.int64)
-
-
 def project_slices(flat, rotations, jx, jy, pad_factor: float, padded: int) -> np.ndarray:
     """Central slices (R, F) complex64 of a flat half-grid transform at pad·Aᵀ(jx, jy, 0)."""
     rot = _rotations(rotations, pad_factor)
     out = np.empty((rot.shape[0], jx.shape[0]), np.complex64)
     _project(np.ascontiguousarray(flat).view(np.float32), rot, np.ascontiguousarray(jx, np.float32), np.ascontiguousarray(jy, np.float32),
-             _raster_order(jx, jy), int(padded), out)
+             int(padded), out)
     return out
 
 
@@ -155,5 +147,5 @@ def insert_slices(data_flat, weight_flat, rotations, jx, jy, values, weights, pa
     rot = _rotations(rotations, pad_factor)
     # values in the grids' precision: mixed-precision adds in the loop were slower than this cast
     _insert(data_flat, weight_flat, rot, np.ascontiguousarray(jx, np.float32), np.ascontiguousarray(jy, np.float32),
-            _raster_order(jx, jy), np.ascontiguousarray(values, dtype=data_flat.dtype),
+            np.ascontiguousarray(values, dtype=data_flat.dtype),
             np.ascontiguousarray(weights, dtype=weight_flat.dtype), int(padded))

@@ -58,10 +58,7 @@ def _by_row_then_descending(row, v):
     """Order of candidates by row, then by value, largest first: one int64 sort of (row, value bits)
     (float32 bits, negatives' magnitude bits flipped, order as the floats) instead of two sorts."""
     xp = array_module(v)
-    if v.dtype != xp.float32:
-        order = xp.argsort(-v, kind="stable")
-        return order[xp.argsort(row[order], kind="stable")]
-    bits = v.view(xp.int32)
+    bits = v.astype(xp.float32, copy=False).view(xp.int32)
     monotone = xp.where(bits < 0, bits ^ 0x7FFFFFFF, bits).astype(xp.int64)
     return xp.argsort(row.astype(xp.int64) * (1 << 32) + ((1 << 31) - 1 - monotone))
 
