@@ -156,14 +156,29 @@ class Refine3D(d3.Run3D):
                             loglike=float(wsum.loglike), data_vs_prior=ssnr.copy())
         return new_model, new_refs
 
-    def _finish_halves(self, refs, max_shell: int):
-        """Join the halves below ~40 Å, apply the solvent mask, and measure the gold-standard FSC."""
+    def _unregularised(self, refs, wsum, max_shell: int) -> np.ndarray:
+        """A half map as plain data ÷ weight, no τ² (RELION's unregularised half reconstruction).
+
+        The FSC is measured on these, not on the MAP references: where τ² is small the MAP map's
+        shells are damped towards zero, and what the spherical mask then leaks into them from the
+        strong low-resolution shells is the same in both halves — an FSC of ~0.3 out to Nyquist
+        after a first iteration at 20 Å (measured), i.e. a resolution that is not there.
+        """
+        r, _ = refs.reconstruct(wsum.sums, None, self.opts.tau2_fudge, mask_radius_px=self.radius,
+                                max_shell=max_shell)
+        return np.asarray(get_backend(self.backend).to_numpy(r.images[0]), np.float32)
+
+    def _finish_halves(self, refs, unregularised, max_shell: int):
+        """Join the halves below ~40 Å, apply the solvent mask, and measure the gold-standard FSC
+        (on the ``unregularised`` half maps, treated the same way)."""
         h1 = np.asarray(get_backend(self.backend).to_numpy(refs[0].images[0]), np.float32)
         h2 = np.asarray(get_backend(self.backend).to_numpy(refs[1].images[0]), np.float32)
         h1, h2 = d3.join_low_resolution(h1, h2, self.pixel_size, self.opts.low_resol_join_halves)
+        u1, u2 = d3.join_low_resolution(*unregularised, self.pixel_size, self.opts.low_resol_join_halves)
         if self.solvent_mask is not None:
             h1, h2 = h1 * self.solvent_mask, h2 * self.solvent_mask
-        fsc = fsc_curve(h1, h2, self.sphere if self.solvent_mask is None else None)
+            u1, u2 = u1 * self.solvent_mask, u2 * self.solvent_mask
+        fsc = fsc_curve(u1, u2, self.sphere if self.solvent_mask is None else None)
         # beyond the window the halves hold no data, only what masking leaked there from below
         fsc[max_shell + 1:] = 0.0
         self.fsc = fsc
@@ -183,7 +198,8 @@ class Refine3D(d3.Run3D):
             m, r = self._reconstruct(models[h], refs[h], wsums[h], max_shell)
             new_models.append(m)
             new_refs.append(r)
-        new_refs = self._finish_halves(new_refs, max_shell)
+        unregularised = [self._unregularised(refs[h], wsums[h], max_shell) for h in (0, 1)]
+        new_refs = self._finish_halves(new_refs, unregularised, max_shell)
         # per-particle poses
         self.prev_angles = self.angles.copy()
         self.have_poses = True
@@ -230,12 +246,9 @@ class Refine3D(d3.Run3D):
                                                max_prob=res["max_prob"], n_significant=res["n_significant"],
                                                loglike=res["loglike"])
         nyq = self.box // 2
-        halves = []
-        for h in (0, 1):
-            ssnr = ssnr_from_fsc(self.fsc, o.tau2_fudge)[None, :]
-            r, _ = refs[h].reconstruct(wsums[h].sums, None, o.tau2_fudge, mask_radius_px=self.radius,
-                                       max_shell=nyq, ssnr=ssnr)
-            halves.append(np.asarray(get_backend(self.backend).to_numpy(r.images[0]), np.float32))
+        # the "unfil" half maps, as RELION writes them: unregularised, so that their FSC (here and in
+        # postprocessing) measures the data, not the previous iteration's τ²
+        halves = [self._unregularised(refs[h], wsums[h], nyq) for h in (0, 1)]
         half_fsc = fsc_curve(halves[0], halves[1], self.sphere)
         total = wsums[0] + wsums[1]
         ssnr_full = ssnr_from_fsc(half_fsc, o.tau2_fudge, whole=True)[None, :]
