@@ -31,7 +31,9 @@ OPTIONS = {
     "max_healpix_order": (int, "finest HEALPix order of the auto-refinement (default 6; the resolution "
                                 "decides before that)"),
     "auto_local_healpix_order": (int, "from this HEALPix order on, local searches around each pose "
-                                      "(default 4 = 3.75°, as RELION)"),
+                                      "(default 4 = 3.75°, as RELION); with --healpix-order at or above "
+                                      "it and poses in the input STAR, local searches around those "
+                                      "from the first iteration"),
     "offset_range": (float, "initial shift search range, pixels (default 5)"),
     "offset_step": (float, "initial shift search step, pixels (default 1)"),
     "tau2_fudge": (float, "regularisation parameter T (default 1)"),

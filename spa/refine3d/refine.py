@@ -119,6 +119,13 @@ class Refine3D(d3.Run3D):
         self.angles = np.zeros((len(self.table), 3))
         self.prev_angles = None
         self.have_poses = False  # local searches need a pose per particle first
+        angle_cols = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
+        if o.healpix_order >= o.auto_local_healpix_order and all(c in self.table for c in angle_cols):
+            # RELION: starting at (or past) the local-search order means local searches from the
+            # input poses from the first iteration (a refinement continued after polishing, say)
+            self.angles = np.array(self.table[angle_cols].to_numpy(np.float64))  # writable copy
+            self.have_poses = True
+            self.log("refine3d: local searches around the input poses from the first iteration")
         return models, refs
 
     # -- one iteration -----------------------------------------------------------------------
