@@ -80,13 +80,14 @@ def main() -> None:
                                    auto_local_healpix_order=args.order, offset_range=2 * args.offset_step,
                                    offset_step=args.offset_step)
             run = Refine3D(table, source, reference, opts, tmp, optics=optics, log=lambda *a: None)
-            models, refs = run.initialise()
-            if args.half_maps:
-                maps = [load_reference(path, box, pixel) for path in args.half_maps]
+            if args.half_maps:  # each half's reference prepared (grey-scaled) as refine3d prepares it
                 refs = []
-                for h, m in enumerate(fsc_weighted(maps, box)):
+                for h, m in enumerate(fsc_weighted([load_reference(f, box, pixel) for f in args.half_maps], box)):
                     run.reference = m
-                    refs.append(run.initialise()[1][h])
+                    models, refs_h = run.initialise()
+                    refs.append(refs_h[h])
+            else:
+                models, refs = run.initialise()
             for m in models:
                 m.current_shells = box // 2 + 1
             run.angles = table[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float)

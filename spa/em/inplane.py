@@ -66,8 +66,8 @@ class AngleTable:
     :meth:`lookup` returns corner-major ``(index (4, R, F), weight (4, R, F), conj (R, F))``:
     a projection is then four contiguous gathers and multiply-adds, 3× faster than a sum over a
     trailing axis of length 4; with ``point_major`` (R, F, 4), the layout insertion's sparse product
-    reads (kept too: transposing per call cost 40 % of an insertion).  Rows are appended (capacity doubling) and found through a small
-    sorted host index, so new angles cost their own setup only.  Angles are keyed to 10⁻⁶ degree.
+    reads (kept too: transposing per call cost 40 % of an insertion).  Rows are appended (capacity
+    doubling) and found through a small sorted host index, so new angles cost their own setup only.  Angles are keyed to 10⁻⁶ degree.
     The table is bounded (``MAX_ENTRIES`` corner entries); a lookup that would overflow it (e.g.
     local searches with continuous angles) starts it again.
     """
@@ -142,6 +142,15 @@ class AngleTable:
         self.codes, self.rows, self.n = codes[order], table_rows[order], self.n + n_new
 
 
+def _interpolate(flat, idx, w, conj):
+    """Bilinear values of ``flat`` (…, P·(P//2+1)) at corner-major setups (4, R, F) → complex64 (…, R, F)."""
+    xp = array_module(flat)
+    vals = flat[..., idx[0]] * w[0]
+    for c in range(1, 4):
+        vals += flat[..., idx[c]] * w[c]
+    return xp.where(conj, vals.conj(), vals).astype(xp.complex64, copy=False)
+
+
 def enforce_hermitian_2d(data, weight=None):
     """Make the kx = 0 column of half-grid sums Hermitian (adds the two mirrored halves).
 
@@ -200,9 +209,7 @@ class InplaneReferences(OnBackend):
         E-step asks for the same few hundred angles once per class for projection and again for
         insertion in every chunk: gathering rows of a table is ~20× cheaper than recomputing them.
         """
-        cache = self.__dict__.get("_setup_cache")
-        if cache is None:
-            cache = self.__dict__.setdefault("_setup_cache", {})
+        cache = self.__dict__.setdefault("_setup_cache", {})
         key = (active.box, active.size)  # ActivePixels of one box are prefixes of one sorted order
         table = cache.get(key)
         if table is None:
@@ -211,23 +218,11 @@ class InplaneReferences(OnBackend):
 
     def project_all(self, rotations, active):
         """All classes at all rotations: complex64 (K, R, F)."""
-        xp = self.xp
-        idx, w, conj = self._setup(rotations, active)
-        flat = self.fourier.reshape(self.n_classes, -1)
-        vals = flat[:, idx[0]] * w[0]
-        for c in range(1, 4):
-            vals += flat[:, idx[c]] * w[c]
-        return xp.where(conj[None], vals.conj(), vals).astype(xp.complex64, copy=False)
+        return _interpolate(self.fourier.reshape(self.n_classes, -1), *self._setup(rotations, active))
 
     def project(self, class_index: int, rotations, active):
         """Class ``class_index`` at rotations ψ (R,): complex64 (R, F) at the active pixels."""
-        xp = self.xp
-        idx, w, conj = self._setup(rotations, active)
-        flat = self.fourier[class_index].reshape(-1)
-        vals = flat[idx[0]] * w[0]
-        for c in range(1, 4):
-            vals += flat[idx[c]] * w[c]
-        return xp.where(conj, vals.conj(), vals).astype(xp.complex64, copy=False)
+        return _interpolate(self.fourier[class_index].reshape(-1), *self._setup(rotations, active))
 
     # -- adjoint: weighted sums for the M-step ------------------------------------------
     def new_sums(self) -> dict:
