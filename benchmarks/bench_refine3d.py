@@ -20,6 +20,7 @@ on a lent machine always reports something.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -105,13 +106,19 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--sim-workers", type=int, default=1)
     ap.add_argument("--time-limit", type=float, default=None, help="seconds; judge the last iteration after it")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="work in this folder and keep it (simulation, refinement) for pose_ceiling.py")
     args = ap.parse_args()
     if args.preset == "demo":
         args.box = args.box or 48
         args.snr = 0.5 if args.snr is None else args.snr
     peak = sgemm_gflops()
-    with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            d = args.keep
+        else:
+            d = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         simulate(d, args)
         wall, finished = refine(d, args)
         data, half1, half2, iters = judged_files(d / "ref", finished)
