@@ -29,7 +29,7 @@ from spa.em.inplane import InplaneReferences, InplaneSampling
 from spa.em.model import MlModel, WsumModel
 from spa.em.mstep import maximize, next_window
 from spa.em.noise import group_power, initial_sigma2
-from spa.fourier import lowpass, shift_image, soft_circular_mask
+from spa.fourier import irfft_centered, lowpass, shells_2d, shift_image, soft_circular_mask
 from spa.class2d import outputs
 
 
@@ -54,6 +54,9 @@ class Class2DOptions:
     max_significant: int = 64
     incr_shells: int = 10
     center_classes: bool = True
+    # RELION 4's --class_inactivity_threshold: in the first half of the run a class holding fewer
+    # than this fraction of an average class's particles is re-seeded by splitting the largest class
+    class_inactivity_threshold: float = 0.1
     chunk_size: int = 256
     seed: int = 0
     backend: str | None = None
@@ -212,11 +215,59 @@ class Class2D:
             shifts = center_of_mass_shift(images)
             images = shift_image(images, shifts[:, 0], shifts[:, 1]).astype(np.float32)
             images = images * soft_circular_mask(self.box, self.radius, 5.0)
+        images = self._reseed_inactive(images, new_model, results)
         new_refs = InplaneReferences(images)
         new_model.current_shells = next_window(new_model.resolution_shell, self.max_shells, o.incr_shells)
         new_model.iteration = model.iteration + 1
         self.particles["centres"] = results["offset"].astype(np.float64)
         return new_model, new_refs, results
+
+    def _reseed_inactive(self, images, model, results):
+        """Give classes that have (nearly) emptied a view again (``class_inactivity_threshold``).
+
+        ML classification feeds on itself: a class that loses particles gets a noisier, more damped
+        average and loses more, so at high SNR half the classes can empty in two iterations (seen
+        on independent data: 5 of 10).  In the first half of the run each inactive class becomes
+        the largest class's average plus +δ, and the largest becomes its average −δ, with δ a draw
+        of the noise that average carries (σ²/(½·N) per Fourier component, within the current
+        window); the two share its prior.  The particles of the largest class then choose between
+        two averages that differ only as much as their data allow, and views it had lumped together
+        separate (the splitting step of LBG vector quantisation).  Seeded by (seed, iteration):
+        same seed, same result; independent of the number of workers.
+        """
+        o = self.opts
+        k_all = o.n_classes
+        if o.class_inactivity_threshold <= 0 or k_all < 2 or model.iteration + 1 > o.n_iter // 2:
+            return images
+        n = len(results["class"])
+        counts = np.bincount(results["class"], minlength=k_all).astype(np.float64)
+        floor = o.class_inactivity_threshold * n / k_all
+        inactive = [int(k) for k in np.argsort(counts, kind="stable") if counts[k] < floor]
+        if not inactive:
+            return images
+        rng = np.random.default_rng([o.seed, model.iteration + 1])
+        sigma2 = np.asarray(model.sigma2_noise, np.float64).mean(axis=0)
+        shells = shells_2d(self.box)
+        inside = shells < model.current_shells
+        sd = np.sqrt(sigma2[np.minimum(shells, len(sigma2) - 1)])
+        mask = soft_circular_mask(self.box, self.radius, 5.0)
+        images = images.copy()
+        pdf = np.array(model.pdf_class, np.float64)
+        for k in inactive:
+            big = int(np.argmax(counts))
+            if counts[big] < max(2 * floor, 20):  # nothing worth splitting
+                break
+            var_scale = 1.0 / (0.5 * counts[big])
+            noise = (rng.standard_normal(shells.shape) + 1j * rng.standard_normal(shells.shape)) * sd
+            delta = irfft_centered(np.where(inside, noise * np.sqrt(var_scale), 0), self.box) * mask
+            images[k] = images[big] + delta
+            images[big] = images[big] - delta
+            counts[big] = counts[k] = counts[big] / 2
+            pdf[big] = pdf[k] = (pdf[big] + pdf[k]) / 2
+            self.log(f"class2d: class {k + 1} inactive ({int(np.sum(results['class'] == k))} particles): "
+                     f"re-seeded by splitting class {big + 1}")
+        model.pdf_class = pdf / pdf.sum()
+        return images.astype(np.float32)
 
     def write(self, model, refs, results):
         psi = self.sampling.fine_rotations[results["rot"]]

@@ -45,6 +45,9 @@ def add_args(p):
                    help="at most this many coarse samples per particle go to the fine pass (default 64)")
     p.add_argument("--no-center-classes", dest="center_classes", action="store_false", default=None,
                    help="do not re-centre class averages on their centre of mass")
+    p.add_argument("--class-inactivity-threshold", type=float, default=None,
+                   help="in the first half of the run, re-seed a class holding fewer than this fraction of an "
+                        "average class's particles by splitting the largest class (RELION 4; default 0.1, 0: off)")
     p.add_argument("--chunk-size", type=int, default=None, help="particles per task (default 256)")
 
 
@@ -58,7 +61,8 @@ def options_from(args, cfg) -> "Class2DOptions":  # noqa: F821
                        ("ignore_ctf_first_peak", "ignore_ctf_first_peak"), ("ctf_premultiplied", "ctf_premultiplied"),
                        ("do_ctf", "do_ctf"), ("psi_step", "psi_step"), ("offset_range", "offset_range"),
                        ("offset_step", "offset_step"), ("max_significant", "max_significant"),
-                       ("center_classes", "center_classes"), ("chunk_size", "chunk_size")):
+                       ("center_classes", "center_classes"), ("chunk_size", "chunk_size"),
+                       ("class_inactivity_threshold", "class_inactivity_threshold")):
         kw[attr] = option(args, name, cfg, getattr(defaults, attr))
     kw["seed"] = seed_of(args, cfg)
     kw["backend"] = args.backend

@@ -9,6 +9,7 @@ import pytest
 from spa.class2d.classify import Class2DOptions, run_class2d
 from spa.class2d.synthetic import make_particles, make_views, rotate_shift
 from spa.em.engine import ArrayImages, last_checkpoint
+from spa.io.mrc import read_mrc
 from spa.io.star import read_star
 
 BOX, PX, K = 40, 3.0, 3
@@ -111,3 +112,22 @@ def test_one_and_two_dask_workers_agree(particles, tmp_path):
     assert (res_1["rlnClassNumber"] == res_2["rlnClassNumber"]).mean() > 0.99
     np.testing.assert_allclose(np.asarray(refs_1.images), np.asarray(refs_2.images), atol=1e-4 * np.abs(
         np.asarray(refs_1.images)).max())
+
+
+def test_inactive_classes_are_reseeded_from_the_largest(particles, tmp_path):
+    """More classes than views: classes that empty are re-seeded by splitting the largest (RELION 4's
+    class_inactivity_threshold); at the last iteration allowed to re-seed every class holds particles,
+    and every populated class is still an average of one true view (splitting invents no structure)."""
+    views, images, table = particles
+    messages = []
+    opts = Class2DOptions(n_classes=2 * K, n_iter=6, particle_diameter=105, offset_range=3, seed=7, chunk_size=128)
+    run_class2d(table, ArrayImages(images, PX), opts, tmp_path, log=messages.append)
+    assert any("re-seeded by splitting" in m for m in messages), messages
+    model = read_star(tmp_path / "run_it003_model.star")["model_classes"]
+    assert (model["rlnClassDistribution"] >= opts.class_inactivity_threshold / opts.n_classes).all(), model
+    data = read_star(tmp_path / "run_data.star")["particles"]
+    refs = read_mrc(tmp_path / "run_classes.mrcs")[0]
+    for cls in np.unique(data["rlnClassNumber"]):
+        if (data["rlnClassNumber"] == cls).sum() >= 10:
+            best = max(_best_corr(refs[cls - 1], v) for v in views)
+            assert best >= 0.85, (cls, best)
