@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from spa.class2d.recentre import centre_of_mass, recentre, remove_duplicates
-from spa.class2d.select import parse_class_list
+from spa.class2d.select import SelectionRules, auto_select, parse_class_list
 from spa.class2d.synthetic import make_particles, make_views, rotate_shift
 from spa.cli import main as spa_main
 from spa.fourier import shift_image
@@ -113,3 +113,17 @@ def test_auto_selection_rejects_junk(tmp_path):
     junk = truth["trueClass"].to_numpy() < 0
     assert (~kept[junk]).mean() >= 0.9  # ≥ 90 % of junk removed
     assert kept[~junk].mean() >= 0.9  # ≥ 90 % of good particles kept
+
+
+def test_per_particle_ssnr_rejects_a_large_noise_class_and_keeps_a_small_good_one():
+    """Class SSNR grows with size: judged per particle, a 130-image noise class (SSNR 30) goes and a
+    70-image good class (SSNR 60) stays, while contrast and resolution alone cannot tell them apart."""
+    n = np.array([400, 450, 380, 70, 130])
+    ssnr = np.array([340.0, 420.0, 330.0, 60.0, 30.0])
+    feats = pd.DataFrame({"rlnClassNumber": np.arange(1, 6), "fraction": n / n.sum(), "n_particles": n,
+                          "resolution": [14.0, 14.0, 16.0, 25.0, 25.0], "ssnr": ssnr,
+                          "contrast": [12.0, 13.0, 11.0, 4.5, 4.0], "concentration": 0.9,
+                          "particle_ssnr": ssnr / n})
+    keep = auto_select(feats, SelectionRules())
+    assert keep.tolist() == [True, True, True, True, False]
+    assert auto_select(feats, SelectionRules(min_particle_ssnr_ratio=0.0)).tolist() == [True] * 5
