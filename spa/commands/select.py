@@ -110,7 +110,8 @@ def main(args) -> int:
         "rlnClassNumber": feats["rlnClassNumber"], "rlnClassDistribution": feats["fraction"],
         "rlnEstimatedResolution": feats["resolution"], "rlnClassPriorOffsetX": 0.0, "rlnClassPriorOffsetY": 0.0,
         "rlnSelected": keep.astype(np.int64), "spaParticleCount": feats["n_particles"],
-        "spaContrast": feats["contrast"], "spaConcentration": feats["concentration"], "spaLowSsnr": feats["ssnr"], "spaParticleSsnr": feats["particle_ssnr"],
+        "spaContrast": feats["contrast"], "spaConcentration": feats["concentration"], "spaLowSsnr": feats["ssnr"],
+        "spaParticleSsnr": feats["particle_ssnr"],
     })
     write_mrcs(out / "selected_classes.mrcs", images, pixel_size, provenance=record)
     write_star(out / "class_averages.star", {"model_classes": cls_table}, provenance=record)
