@@ -240,7 +240,8 @@ class Class2D:
         if o.class_inactivity_threshold <= 0 or k_all < 2 or model.iteration + 1 > o.n_iter // 2:
             return images
         n = len(results["class"])
-        counts = np.bincount(results["class"], minlength=k_all).astype(np.float64)
+        assigned = np.bincount(results["class"], minlength=k_all)
+        counts = assigned.astype(np.float64)  # halved as classes are split
         floor = o.class_inactivity_threshold * n / k_all
         inactive = [int(k) for k in np.argsort(counts, kind="stable") if counts[k] < floor]
         if not inactive:
@@ -264,7 +265,7 @@ class Class2D:
             images[big] = images[big] - delta
             counts[big] = counts[k] = counts[big] / 2
             pdf[big] = pdf[k] = (pdf[big] + pdf[k]) / 2
-            self.log(f"class2d: class {k + 1} inactive ({int(np.sum(results['class'] == k))} particles): "
+            self.log(f"class2d: class {k + 1} inactive ({assigned[k]} particles): "
                      f"re-seeded by splitting class {big + 1}")
         model.pdf_class = pdf / pdf.sum()
         return images.astype(np.float32)

@@ -101,7 +101,7 @@ def auto_select(features: pd.DataFrame, rules: SelectionRules) -> np.ndarray:
     keep &= f["concentration"].to_numpy() >= rules.min_concentration
     if rules.min_ssnr > 0 and np.isfinite(f["ssnr"]).all():
         keep &= f["ssnr"].to_numpy() >= rules.min_ssnr
-    per_particle = f["particle_ssnr"].to_numpy() if "particle_ssnr" in f else np.full(len(f), np.nan)
+    per_particle = f["particle_ssnr"].to_numpy()
     if rules.min_particle_ssnr_ratio > 0 and np.isfinite(per_particle[populous]).all():
         ref_pp = float(np.median(per_particle[populous]))
         keep &= per_particle >= rules.min_particle_ssnr_ratio * ref_pp
