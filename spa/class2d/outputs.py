@@ -9,7 +9,10 @@
   ``data_model_optics_group_N`` (rlnSpectralIndex, rlnResolution, rlnSigma2Noise);
 * ``run_itNNN_data.star``: the particles with rlnClassNumber, rlnAnglePsi,
   rlnOriginXAngst/YAngst, rlnMaxValueProbDistribution,
-  rlnNrOfSignificantSamples, rlnLogLikeliContribution.
+  rlnNrOfSignificantSamples, rlnLogLikeliContribution, and two of our own:
+  rlnSpaSignalZ (the whitened matched-filter score of the best pose) and, in
+  the last iteration, rlnSpaNoisePValue (the fraction of phase-randomised
+  decoys that match as well; :mod:`spa.em.decoys`).
 """
 
 from __future__ import annotations
@@ -63,6 +66,10 @@ def particles_table(table: pd.DataFrame, results: dict, psi_deg: np.ndarray, pix
     out["rlnMaxValueProbDistribution"] = results["max_prob"].astype(np.float64)
     out["rlnNrOfSignificantSamples"] = results["n_significant"].astype(np.int64)
     out["rlnLogLikeliContribution"] = results["loglike"].astype(np.float64)
+    if "signal_z" in results:
+        out["rlnSpaSignalZ"] = results["signal_z"].astype(np.float64)
+    if "noise_pvalue" in results:
+        out["rlnSpaNoisePValue"] = results["noise_pvalue"].astype(np.float64)
     if "rlnGroupNumber" not in out:
         out["rlnGroupNumber"] = out["rlnOpticsGroup"] if "rlnOpticsGroup" in out else 1
     return out

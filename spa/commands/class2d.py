@@ -8,8 +8,11 @@ averages by a CTF-corrected Wiener/MAP step with regularisation T
 (--tau2-fudge).  Writes, in --output-dir, run_itNNN_classes.mrcs,
 run_itNNN_model.star, run_itNNN_data.star every iteration, the final
 run_classes.mrcs, run_model.star, run_data.star and a class gallery
-(run_classes.png, sorted by size).  --continue resumes after the last
-finished iteration.
+(run_classes.png, sorted by size).  The last iteration also scores every
+particle against the other random half's averages and against --noise-decoys
+images of pure noise: rlnSpaNoisePValue in run_data.star, which `spa select`
+uses to drop particles that match no better than noise.  --continue resumes
+after the last finished iteration.
 
 Example:  spa class2d --particles particles.star --classes 50 --particle-diameter 180 --output-dir Class2D
 """
@@ -48,10 +51,13 @@ def add_args(p):
     p.add_argument("--class-inactivity-threshold", type=float, default=None,
                    help="in the first half of the run, re-seed a class holding fewer than this fraction of an "
                         "average class's particles by splitting the largest class (RELION 4; default 0.1, 0: off)")
+    p.add_argument("--noise-decoys", type=int, default=None,
+                   help="images of pure noise scored in the last iteration for each particle's noise p-value "
+                        "(default 1000, 0: off)")
     p.add_argument("--chunk-size", type=int, default=None, help="particles per task (default 256)")
 
 
-def options_from(args, cfg) -> "Class2DOptions":  # noqa: F821
+def options_from(args, cfg):
     from spa.class2d.classify import Class2DOptions
 
     defaults = Class2DOptions(n_classes=args.classes)
@@ -62,7 +68,8 @@ def options_from(args, cfg) -> "Class2DOptions":  # noqa: F821
                        ("do_ctf", "do_ctf"), ("psi_step", "psi_step"), ("offset_range", "offset_range"),
                        ("offset_step", "offset_step"), ("max_significant", "max_significant"),
                        ("center_classes", "center_classes"), ("chunk_size", "chunk_size"),
-                       ("class_inactivity_threshold", "class_inactivity_threshold")):
+                       ("class_inactivity_threshold", "class_inactivity_threshold"),
+                       ("noise_decoys", "noise_decoys")):
         kw[attr] = option(args, name, cfg, getattr(defaults, attr))
     kw["seed"] = seed_of(args, cfg)
     kw["backend"] = args.backend

@@ -34,6 +34,10 @@ def add_args(p):
                    help="keep origins as they are")
     p.add_argument("--remove-duplicates", type=float, default=None, metavar="Å",
                    help="remove particles closer than this after recentring (default: off)")
+    p.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
+                   help="a selection threshold (spa.class2d.select.SelectionRules: min_fraction, max_resolution, "
+                   "max_resolution_ratio, min_contrast_ratio, min_concentration, min_ssnr, "
+                   "min_particle_ssnr_ratio, max_noise_pvalue); repeatable, wins over the config's select section")
     p.add_argument("--mask-diameter", type=float, default=None, help="mask diameter in Å for the measures "
                    "(default: 90%% of the box)")
 
@@ -44,13 +48,14 @@ def main(args) -> int:
 
     from spa.class2d.gallery import write_gallery
     from spa.class2d.recentre import recentre, remove_duplicates
-    from spa.class2d.select import SelectionRules, auto_select, class_features, parse_class_list
+    from spa.class2d.select import SelectionRules, auto_select, class_features, noise_like, parse_class_list
     from spa.errors import SpaInputError
     from spa.io.mrc import read_mrc, write_mrcs
     from spa.io.star import read_particles, read_star, write_particles, write_star
     from spa.provenance import make_record
 
     cfg = load_config(args, "select")
+    cfg.update(_parse_thresholds(args.threshold))
     d = Path(args.class2d_dir)
     tag = "" if args.iteration is None else f"_it{args.iteration:03d}"
     data_p, model_p, cls_p = (d / f"run{tag}_data.star", d / f"run{tag}_model.star", d / f"run{tag}_classes.mrcs")
@@ -82,8 +87,8 @@ def main(args) -> int:
         noise = float(2.0 * np.sqrt((s2 * shell_pixel_counts(box)).sum()) / box**2)
     feats = class_features(images, mc["rlnClassDistribution"].to_numpy(), mc["rlnEstimatedResolution"].to_numpy(),
                            ssnr, counts, 0.5 * diam / pixel_size, noise)
+    rules = SelectionRules.from_config(cfg)
     if args.auto:
-        rules = SelectionRules.from_config(cfg)
         keep = auto_select(feats, rules)
     else:
         try:
@@ -92,7 +97,13 @@ def main(args) -> int:
             raise SpaInputError(None, f"--classes: {exc}") from None
         keep = np.isin(feats["rlnClassNumber"].to_numpy(), chosen)
     selected = feats["rlnClassNumber"].to_numpy()[keep].tolist()
-    rows = table[np.isin(table["rlnClassNumber"].to_numpy(), selected)].reset_index(drop=True)
+    in_kept = np.isin(table["rlnClassNumber"].to_numpy(), selected)
+    # per particle (--auto, or a max_noise_pvalue given): drop images that match no better than noise
+    noisy = noise_like(table, rules) if (args.auto or cfg.get("max_noise_pvalue") is not None) \
+        else np.zeros(len(table), bool)
+    noisy_per_class = np.bincount(table["rlnClassNumber"].to_numpy(np.int64)[noisy] - 1, minlength=k)[:k]
+    rows = table[in_kept & ~noisy].reset_index(drop=True)
+    n_noisy = int((in_kept & noisy).sum())
     do_recentre = option(args, "recentre", cfg, True)
     if do_recentre:
         rows = recentre(rows, images, pixel_size)
@@ -111,12 +122,38 @@ def main(args) -> int:
         "rlnEstimatedResolution": feats["resolution"], "rlnClassPriorOffsetX": 0.0, "rlnClassPriorOffsetY": 0.0,
         "rlnSelected": keep.astype(np.int64), "spaParticleCount": feats["n_particles"],
         "spaContrast": feats["contrast"], "spaConcentration": feats["concentration"], "spaLowSsnr": feats["ssnr"],
-        "spaParticleSsnr": feats["particle_ssnr"],
+        "spaParticleSsnr": feats["particle_ssnr"], "spaNoiseLikeCount": noisy_per_class.astype(np.int64),
     })
     write_mrcs(out / "selected_classes.mrcs", images, pixel_size, provenance=record)
     write_star(out / "class_averages.star", {"model_classes": cls_table}, provenance=record)
     write_gallery(out / "selected_classes.png", images, feats["fraction"].to_numpy(), feats["resolution"].to_numpy(),
                   selected=selected, title=f"select: {len(selected)} of {k} classes kept")
     print(f"select: kept classes {selected}: {len(rows)} of {len(table)} particles"
+          + (f" ({n_noisy} in them removed as matching no better than noise, p > {rules.max_noise_pvalue:g})"
+             if n_noisy else "")
           + (f", {removed} duplicates removed" if removed else "") + f" -> {out}/particles.star", file=sys.stderr)
     return 0
+
+
+def _parse_thresholds(items) -> dict:
+    """['max_noise_pvalue=0.01', ...] → {'max_noise_pvalue': 0.01, ...} ('null' or 'none': unset)."""
+    from dataclasses import fields
+
+    from spa.class2d.select import SelectionRules
+    from spa.errors import SpaInputError
+
+    names = {f.name for f in fields(SelectionRules)}
+    out = {}
+    for item in items or []:
+        name, sep, value = str(item).partition("=")
+        name = name.strip()
+        if not sep or name not in names:
+            raise SpaInputError(None, f"--threshold {item!r}: expected NAME=VALUE with NAME one of {sorted(names)}")
+        if value.strip().lower() in ("null", "none", ""):
+            out[name] = None
+            continue
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise SpaInputError(None, f"--threshold {item!r}: {value!r} is not a number") from None
+    return out

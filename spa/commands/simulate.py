@@ -56,6 +56,7 @@ OPTIONS = {
     "symmetry": ("symmetry", ("particles", "micrographs", "movies")),
     "conformations": ("conformations", ("particles", "micrographs", "movies")),
     "junk_fraction": ("junk_fraction", ("particles",)),
+    "junk_kinds": ("junk_kinds", ("particles",)),
     "defocus_min": ("defocus_min", ("particles", "micrographs", "movies")),
     "defocus_max": ("defocus_max", ("particles", "micrographs", "movies")),
     "bfactor_min": ("bfactor_min", ("particles",)),
@@ -81,6 +82,8 @@ def add_args(p):
     g.add_argument("--n-particles", type=int, default=None, help="number of particle images")
     g.add_argument("--box", type=int, default=None, help="particle box size, px")
     g.add_argument("--junk-fraction", type=float, default=None, help="fraction of junk images (noise or blobs), 0-1")
+    g.add_argument("--junk-kinds", choices=("noise", "blob", "both"), default=None,
+                   help="junk images: pure noise, contaminant blobs, or both (half each; the default)")
     g.add_argument("--bfactor-min", type=float, default=None, help="per-particle B envelope, lower bound, Å² (0: none)")
     g.add_argument("--bfactor-max", type=float, default=None, help="per-particle B envelope, upper bound, Å²")
     g = p.add_argument_group("molecule and imaging")

@@ -66,6 +66,23 @@ def particle_arrays(table, pixel_size: float) -> dict:
     return out
 
 
+def random_halves(table, seed: int) -> np.ndarray:
+    """rlnRandomSubset (1 or 2) per row: the table's own when it has both halves, else a seeded split.
+
+    Raises SpaInputError for fewer than two rows.
+    """
+    if "rlnRandomSubset" in table and set(np.unique(table["rlnRandomSubset"])) == {1, 2}:
+        subset = table["rlnRandomSubset"].to_numpy().astype(np.int64)
+    else:
+        rng = np.random.default_rng(seed)
+        subset = np.where(rng.permutation(len(table)) % 2 == 0, 1, 2).astype(np.int64)
+    if not ((subset == 1).any() and (subset == 2).any()):
+        from spa.errors import SpaInputError
+
+        raise SpaInputError(None, "each random half needs at least one particle")
+    return subset
+
+
 def take(arrays: dict, idx) -> dict:
     """Rows ``idx`` of every per-particle array (scalars passed through)."""
     n = len(arrays["group"])
@@ -215,6 +232,7 @@ def estep_chunk(source, indices, particles: dict, ctx: EStepContext):
         "class": post.cls[best], "rot": post.rot[best], "offset": t[best],
         "max_prob": post.weight[best], "n_significant": post.n_significant, "loglike": post.log_evidence,
         "class_posterior": _normalised_rows(class_post).astype(xp.float32),
+        "signal_z": fine.signal_z[best],
     }
     results = {k: be.to_numpy(v) for k, v in results.items()}
     wsum = WsumModel(sums, wsig, count, class_w, offset2, int(n), float(be.to_numpy(post.log_evidence).sum()))
@@ -227,38 +245,52 @@ def _normalised_rows(p):
 
 
 # -- distribution -------------------------------------------------------------------------
-def map_reduce(func, source, particles: dict, chunks: list, shared, client=None):
+def map_reduce(func, source, particles: dict, chunks: list, shared, client=None, groups=None):
     """Run ``func(source, idx, particles_chunk, shared) -> (sum_item, results)`` on every chunk.
 
     Returns (tree sum of the sum items in chunk order, list of per-chunk
-    results in chunk order).  With a Dask ``client`` the tasks run on its
-    workers; ``shared`` and ``source`` are broadcast once; the tree reduction
-    runs on the workers with the same pairing as in-process.
+    results in chunk order).  ``groups`` (lists of chunk positions, e.g. the
+    chunks of each random half): one tree sum per group instead, as a list.
+    With a Dask ``client`` the tasks run on its workers; ``shared`` and
+    ``source`` are broadcast once; the tree reductions run on the workers with
+    the same pairing as in-process, so the sums do not depend on the workers.
     """
+    grouped = groups is not None
+    groups = [list(g) for g in groups] if grouped else [list(range(len(chunks)))]
     if client is None:
         outs = [func(source, idx, take(particles, idx), shared) for idx in chunks]
-        return tree_sum([o[0] for o in outs]), [o[1] for o in outs]
+        sums = [tree_sum([outs[i][0] for i in g]) for g in groups]
+        return (sums if grouped else sums[0]), [o[1] for o in outs]
     # unique keys (hash=False): the same data scattered again next iteration must not race with
     # the release of this iteration's copy ("lost dependencies")
     shared_f = client.scatter(shared, broadcast=True, hash=False)
     source_f = client.scatter(source, broadcast=True, hash=False)
     futs = [client.submit(func, source_f, idx, take(particles, idx), shared_f, pure=False) for idx in chunks]
-    sums = [client.submit(operator.getitem, f, 0) for f in futs]
+    items = [client.submit(operator.getitem, f, 0) for f in futs]
     res = [client.submit(operator.getitem, f, 1) for f in futs]
-    while len(sums) > 1:  # same pairing as tree_sum
+    totals = [_tree_reduce_futures(client, [items[i] for i in g]) for g in groups]
+    sums = [t.result() for t in totals]
+    results = client.gather(res)
+    del futs
+    return (sums if grouped else sums[0]), results
+
+
+def _tree_reduce_futures(client, sums):
+    """Pairwise sum of futures on the workers, with :func:`tree_sum`'s pairing."""
+    while len(sums) > 1:
         nxt = [client.submit(operator.add, sums[i], sums[i + 1]) for i in range(0, len(sums) - 1, 2)]
         if len(sums) % 2:
             nxt.append(sums[-1])
         sums = nxt
-    total = sums[0].result()
-    results = client.gather(res)
-    del futs
-    return total, results
+    return sums[0]
 
 
-def run_estep(ctx: EStepContext, source, particles: dict, chunks: list, client=None):
-    """E-step of every chunk plus the tree reduction → (WsumModel, per-particle results in row order)."""
-    wsum, parts = map_reduce(estep_chunk, source, particles, chunks, ctx, client)
+def run_estep(ctx: EStepContext, source, particles: dict, chunks: list, client=None, groups=None):
+    """E-step of every chunk plus the tree reduction → (WsumModel, per-particle results in chunk order).
+
+    ``groups``: one WsumModel per group of chunks, as a list (see :func:`map_reduce`).
+    """
+    wsum, parts = map_reduce(estep_chunk, source, particles, chunks, ctx, client, groups)
     results = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return wsum, results
 

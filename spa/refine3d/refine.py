@@ -23,7 +23,7 @@ import numpy as np
 
 from spa.backend import get_backend
 from spa.em import driver3d as d3
-from spa.em.engine import last_checkpoint, load_checkpoint, save_checkpoint
+from spa.em.engine import last_checkpoint, load_checkpoint, random_halves, save_checkpoint
 from spa.em.fsc import fsc as fsc_curve
 from spa.em.fsc import resolution_at, ssnr_from_fsc
 from spa.em.model import MlModel
@@ -85,18 +85,9 @@ class Refine3D(d3.Run3D):
 
     # -- set-up ------------------------------------------------------------------------------
     def _split_halves(self):
-        if "rlnRandomSubset" in self.table and set(np.unique(self.table["rlnRandomSubset"])) <= {1, 2}:
-            subset = self.table["rlnRandomSubset"].to_numpy()
-        else:
-            rng = np.random.default_rng(self.opts.seed)
-            subset = np.where(rng.permutation(len(self.table)) % 2 == 0, 1, 2)
-        self.table["rlnRandomSubset"] = subset.astype(np.int64)
-        halves = [np.nonzero(subset == h)[0] for h in (1, 2)]
-        if min(len(h) for h in halves) == 0:
-            from spa.errors import SpaInputError
-
-            raise SpaInputError(None, "each random half needs at least one particle")
-        return halves
+        subset = random_halves(self.table, self.opts.seed)
+        self.table["rlnRandomSubset"] = subset
+        return [np.nonzero(subset == h)[0] for h in (1, 2)]
 
     def initialise(self):
         o = self.opts

@@ -73,6 +73,7 @@ class ParticleSpec:
     bfactor_max: float = 0.0
     offset_sigma: float = 2.0  # px, SD of rlnOrigin (clipped at 3 SD)
     junk_fraction: float = 0.0
+    junk_kinds: str = "both"  # "noise" (pure noise images), "blob" (contaminant blobs) or "both" (half each)
     conformations: int = 1
     symmetry: str = "C1"
     n_domains: int = 3
@@ -90,6 +91,7 @@ class ParticleSpec:
             (self.snr > 0, "SNR must be > 0"),
             (0 < self.defocus_min <= self.defocus_max, "need 0 < defocus min ≤ defocus max (Å)"),
             (0 <= self.junk_fraction < 1, "junk fraction must be in [0, 1)"),
+            (self.junk_kinds in ("noise", "blob", "both"), "junk kinds must be 'noise', 'blob' or 'both'"),
             (self.conformations >= 1, "conformations must be ≥ 1"),
             (0 < self.diameter <= self.box * self.pixel_size, "diameter must fit in the box"),
             (self.subsets in ("alternate", "random"), "subsets must be 'alternate' or 'random'"),
@@ -136,7 +138,8 @@ def draw_truth(spec: ParticleSpec, seed: int, stack_name: str = "particles.zarr"
     n_junk = int(round(spec.junk_fraction * n))
     if n_junk:
         idx = rng.choice(n, n_junk, replace=False)
-        junk_kind[idx] = rng.integers(1, 3, n_junk)  # 1 = pure noise, 2 = contaminant blob
+        kinds = rng.integers(1, 3, n_junk)  # 1 = pure noise, 2 = contaminant blob (drawn always: same stream)
+        junk_kind[idx] = {"noise": 1, "blob": 2}.get(spec.junk_kinds, kinds)
         cls[idx] = 0
     bfac = rng.uniform(spec.bfactor_min, spec.bfactor_max, n) if spec.bfactor_max > 0 else np.zeros(n)
     subset = (np.arange(n) % 2) + 1 if spec.subsets == "alternate" else rng.integers(1, 3, n)

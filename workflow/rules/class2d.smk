@@ -47,7 +47,9 @@ rule select:
         class2d_dir=lambda w, input: os.path.dirname(input.data),
         outdir=lambda w, output: os.path.dirname(output.particles),
         diameter=option("--mask-diameter", config["particle_diameter"]),
+        thresholds=selection_thresholds(),
+        duplicates=option("--remove-duplicates", config["select"]["remove_duplicates"]),
         common=spa_common(),
     shell:
-        "spa select --class2d-dir {params.class2d_dir} --auto {params.diameter} "
-        "--output-dir {params.outdir} {params.common} > {log} 2>&1"
+        "spa select --class2d-dir {params.class2d_dir} --auto {params.thresholds} {params.duplicates} "
+        "{params.diameter} --output-dir {params.outdir} {params.common} > {log} 2>&1"

@@ -33,6 +33,12 @@ def option(flag, value):
     return "" if value is None else f"{flag} {value}"
 
 
+def selection_thresholds():
+    """`--threshold NAME=VALUE` for each value the config's select section sets (null: the default)."""
+    return " ".join(f"--threshold {k}={v}" for k, v in config["select"].items()
+                    if k != "remove_duplicates" and v is not None)
+
+
 def spa_common(seed=None):
     """Options every `spa` stage takes (CLI.md): seed and array backend.
 
