@@ -104,6 +104,9 @@ def main(args) -> int:
     noisy_per_class = np.bincount(table["rlnClassNumber"].to_numpy(np.int64)[noisy] - 1, minlength=k)[:k]
     rows = table[in_kept & ~noisy].reset_index(drop=True)
     n_noisy = int((in_kept & noisy).sum())
+    if len(rows) == 0:
+        raise SpaInputError(data_p, f"no particle kept (classes {selected}, {n_noisy} of their particles "
+                                    f"noise-like): nothing written")
     do_recentre = option(args, "recentre", cfg, True)
     if do_recentre:
         rows = recentre(rows, images, pixel_size)

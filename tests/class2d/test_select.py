@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from spa.class2d.recentre import centre_of_mass, recentre, remove_duplicates
-from spa.class2d.select import SelectionRules, auto_select, parse_class_list
+from spa.class2d.select import SelectionRules, auto_select, noise_like, parse_class_list
 from spa.class2d.synthetic import make_particles, make_views, rotate_shift
 from spa.cli import main as spa_main
 from spa.fourier import shift_image
@@ -113,6 +113,41 @@ def test_auto_selection_rejects_junk(tmp_path):
     junk = truth["trueClass"].to_numpy() < 0
     assert (~kept[junk]).mean() >= 0.9  # ≥ 90 % of junk removed
     assert kept[~junk].mean() >= 0.9  # ≥ 90 % of good particles kept
+    # the noise p-values by themselves: particles match better than noise decoys, noise images do not
+    # (nominally 5 % of noise below 0.05; measured up to ~2× that after 10 iterations of alignment)
+    p = read_star(tmp_path / "c2d" / "run_data.star")["particles"]["rlnSpaNoisePValue"].to_numpy()
+    assert (p[~junk] <= 0.05).mean() >= 0.95
+    assert (p[junk] > 0.05).mean() >= 0.8
+
+
+def test_noise_like_particles_are_dropped_only_above_the_threshold():
+    t = pd.DataFrame({"rlnClassNumber": [1, 1, 2], "rlnSpaNoisePValue": [0.001, 0.3, 0.06]})
+    assert noise_like(t, SelectionRules()).tolist() == [False, True, True]
+    assert noise_like(t, SelectionRules(max_noise_pvalue=0.1)).tolist() == [False, True, False]
+    assert not noise_like(t, SelectionRules(max_noise_pvalue=1.0)).any()
+    assert not noise_like(t.drop(columns=["rlnSpaNoisePValue"]), SelectionRules()).any()  # older class2d runs
+
+
+def test_select_thresholds_on_the_command_line(tmp_path):
+    _write_dataset(tmp_path, 120, 0.0)
+    assert spa_main(["class2d", "--particles", str(tmp_path / "particles.star"), "--classes", "2", "--iter", "1",
+                     "--particle-diameter", "120", "--output-dir", str(tmp_path / "c2d")]) == 0
+    p = read_star(tmp_path / "c2d" / "run_data.star")["particles"]["rlnSpaNoisePValue"].to_numpy()
+    cut = float(np.median(p))
+    assert spa_main(["select", "--class2d-dir", str(tmp_path / "c2d"), "--classes", "1,2", "--threshold",
+                     f"max_noise_pvalue={cut}", "--output-dir", str(tmp_path / "sel")]) == 0
+    sel, _ = read_particles(tmp_path / "sel" / "particles.star")
+    assert len(sel) == (p <= cut).sum()
+    ca = read_star(tmp_path / "sel" / "class_averages.star")["model_classes"]
+    assert ca["spaNoiseLikeCount"].sum() == (p > cut).sum()
+    # p ≥ 1/1001 always: a threshold below keeps nothing, which is an error, not an empty file
+    assert spa_main(["select", "--class2d-dir", str(tmp_path / "c2d"), "--classes", "1,2", "--threshold",
+                     "max_noise_pvalue=1e-9", "--output-dir", str(tmp_path / "none")]) == 1
+    assert not (tmp_path / "none" / "particles.star").exists()
+    for bad in ("max_noise_pvalue", "no_such_rule=1", "min_fraction=abc"):
+        assert spa_main(["select", "--class2d-dir", str(tmp_path / "c2d"), "--auto", "--threshold", bad,
+                         "--output-dir", str(tmp_path / "bad")]) == 1
+    assert not (tmp_path / "bad").exists()
 
 
 def test_per_particle_ssnr_rejects_a_large_noise_class_and_keeps_a_small_good_one():
