@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +23,9 @@ import numpy as np
 
 from spa.cli import main as spa_main
 from spa.io.star import read_star
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from class2d_truth import compare  # noqa: E402
 
 KINDS = ("particle", "noise", "blob")
 
@@ -52,6 +56,9 @@ def run_one(work: Path, a, seed: int) -> dict:
         kept = np.zeros(len(names), bool)
         kept[[row[n] for n in read_star(sel / "particles.star")["particles"]["rlnImageName"]]] = True
         out[label] = {k: (float(kept[kind == i].mean()) if (kind == i).any() else None) for i, k in enumerate(KINDS)}
+    ca = read_star(sel / "class_averages.star")["model_classes"]
+    table, err = compare(c2d, sim, classes=set(ca["rlnClassNumber"][ca["rlnSelected"] == 1].astype(int)))
+    out["truth"] = (table, err)
     return out
 
 
@@ -81,6 +88,12 @@ def main():
             for label in ("class rules", "+ noise p-value"):
                 kept = ", ".join(f"{k} {100 * v:.1f} %" for k, v in r[label].items() if v is not None)
                 print(f"seed {seed} ({r['seconds']:.0f} s class2d) {label:16s} kept: {kept}")
+            table, err = r["truth"]
+            print(f"seed {seed} kept classes vs the truth (benchmarks/class2d_truth.py): corr with the dominant "
+                  f"view ≥ 0.9 for {(table['corr'] >= 0.9).sum()} of {len(table)} (min {table['corr'].min():.3f}, "
+                  f"median {table['corr'].median():.3f}; the failing ones hold {table['particles'][table['corr'] < 0.9].sum()} "
+                  f"particles); in-plane error median {np.median(err):.1f}°, 90th percentile "
+                  f"{np.percentile(err, 90):.1f}°, within 6° {np.mean(err <= 6):.1%}")
         for label in ("class rules", "+ noise p-value"):
             mean = {k: np.mean([r[label][k] for r in results]) for k in KINDS if results[0][label][k] is not None}
             print(f"mean over {len(results)} seeds, {label:16s} kept: "
