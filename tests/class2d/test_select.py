@@ -162,3 +162,35 @@ def test_per_particle_ssnr_rejects_a_large_noise_class_and_keeps_a_small_good_on
     keep = auto_select(feats, SelectionRules())
     assert keep.tolist() == [True, True, True, True, False]
     assert auto_select(feats, SelectionRules(min_particle_ssnr_ratio=0.0)).tolist() == [True] * 5
+
+
+def test_continue_after_a_kill_mid_run_gives_the_uninterrupted_result(tmp_path):
+    """`spa class2d` killed (SIGKILL) while iterating, then rerun with --continue: the same final files."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _write_dataset(tmp_path, 600, 0.1)
+    args = ["class2d", "--particles", str(tmp_path / "particles.star"), "--classes", "3", "--iter", "6",
+            "--particle-diameter", "120", "--offset-range", "3", "--seed", "3"]
+    assert spa_main(args + ["--output-dir", str(tmp_path / "full")]) == 0
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "spa.cli", *args, "--output-dir", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "run_it001_optimiser.npz").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not (out / "run_classes.mrcs").exists(), "the run finished before it could be killed"
+    assert spa_main(args + ["--output-dir", str(out), "--continue"]) == 0
+    full, _ = read_particles(tmp_path / "full" / "run_data.star")
+    cont, _ = read_particles(out / "run_data.star")
+    for col in ("rlnClassNumber", "rlnAnglePsi", "rlnOriginXAngst", "rlnSpaNoisePValue"):
+        assert np.array_equal(full[col].to_numpy(), cont[col].to_numpy()), col
+    from spa.io.mrc import read_mrc
+
+    assert np.array_equal(read_mrc(tmp_path / "full" / "run_classes.mrcs")[0], read_mrc(out / "run_classes.mrcs")[0])
