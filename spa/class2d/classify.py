@@ -9,7 +9,9 @@ the estimated resolution, then the M-step (Wiener/MAP with T =
 ``tau2_fudge``, CTF correction, σ² per optics group), class averages masked
 with a soft circle of ``particle_diameter`` Å and re-centred on their centre
 of mass (RELION's --center_classes).  State is written after every iteration
-and a run continues from its last checkpoint.
+and a run continues from its last checkpoint.  The last iteration also gives
+each particle a noise p-value against the other random half's averages
+(:meth:`Class2D._noise_scores`, :mod:`spa.em.decoys`).
 """
 
 from __future__ import annotations

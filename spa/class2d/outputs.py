@@ -10,9 +10,10 @@
 * ``run_itNNN_data.star``: the particles with rlnClassNumber, rlnAnglePsi,
   rlnOriginXAngst/YAngst, rlnMaxValueProbDistribution,
   rlnNrOfSignificantSamples, rlnLogLikeliContribution, and two of our own:
-  rlnSpaSignalZ (the whitened matched-filter score of the best pose) and, in
-  the last iteration, rlnSpaNoisePValue (the fraction of phase-randomised
-  decoys that match as well; :mod:`spa.em.decoys`).
+  rlnSpaSignalZ (the whitened matched-filter score of the best pose; in the
+  last iteration against the other random half's averages) and, in the last
+  iteration, rlnSpaNoisePValue (the fraction of noise decoys that match as
+  well; :mod:`spa.em.decoys`).
 """
 
 from __future__ import annotations

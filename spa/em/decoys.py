@@ -2,14 +2,17 @@
 
 A particle's best match to the references is scored by the whitened
 matched-filter statistic of the E-step (``signal_z``: Re Σ X·C·conj(A)/σ²
-over √Σ C²|A|²/σ², unit variance per pose for an image of pure noise; see
+over √Σ C²|A|²/σ², centred with about unit variance at any one pose for an
+image of pure noise — a little more, ≈ 1.2 for compact references, as the
+rfft half grid holds both conjugate halves of its kx = 0 column; see
 :meth:`spa.em.estep.FinePass.score`).  Maximised over classes, rotations and
 shifts, noise alone reaches z ≈ 4–6, depending on the number of poses, the
 window and the references, so no fixed threshold separates particles from
 noise.  Instead decoys, images of Gaussian noise with the run's noise
 spectrum σ² (per optics group), each standing in for a randomly chosen
 particle (its CTF, optics group and offsets), are scored by the same E-step
-against the same references.  A particle's noise p-value is the fraction of
+against the same references (in class2d: each random half's averages, for
+the particles of the other half).  A particle's noise p-value is the fraction of
 decoys that match at least as well (the target–decoy approach of
 proteomics; Heymann's noise substitution in spirit).  A small p-value: the
 particle matches better than noise can; a large one: it is indistinguishable

@@ -452,7 +452,7 @@ class FinePass:
         norm = (self.c2s @ a_pow.T)[self.img, row]  # (N, U) GEMM, then gather
         lp_trans = _translation_log_prior(self.data.centres, self.fine_shifts, sigma_offset_px)[self.img, self.spos]
         lp_class = xp.asarray(log_class_prior, dtype=xp.float32)[self.cls]
-        # whitened matched-filter score of each candidate: unit variance for a pure-noise image
+        # whitened matched-filter score of each candidate (spa.em.decoys): ~unit variance for pure noise
         self.signal_z = cross / xp.sqrt(xp.maximum(norm, 1e-30))
         logp = cross - 0.5 * norm + lp_class + lp_trans
         if log_prior is not None:
