@@ -7,7 +7,10 @@ centre of mass is centred; with --remove-duplicates Å, particles of the same
 micrograph closer than that after recentring are reduced to the one with the
 highest rlnMaxValueProbDistribution), class_averages.star (all classes with
 their measures and rlnSelected), selected_classes.mrcs and a gallery PNG with
-the kept classes framed.  Automatic thresholds come from the config's
+the kept classes framed.  With --auto, particles of the kept classes whose
+noise p-value (class2d's rlnSpaNoisePValue) exceeds max_noise_pvalue (0.05)
+are dropped too: they match the class averages no better than images of pure
+noise do.  Thresholds come from --threshold NAME=VALUE or the config's
 ``select`` section (see spa.class2d.select.SelectionRules).
 
 Example:  spa select --class2d-dir Class2D --auto --output-dir Select --remove-duplicates 40
