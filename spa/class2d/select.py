@@ -21,8 +21,12 @@ Per class we measure (all from the class2d outputs):
 
 A class is kept when every rule holds (thresholds in :class:`SelectionRules`,
 settable from the config's ``select`` section): fraction ≥ ``min_fraction``;
-resolution ≤ ``max_resolution`` Å (if set) and ≤ ``max_resolution_ratio`` ×
-the best class's resolution; contrast ≥ ``min_contrast_ratio`` × the
+resolution ≤ ``max_resolution`` Å and ≤ ``max_resolution_ratio`` × the best
+class's resolution (each if set; neither is by default: a class's resolution,
+like its SSNR, depends on its size — with 3000 images in 50 classes the ratio
+rule at 2.0 rejected good classes of 24–51 particles at 25.6 Å and kept 85 % of
+the particles, 98 % without it, while the noise classes were rejected by the
+per-particle SSNR anyway); contrast ≥ ``min_contrast_ratio`` × the
 contrast of the best-resolved, populous classes (the median of the top
 quarter); concentration ≥ ``min_concentration``; particle_ssnr ≥
 ``min_particle_ssnr_ratio`` × the median particle_ssnr of the populous
@@ -52,7 +56,7 @@ from spa.fourier import real_radius
 class SelectionRules:
     min_fraction: float = 0.005
     max_resolution: float | None = None
-    max_resolution_ratio: float = 2.0
+    max_resolution_ratio: float | None = None
     min_contrast_ratio: float = 0.3
     min_concentration: float = 0.0
     min_ssnr: float = 0.0
@@ -101,7 +105,9 @@ def auto_select(features: pd.DataFrame, rules: SelectionRules) -> np.ndarray:
     res = f["resolution"].to_numpy()
     pool = populous if populous.any() else np.ones(len(f), bool)
     best_res = np.min(res[pool])
-    keep = populous & (res <= rules.max_resolution_ratio * best_res)
+    keep = populous.copy()
+    if rules.max_resolution_ratio is not None:
+        keep &= res <= rules.max_resolution_ratio * best_res
     if rules.max_resolution is not None:
         keep &= res <= rules.max_resolution
     # contrast reference: median over the best-resolved quarter of the populous classes
