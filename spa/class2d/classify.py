@@ -225,11 +225,13 @@ class Class2D:
         wsum, results, half_sums = self._estep(ctx)
         scored = model.iteration + 1 == o.n_iter and o.noise_decoys > 0 and half_sums is not None
         new_model, new_refs = maximize(model, wsum, refs, tau2_fudge=o.tau2_fudge, mask_radius_px=self.radius)
-        shifts = self._com_shifts(new_refs)
-        images = self._finish_averages(new_refs, shifts)
+        images = self._host_images(new_refs)
+        # RELION's --center_classes: each average moved so its mass is centred (halves follow the full one)
+        shifts = center_of_mass_shift(images) if o.center_classes else None
+        images = self._centred(images, shifts)
         if scored:
-            half_images = [self._finish_averages(maximize(model, w, refs, tau2_fudge=o.tau2_fudge,
-                                                          mask_radius_px=self.radius)[1], shifts)
+            half_images = [self._centred(self._host_images(maximize(model, w, refs, tau2_fudge=o.tau2_fudge,
+                                                                    mask_radius_px=self.radius)[1]), shifts)
                            for w in half_sums]
             results.update(self._noise_scores(ctx, half_images))
         images = self._reseed_inactive(images, new_model, results)
@@ -239,15 +241,11 @@ class Class2D:
         self.particles["centres"] = results["offset"].astype(np.float64)
         return new_model, new_refs, results
 
-    def _com_shifts(self, new_refs):
-        """Shifts (K, 2) px centring each new average's mass (RELION's --center_classes), or None."""
-        if not self.opts.center_classes:
-            return None
-        return center_of_mass_shift(np.asarray(get_backend(self.backend).to_numpy(new_refs.images), np.float32))
+    def _host_images(self, refs):
+        return np.asarray(get_backend(self.backend).to_numpy(refs.images), np.float32)
 
-    def _finish_averages(self, new_refs, shifts):
-        """The M-step's averages as float32 images, moved by ``shifts`` (K, 2) px and masked (None: as they are)."""
-        images = np.asarray(get_backend(self.backend).to_numpy(new_refs.images), np.float32)
+    def _centred(self, images, shifts):
+        """``images`` moved by ``shifts`` (K, 2) px and masked; as they are when ``shifts`` is None."""
         if shifts is None:
             return images
         images = shift_image(images, shifts[:, 0], shifts[:, 1]).astype(np.float32)

@@ -232,7 +232,7 @@ def estep_chunk(source, indices, particles: dict, ctx: EStepContext):
         "class": post.cls[best], "rot": post.rot[best], "offset": t[best],
         "max_prob": post.weight[best], "n_significant": post.n_significant, "loglike": post.log_evidence,
         "class_posterior": _normalised_rows(class_post).astype(xp.float32),
-        "signal_z": fine.signal_z[best],
+        "signal_z": fine.signal_z(best),
     }
     results = {k: be.to_numpy(v) for k, v in results.items()}
     wsum = WsumModel(sums, wsig, count, class_w, offset2, int(n), float(be.to_numpy(post.log_evidence).sum()))

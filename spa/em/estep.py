@@ -452,8 +452,7 @@ class FinePass:
         norm = (self.c2s @ a_pow.T)[self.img, row]  # (N, U) GEMM, then gather
         lp_trans = _translation_log_prior(self.data.centres, self.fine_shifts, sigma_offset_px)[self.img, self.spos]
         lp_class = xp.asarray(log_class_prior, dtype=xp.float32)[self.cls]
-        # whitened matched-filter score of each candidate (spa.em.decoys): ~unit variance for pure noise
-        self.signal_z = cross / xp.sqrt(xp.maximum(norm, 1e-30))
+        self._cross, self._norm = cross, norm  # for signal_z, at the few candidates that need it
         logp = cross - 0.5 * norm + lp_class + lp_trans
         if log_prior is not None:
             logp = logp + log_prior
@@ -467,6 +466,12 @@ class FinePass:
         lse = _logsumexp_rows(dense)
         weight = xp.exp(logp - lse[self.img]).astype(xp.float32)
         return weight, lse
+
+    def signal_z(self, candidates):
+        """Whitened matched-filter score of candidates (indices from the last :meth:`score`):
+        cross/√norm, ~unit variance for an image of pure noise (see :mod:`spa.em.decoys`)."""
+        xp = self.xp
+        return self._cross[candidates] / xp.sqrt(xp.maximum(self._norm[candidates], 1e-30))
 
     def accumulate(self, weight, refs, sums, wsum_sigma2):
         """Add Σ Γ·Y·P (data) and Σ Γ·C²/σ² (weights) per used (class, rotation) row into ``sums``
