@@ -5,7 +5,8 @@ pixels = Å / pixel size), Fourier transformed, multiplied by its CTF (unless
 the CTF is off), and inserted at its pose; the weights accumulate CTF².
 Particles are processed in chunks; chunks are independent partial sums
 (:class:`~spa.em.backprojector.BackProjector` objects) that Dask workers fill
-in parallel and a tree reduction adds (:func:`spa.parallel.map_reduce`).
+in parallel and that are added as they arrive, in bounded memory
+(:func:`spa.parallel.map_reduce`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from spa.ctf import ctf_from_table
 from spa.em.backprojector import BackProjector
 from spa.fourier import phase_shift_2d, rfft_centered
 from spa.geometry.euler import euler_to_matrix
-from spa.parallel import chunk_ranges, map_reduce
+from spa.parallel import make_chunks, map_reduce
 
 POSE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 
@@ -70,14 +71,11 @@ def symmetry_operators(symmetry: str) -> np.ndarray:
     return symmetry_matrices(symmetry)
 
 
-def _insert_rows(star_path, rows, box, pixel_size, use_ctf, symmetry, max_radius, backend):
-    """Dask task: read the images of the table ``rows`` and insert them into a new BackProjector."""
-    from spa.io.images import ParticleImages
-
-    images = ParticleImages(rows, star_path).read(np.arange(len(rows)))
-    return insert_chunk(
-        images, rows, box, pixel_size, use_ctf=use_ctf, symmetry=symmetry, max_radius=max_radius, backend=backend
-    )
+def _insert_rows(source, settings: dict, idx, rows):
+    """Chunk task: read the images of table ``rows`` (positions ``idx``) and insert them into a new
+    BackProjector → (that back-projector, None)."""
+    images = source.read(idx)
+    return insert_chunk(images, rows, **settings), None
 
 
 def reconstruct_star(
@@ -116,12 +114,12 @@ def reconstruct_star(
     pixel_size = float(pixel_sizes[0])
     from spa.io.images import ParticleImages
 
-    box = ParticleImages(table, star_path).box
+    source = ParticleImages(table, star_path)
+    box = source.box
     max_radius = None if maxres is None else min(box // 2, box * pixel_size / maxres)
-    tasks = [
-        (str(star_path), table.iloc[a:b].reset_index(drop=True), box, pixel_size, use_ctf, symmetry, max_radius, backend)
-        for a, b in chunk_ranges(len(table), chunk_size)
-    ]
-    bp = map_reduce(_insert_rows, tasks, client=client, progress=progress)
+    settings = dict(box=box, pixel_size=pixel_size, use_ctf=use_ctf, symmetry=symmetry, max_radius=max_radius,
+                    backend=backend)
+    tasks = [(idx, table.iloc[idx].reset_index(drop=True)) for idx in make_chunks(len(table), chunk_size)]
+    bp, _ = map_reduce(_insert_rows, tasks, broadcast=(source, settings), client=client, progress=progress)
     volume = get_backend(backend).to_numpy(bp.reconstruct())
     return volume, pixel_size, len(table)

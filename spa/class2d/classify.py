@@ -23,8 +23,8 @@ import numpy as np
 
 from spa.backend import get_backend
 from spa.em.engine import (
-    EStepContext, load_checkpoint, last_checkpoint, make_chunks, map_reduce, particle_arrays, particle_ctfs,
-    random_halves, run_estep, save_checkpoint, take,
+    EStepContext, load_checkpoint, last_checkpoint, particle_arrays, particle_ctfs, random_halves, run_chunks,
+    run_estep, save_checkpoint, take,
 )
 from spa.em.decoys import DecoySource, decoy_rows, noise_pvalue
 from spa.em.estep import ActivePixels, prepare_chunk
@@ -34,6 +34,7 @@ from spa.em.mstep import maximize, next_window
 from spa.em.noise import group_power, initial_sigma2
 from spa.fourier import irfft_centered, lowpass, shells_2d, shift_image, soft_circular_mask
 from spa.class2d import outputs
+from spa.parallel import make_chunks
 
 
 @dataclass
@@ -107,7 +108,7 @@ class _InitShared:
     backend: str
 
 
-def _init_chunk(source, idx, particles, shared: _InitShared):
+def _init_chunk(source, shared: _InitShared, idx, particles):
     """Unweighted sums of images at their random (class, ψ) and per-group image power."""
     be = get_backend(shared.backend)
     xp = be.xp
@@ -142,7 +143,7 @@ def initial_references(source, particles, opts, box, pixel_size, n_groups, clien
     radius = mask_radius_px(opts, box, pixel_size)
     empty = InplaneReferences(np.zeros((opts.n_classes, box, box), np.float32))
     shared = _InitShared(empty, radius, n_groups, get_backend(opts.backend).name)
-    wsum, _ = map_reduce(_init_chunk, source, parts, make_chunks(n, opts.chunk_size), shared, client)
+    wsum, _ = run_chunks(_init_chunk, source, parts, make_chunks(n, opts.chunk_size), shared, client)
     flat_tau = np.full((opts.n_classes, box // 2 + 1), 1e30)
     refs, _ = empty.reconstruct(wsum.sums, flat_tau, 1.0)
     images = lowpass(np.asarray(refs.images), pixel_size, opts.ini_high) * soft_circular_mask(box, radius, 5.0)

@@ -62,6 +62,11 @@ class BackProjector:
         out.weight = self.weight + other.weight
         return out
 
+    def __iadd__(self, other: "BackProjector") -> "BackProjector":
+        self.data += other.data
+        self.weight += other.weight
+        return self
+
     # -- reconstruction -----------------------------------------------------------
     def _hermitian(self):
         """Enforce V̂(0, −y, −z) = conj V̂(0, y, z) on the kx = 0 plane (both halves were filled)."""

@@ -15,12 +15,13 @@ import numpy as np
 import pandas as pd
 
 from spa.backend import get_backend
-from spa.em.engine import EStepContext, estep_chunk, map_reduce, particle_ctfs
+from spa.em.engine import EStepContext, estep_chunk, particle_ctfs, run_chunks
 from spa.em.estep import ActivePixels, prepare_chunk
 from spa.em.model import WsumModel
 from spa.em.noise import group_power, initial_sigma2
 from spa.errors import SpaInputError
 from spa.fourier import fourier_resize, lowpass, shells_2d, soft_circular_mask, soft_spherical_mask
+from spa.parallel import make_chunks
 
 
 # -- the state every 3D run starts from -------------------------------------------------------
@@ -55,8 +56,7 @@ class Run3D:
 
     def chunks_of(self, rows):
         """Rows split into E-step tasks of at most ``opts.chunk_size`` particles."""
-        n = max(1, int(np.ceil(len(rows) / self.opts.chunk_size)))
-        return [c for c in np.array_split(np.asarray(rows), n) if len(c)]
+        return make_chunks(rows, self.opts.chunk_size)
 
 
 # -- inputs ----------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ class _PowerShared:
     backend: str
 
 
-def _power_chunk(source, idx, particles, shared: _PowerShared):
+def _power_chunk(source, shared: _PowerShared, idx, particles):
     """Per-group image power per shell (inside the mask), the outside-mask power and Σ CTF² per shell."""
     be = get_backend(shared.backend)
     xp = be.xp
@@ -170,7 +170,7 @@ def data_statistics(source, particles, chunks, box, pixel_size, n_groups, radius
     projections must carry to be on the data's grey scale.
     """
     shared = _PowerShared(box, pixel_size, n_groups, radius_px, do_ctf, get_backend(backend).name)
-    wsum, _ = map_reduce(_power_chunk, source, particles, chunks, shared, client)
+    wsum, _ = run_chunks(_power_chunk, source, particles, chunks, shared, client)
     sigma2 = initial_sigma2(wsum.sigma2, wsum.sigma2_count, box)
     mask = soft_circular_mask(box, radius_px, 5.0)
     area_in, area_out = float((mask**2).sum()), float(((1 - mask) ** 2).sum())
@@ -209,16 +209,16 @@ def grey_scale(volume, stats: DataStatistics, pixel_size: float, low_res: float 
 
 
 # -- the 3D E-step task ---------------------------------------------------------------------
-def estep_chunk_3d(source, idx, particles, ctx: EStepContext):
+def estep_chunk_3d(source, ctx: EStepContext, idx, particles):
     """:func:`spa.em.engine.estep_chunk` plus the Euler angles (n, 3) of each particle's best pose."""
-    wsum, results = estep_chunk(source, idx, particles, ctx)
+    wsum, results = estep_chunk(source, ctx, idx, particles)
     results["angles"] = np.asarray(ctx.sampling.fine_rotations[results["rot"]])
     return wsum, results
 
 
 def run_estep_3d(ctx: EStepContext, source, particles: dict, chunks: list, client=None):
     """E-step over ``chunks`` → (WsumModel, per-particle results concatenated in chunk order)."""
-    wsum, parts = map_reduce(estep_chunk_3d, source, particles, chunks, ctx, client)
+    wsum, parts = run_chunks(estep_chunk_3d, source, particles, chunks, ctx, client)
     results = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return wsum, results
 

@@ -3,11 +3,12 @@
 Data flow (DESIGN.md, "Data flow of one EM iteration"): the particle stack is
 read chunk by chunk on the workers; each task runs the E-step of one chunk
 (:mod:`spa.em.estep`) and returns its partial sums (:class:`WsumModel`) and
-the per-particle results; partial sums are added by a tree reduction whose
-shape depends only on the number of chunks (so 1 or N workers add in the same
-order: deterministic results); the per-iteration context (references, noise
-spectra, priors, sampling) is broadcast once per iteration.  With no client
-everything runs in-process, chunk after chunk, through the same code.
+the per-particle results; partial sums are added as they arrive, in an order
+that depends only on the chunks (so 1 or N workers give the same sums) and in
+memory that does not grow with the number of particles
+(:func:`spa.parallel.map_reduce`); the per-iteration context (references,
+noise spectra, priors, sampling) is broadcast once per iteration.  With no
+client everything runs in-process, chunk after chunk, through the same code.
 
 The driver of a stage (2D classification, 3D classification, refinement)
 owns the loop: it builds an :class:`EStepContext`, calls :func:`run_estep`,
@@ -17,7 +18,6 @@ then the M-step (:mod:`spa.em.mstep`), writes its outputs and a checkpoint
 
 from __future__ import annotations
 
-import operator
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +27,11 @@ import numpy as np
 from spa.backend import get_backend
 from spa.ctf import ctf_2d, electron_wavelength
 from spa.em.estep import ActivePixels, expectation, prepare_chunk
-from spa.em.model import WsumModel, tree_sum
+from spa.em.model import WsumModel
 from spa.em.noise import sigma2_sums
 from spa.fourier import freq_2d
 from spa.io.atomic import atomic_path
+from spa.parallel import map_reduce
 
 
 # -- particle metadata as plain arrays -------------------------------------------------
@@ -146,12 +147,6 @@ class ArrayImages:
         return self.images[np.asarray(indices)]
 
 
-def make_chunks(n: int, chunk_size: int) -> list[np.ndarray]:
-    """Consecutive row ranges of at most ``chunk_size`` (aligning with Zarr chunks of that size)."""
-    chunk_size = max(1, int(chunk_size))
-    return [np.arange(s, min(n, s + chunk_size)) for s in range(0, n, chunk_size)]
-
-
 # -- one E-step task ----------------------------------------------------------------------
 @dataclass
 class EStepContext:
@@ -182,7 +177,7 @@ class EStepContext:
     significance_per_class: bool = False
 
 
-def estep_chunk(source, indices, particles: dict, ctx: EStepContext):
+def estep_chunk(source, ctx: EStepContext, indices, particles: dict):
     """E-step of one chunk → (WsumModel on the host, per-particle results dict of NumPy arrays).
 
     Results: ``class`` (0-based), ``rot`` (fine rotation index), ``offset``
@@ -245,52 +240,22 @@ def _normalised_rows(p):
 
 
 # -- distribution -------------------------------------------------------------------------
-def map_reduce(func, source, particles: dict, chunks: list, shared, client=None, groups=None):
-    """Run ``func(source, idx, particles_chunk, shared) -> (sum_item, results)`` on every chunk.
+def run_chunks(func, source, particles: dict, chunks: list, shared, client=None, groups=None, progress=None):
+    """``func(source, shared, idx, particles_chunk) -> (partial sum, result)`` on every chunk.
 
-    Returns (tree sum of the sum items in chunk order, list of per-chunk
-    results in chunk order).  ``groups`` (lists of chunk positions, e.g. the
-    chunks of each random half): one tree sum per group instead, as a list.
-    With a Dask ``client`` the tasks run on its workers; ``shared`` and
-    ``source`` are broadcast once; the tree reductions run on the workers with
-    the same pairing as in-process, so the sums do not depend on the workers.
+    Returns (the partials added — one total per group with ``groups`` —, per-chunk results in chunk
+    order), through :func:`spa.parallel.map_reduce`: partials are added as they arrive, in an order
+    that depends only on the chunks, so any number of workers gives the same sums; ``source`` and
+    ``shared`` go to each worker once.
     """
-    grouped = groups is not None
-    groups = [list(g) for g in groups] if grouped else [list(range(len(chunks)))]
-    if client is None:
-        outs = [func(source, idx, take(particles, idx), shared) for idx in chunks]
-        sums = [tree_sum([outs[i][0] for i in g]) for g in groups]
-        return (sums if grouped else sums[0]), [o[1] for o in outs]
-    # unique keys (hash=False): the same data scattered again next iteration must not race with
-    # the release of this iteration's copy ("lost dependencies")
-    shared_f = client.scatter(shared, broadcast=True, hash=False)
-    source_f = client.scatter(source, broadcast=True, hash=False)
-    futs = [client.submit(func, source_f, idx, take(particles, idx), shared_f, pure=False) for idx in chunks]
-    items = [client.submit(operator.getitem, f, 0) for f in futs]
-    res = [client.submit(operator.getitem, f, 1) for f in futs]
-    totals = [_tree_reduce_futures(client, [items[i] for i in g]) for g in groups]
-    sums = [t.result() for t in totals]
-    results = client.gather(res)
-    del futs
-    return (sums if grouped else sums[0]), results
-
-
-def _tree_reduce_futures(client, sums):
-    """Pairwise sum of futures on the workers, with :func:`tree_sum`'s pairing."""
-    while len(sums) > 1:
-        nxt = [client.submit(operator.add, sums[i], sums[i + 1]) for i in range(0, len(sums) - 1, 2)]
-        if len(sums) % 2:
-            nxt.append(sums[-1])
-        sums = nxt
-    return sums[0]
+    tasks = [(idx, take(particles, idx)) for idx in chunks]
+    return map_reduce(func, tasks, broadcast=(source, shared), client=client, groups=groups, progress=progress)
 
 
 def run_estep(ctx: EStepContext, source, particles: dict, chunks: list, client=None, groups=None):
-    """E-step of every chunk plus the tree reduction → (WsumModel, per-particle results in chunk order).
-
-    ``groups``: one WsumModel per group of chunks, as a list (see :func:`map_reduce`).
-    """
-    wsum, parts = map_reduce(estep_chunk, source, particles, chunks, ctx, client, groups)
+    """E-step of every chunk and the sum of their weighted sums → (WsumModel, per-particle results in
+    chunk order).  ``groups``: one WsumModel per group of chunks, as a list (see :func:`run_chunks`)."""
+    wsum, parts = run_chunks(estep_chunk, source, particles, chunks, ctx, client, groups)
     results = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return wsum, results
 

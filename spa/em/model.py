@@ -139,8 +139,9 @@ class WsumModel:
     summed (images × pixels per shell); ``class_weight`` (K,): Σ Γ per class;
     ``offset2``: Σ Γ·|t|² (px²) of absolute offsets; ``n_images``;
     ``loglike``: Σ of rlnLogLikeliContribution.  All float64, host or device.
-    Two WsumModels add with ``+`` (elementwise), so a fixed-order tree of
-    additions gives the same result for any number of workers.
+    Two WsumModels add with ``+`` (elementwise; ``+=`` in place, the same
+    bits), so a fixed order of additions gives the same result for any
+    number of workers.
     """
 
     sums: dict
@@ -162,6 +163,17 @@ class WsumModel:
             loglike=self.loglike + other.loglike,
         )
 
+    def __iadd__(self, other: "WsumModel") -> "WsumModel":
+        for k in self.sums:
+            self.sums[k] += other.sums[k]
+        self.sigma2 += other.sigma2
+        self.sigma2_count += other.sigma2_count
+        self.class_weight += other.class_weight
+        self.offset2 += other.offset2
+        self.n_images += other.n_images
+        self.loglike += other.loglike
+        return self
+
     def to_host(self) -> "WsumModel":
         """Copy of the sums as NumPy arrays (for sending between processes)."""
         def h(a):
@@ -169,16 +181,3 @@ class WsumModel:
 
         return WsumModel({k: h(v) for k, v in self.sums.items()}, h(self.sigma2), h(self.sigma2_count),
                          h(self.class_weight), float(self.offset2), int(self.n_images), float(self.loglike))
-
-
-def tree_sum(items: list):
-    """Sum a list pairwise in a fixed tree ((0+1)+(2+3))+… — the order depends only on the length."""
-    items = list(items)
-    if not items:
-        raise ValueError("nothing to sum")
-    while len(items) > 1:
-        nxt = [items[i] + items[i + 1] for i in range(0, len(items) - 1, 2)]
-        if len(items) % 2:
-            nxt.append(items[-1])
-        items = nxt
-    return items[0]

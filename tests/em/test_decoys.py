@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from spa.em.decoys import DecoySource, decoy_rows, noise_images, noise_pvalue
-from spa.em.engine import ArrayImages, EStepContext, make_chunks, run_estep
+from spa.em.engine import ArrayImages, EStepContext, run_estep
+from spa.parallel import make_chunks
 from spa.em.inplane import InplaneReferences, InplaneSampling
 from spa.em.noise import shell_pixel_counts
 from spa.fourier import rfft_centered, shell_sum, shells_2d, soft_circular_mask

@@ -6,7 +6,7 @@ import numpy as np
 
 from spa.em.estep import FinePass
 from spa.em.inplane import InplaneReferences
-from spa.em.model import MlModel, WsumModel, tree_sum
+from spa.em.model import MlModel, WsumModel
 from spa.em.mstep import maximize, next_window, resolution_shells
 from spa.em.noise import sigma2_sums
 from spa.fourier import radial_average, shells_2d
@@ -88,15 +88,6 @@ def test_resolution_shells_first_drop_below_one():
     dvp = np.array([[100, 50, 20, 5, 0.5, 3, 0.1], [100, 0.9, 5, 5, 5, 5, 5]], float)
     np.testing.assert_array_equal(resolution_shells(dvp, 7), [3, 0])
     np.testing.assert_array_equal(resolution_shells(dvp[:, :4], 4), [3, 0])
-
-
-def test_tree_sum_order_depends_only_on_length():
-    rng = np.random.default_rng(0)
-    items = [rng.normal(size=3).astype(np.float32) * 10.0 ** rng.integers(-3, 4) for _ in range(11)]
-    a = tree_sum(items)
-    b = tree_sum(list(items))
-    assert np.array_equal(a, b)
-    np.testing.assert_allclose(a, np.sum(items, axis=0), rtol=1e-5)
 
 
 def test_model_roundtrip_through_arrays():
