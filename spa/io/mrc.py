@@ -41,13 +41,17 @@ class MrcHeader(NamedTuple):
 
     ``shape`` is (ny, nx) for a single image (nz = 1), else (nz, ny, nx);
     ``pixel_size`` in Å (voxel size along x); ``is_stack`` is True for an
-    image stack (space group 0) as opposed to a volume.
+    image stack (space group 0) as opposed to a volume; ``data_offset`` the
+    byte where the data block starts; ``dtype`` its element type with the
+    file's byte order.
     """
 
     shape: tuple[int, ...]
     pixel_size: float
     mode: int
     is_stack: bool
+    data_offset: int = HEADER_BYTES
+    dtype: np.dtype = np.dtype(np.float32)
 
 
 def _check_exists(path: Path) -> None:
@@ -82,6 +86,7 @@ def read_mrc_header(path: str | os.PathLike) -> MrcHeader:
                 mode = int(h.mode)
                 ext = int(h.nsymbt)
                 ispg = int(h.ispg)
+                byteorder = h.mode.dtype.byteorder
                 vs = m.voxel_size
                 pixel = float(vs.x)
     except (ValueError, OSError, EOFError) as exc:
@@ -101,7 +106,9 @@ def read_mrc_header(path: str | os.PathLike) -> MrcHeader:
     if not np.isfinite(pixel) or pixel <= 0:
         raise SpaInputError(path, f"pixel size in the MRC header is {pixel:g} Å (must be > 0); set the voxel size")
     shape = (ny, nx) if nz == 1 else (nz, ny, nx)
-    return MrcHeader(shape=shape, pixel_size=pixel, mode=mode, is_stack=(ispg == 0 and nz > 1))
+    dtype = np.dtype(SUPPORTED_MODES[mode]).newbyteorder(byteorder if byteorder in "<>" else "=")
+    return MrcHeader(shape=shape, pixel_size=pixel, mode=mode, is_stack=(ispg == 0 and nz > 1),
+                     data_offset=HEADER_BYTES + ext, dtype=dtype)
 
 
 def _check_finite(path, data: np.ndarray, what: str = "") -> None:
@@ -225,11 +232,15 @@ def new_mrcs(
 
 
 class MrcStack:
-    """Memory-mapped read access to the images of an ``.mrcs`` stack (or a single ``.mrc`` image).
+    """Read access to the images of an ``.mrcs`` stack (or a single ``.mrc`` image).
 
     ``read(indices)`` takes 0-based image indices in any order, repeated or
-    not, and reads only those images.  Picklable: the memory map is opened
-    lazily and dropped on pickling, so a Dask worker re-opens the file.
+    not, and reads only those images, each run of consecutive images with one
+    positional read (``os.pread``: safe from several threads, and no memory
+    map, whose pages would stay in the process's resident memory and grow it
+    with every image read — a pass over 300 000 particles would look like
+    300 000 particles held).  Picklable: the file is opened lazily and the
+    descriptor dropped on pickling, so a Dask worker re-opens the file.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -239,7 +250,9 @@ class MrcStack:
         self.n, self.ny, self.nx = (int(s) for s in shape)
         self.pixel_size = header.pixel_size
         self.mode = header.mode
-        self._mrc = None
+        self._offset = header.data_offset
+        self._dtype = header.dtype
+        self._fd = None
 
     @property
     def box(self) -> int:
@@ -249,18 +262,21 @@ class MrcStack:
     def __len__(self) -> int:
         return self.n
 
-    def _data(self) -> np.ndarray:
-        if self._mrc is None:
+    def _file(self) -> int:
+        if self._fd is None:
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    self._mrc = mrcfile.mmap(self.path, mode="r", permissive=True)
-            except (ValueError, OSError) as exc:
-                raise SpaInputError(self.path, f"cannot memory-map the MRC file ({exc})") from None
-        data = self._mrc.data
-        if data is None:
-            raise SpaInputError(self.path, "cannot read the MRC data block")
-        return data.reshape(self.n, self.ny, self.nx)
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except OSError as exc:
+                raise SpaInputError(self.path, f"cannot open the MRC file ({exc.strerror})") from None
+        return self._fd
+
+    def _read_run(self, first: int, count: int) -> np.ndarray:
+        """``count`` consecutive images from image ``first`` (0-based), in the file's own type."""
+        size = self.ny * self.nx * self._dtype.itemsize
+        buf = os.pread(self._file(), count * size, self._offset + first * size)
+        if len(buf) != count * size:
+            raise SpaInputError(self.path, f"truncated MRC file: images {first + 1}-{first + count} could not be read")
+        return np.frombuffer(buf, dtype=self._dtype).reshape(count, self.ny, self.nx)
 
     def read(self, indices) -> np.ndarray:
         """Images at 0-based ``indices`` as float32 (len(indices), ny, nx); no NaN check here."""
@@ -268,21 +284,22 @@ class MrcStack:
         if idx.size and (idx.min() < 0 or idx.max() >= self.n):
             bad = idx[(idx < 0) | (idx >= self.n)][0]
             raise SpaInputError(self.path, f"image index {bad + 1} out of range 1..{self.n}")
-        data = self._data()
-        # read in ascending file order (sequential I/O), then put back in the asked order
-        order = np.argsort(idx, kind="stable")
-        out = np.empty((idx.size, self.ny, self.nx), dtype=np.float32)
-        out[order] = data[idx[order]]
-        return out
+        # distinct images in ascending file order (sequential I/O), then put back in the asked order
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        images = np.empty((uniq.size, self.ny, self.nx), dtype=np.float32)
+        starts = np.flatnonzero(np.diff(uniq, prepend=-2) != 1)
+        for a, b in zip(starts, np.append(starts[1:], uniq.size)):
+            images[a:b] = self._read_run(int(uniq[a]), int(b - a))
+        return images if uniq.size == idx.size and (np.diff(idx) > 0).all() else images[inverse.reshape(-1)]
 
     def close(self) -> None:
-        if self._mrc is not None:
-            self._mrc.close()
-            self._mrc = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_mrc"] = None
+        state["_fd"] = None
         return state
 
     def __del__(self):

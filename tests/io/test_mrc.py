@@ -1,8 +1,9 @@
-"""MRC reading/writing: round trips, modes, header-only reads, memory-mapped stacks."""
+"""MRC reading/writing: round trips, modes, header-only reads, stacks read by positional reads."""
 
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import mrcfile
 import numpy as np
@@ -70,7 +71,7 @@ def test_header_and_stack_layout(tmp_path):
         assert m.header.ispg == 0 and m.header.mz == 1 and m.is_image_stack()
 
 
-def test_mmap_stack_reads_any_index_set(tmp_path):
+def test_stack_reads_any_index_set(tmp_path):
     imgs = np.random.default_rng(3).normal(size=(9, 5, 5)).astype(np.float32)
     path = tmp_path / "s.mrcs"
     write_mrcs(path, imgs, 1.0)
@@ -80,6 +81,32 @@ def test_mmap_stack_reads_any_index_set(tmp_path):
         np.testing.assert_array_equal(stack.read(idx), imgs[idx])
     clone = pickle.loads(pickle.dumps(stack))
     np.testing.assert_array_equal(clone.read([4, 1]), imgs[[4, 1]])
+
+
+@pytest.mark.parametrize("dtype", [">f4", "<i2", "<f2"])
+def test_stack_reads_byte_order_extended_header_and_modes(tmp_path, dtype):
+    """Positional reads honour the file's byte order, its extended header and its mode."""
+    data = (np.arange(6 * 4 * 4) % 50).reshape(6, 4, 4).astype(dtype)
+    path = tmp_path / "other.mrcs"
+    with mrcfile.new(path) as m:
+        m.set_data(data)
+        m.set_image_stack()
+        m.voxel_size = 1.0
+        m.set_extended_header(np.zeros(10, dtype=[("a", ">i4")]))
+    stack = MrcStack(path)
+    idx = [5, 1, 2, 3, 1]  # out of order, a run (1-3) and a repeat
+    np.testing.assert_array_equal(stack.read(idx), data[idx].astype(np.float32))
+
+
+def test_stack_reads_leave_no_mapped_pages(tmp_path):
+    """Reading every image of a stack does not keep its pages in the process (no memory map)."""
+    path = tmp_path / "big.mrcs"
+    write_mrcs(path, np.zeros((64, 64, 64), np.float32), 1.0)
+    stack = MrcStack(path)
+    stack.read(np.arange(64))
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        assert str(path) not in maps.read_text()
 
 
 def test_single_image_mrc_is_a_stack_of_one(tmp_path):
