@@ -61,6 +61,9 @@ def add_args(p):
     p.add_argument("--learning-rate", type=float, default=None, help="initial SGD learning rate η (default 0.4)")
     p.add_argument("--tau2-fudge", type=float, default=None, help="regularisation parameter T (default 4)")
     p.add_argument("--offset-range", type=float, default=None, help="shift search range, Å (default 8%% of the box)")
+    p.add_argument("--max-sgd-particles", type=int, default=None,
+                   help="particles held in memory for the SGD mini-batches: a random subset when there are more "
+                        "(default 20000); the final pass aligns every particle, read chunk by chunk")
 
 
 def main(args) -> int:
@@ -69,7 +72,7 @@ def main(args) -> int:
     from spa.errors import SpaInputError
     from spa.initial_model.driver import InitialModelOptions, crop_averages, run_initial_model, write_outputs
     from spa.initial_model.sgd import SGDOptions
-    from spa.initial_model.working import choose_working_box, load_working_set
+    from spa.initial_model.working import MAX_HELD, choose_working_box, load_working_set
     from spa.io.images import ParticleImages
     from spa.io.star import read_particles
     from spa.provenance import make_record
@@ -132,7 +135,14 @@ def main(args) -> int:
         log(f"initial-model: final resolution limited to {2.2 * pixel * box / wb:.1f} Å by the working box {wb}")
     log(f"initial-model: {len(particles)} particles of {box} px at {pixel:g} Å → working box {wb} px at "
         f"{pixel * box / wb:.2f} Å")
-    ws = load_working_set(particles, source, wb, progress=progress_printer("initial-model: reading particles"))
+    max_held = int(option(args, "max_sgd_particles", cfg, MAX_HELD))
+    if max_held < max(10, sgd.n_classes):
+        raise SpaInputError(None, f"--max-sgd-particles {max_held} is too small")
+    ws = load_working_set(particles, source, wb, progress=progress_printer("initial-model: reading particles"),
+                          max_held=max_held, seed=seed)
+    if not ws.all_held:
+        log(f"initial-model: SGD draws its mini-batches from a random subset of {len(ws)} of the "
+            f"{ws.n_particles} particles (held in memory); the final pass aligns every particle")
 
     averages = None
     cav = option(args, "class_averages", cfg, None)
@@ -153,7 +163,7 @@ def main(args) -> int:
 
     opts = InitialModelOptions(sgd=sgd, n_candidates=n_cand, symmetry=sym)
     config = {k: v for k, v in vars(sgd).items() if k != "backend"}
-    config.update(candidates=n_cand, sym=sym, working_box=wb, class_averages=cav)
+    config.update(candidates=n_cand, sym=sym, working_box=wb, class_averages=cav, max_sgd_particles=max_held)
     record = make_record(args.argv, {**cfg, **config}, seed)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -186,14 +186,15 @@ class SGDRun:
         return self._samplings[order]
 
     # -- start ---------------------------------------------------------------------------
-    def _batch_data(self, idx, shells: int):
+    def _batch_data(self, idx, shells: int, rows: bool = False):
+        """E-step data of held positions ``idx`` (mini-batches), or of table rows with ``rows`` (the final
+        pass over every particle, read chunk by chunk)."""
         xp = self.xp
         ws = self.ws
         active = ActivePixels.make(ws.box, shells, xp)
-        images = xp.asarray(ws.images[idx])
-        ctf = ws.ctf(idx, xp)
+        images, ctf, group = ws.rows_data(idx, xp) if rows else ws.held_data(idx, xp)
         centres = xp.zeros((len(idx), 2), xp.float32)
-        return prepare_chunk(images, ctf, ws.group[idx], centres, self.sigma2, active, self.mask_radius_px)
+        return prepare_chunk(images, ctf, group, centres, self.sigma2, active, self.mask_radius_px)
 
     def initialise(self):
         """Noise spectrum from the images, then K random-pose reconstructions of random subsets."""
@@ -209,8 +210,9 @@ class SGDRun:
         self.sigma2 = np.ones((ws.n_groups, nsh))
         data = self._batch_data(sample, nsh)
         power = self.be.to_numpy(data.power)
-        counts = np.bincount(ws.group[sample], minlength=ws.n_groups)
-        psum = np.stack([power[ws.group[sample] == g].sum(0) for g in range(ws.n_groups)])
+        group = ws.group[ws.held[sample]]
+        counts = np.bincount(group, minlength=ws.n_groups)
+        psum = np.stack([power[group == g].sum(0) for g in range(ws.n_groups)])
         self.sigma2 = initial_sigma2(psum, counts, b)
 
     def init_maps(self):
@@ -248,10 +250,10 @@ class SGDRun:
         self.refs = self.refs.with_volumes(vols)
 
     # -- one step ---------------------------------------------------------------------------
-    def _estep(self, idx, shells: int, order: int, max_significant: int):
+    def _estep(self, idx, shells: int, order: int, max_significant: int, rows: bool = False):
         xp = self.xp
         sampling = self.sampling(order)
-        data = self._batch_data(idx, shells)
+        data = self._batch_data(idx, shells, rows)
         log_prior = np.log(np.maximum(self.class_weight, 1e-8))
         post, fine = expectation(data, self.refs, sampling, log_prior, self.sigma_offset_px, shells,
                                  0.999, max_significant)
@@ -300,7 +302,7 @@ class SGDRun:
         res = max(opts.final_resolution, 2.2 * ws.pixel_size)
         shells = shells_for(res, ws.box, ws.pixel_size)
         order = healpix_order_for(res, self.diameter, opts.max_order)
-        n = len(ws)
+        n = ws.n_particles
         out = {"rot": np.zeros((n, 3)), "offset": np.zeros((n, 2)), "class": np.zeros(n, np.int64),
                "max_prob": np.zeros(n), "n_significant": np.zeros(n, np.int64), "loglike": np.zeros(n)}
         for p in range(max(1, opts.final_passes)):
@@ -310,7 +312,8 @@ class SGDRun:
             wsig_t, count_t = 0.0, 0.0
             for s in range(0, n, chunk):
                 idx = np.arange(s, min(n, s + chunk))
-                post, sampling, sums, (wsig, count), cw = self._estep(idx, shells, order, opts.max_significant)
+                post, sampling, sums, (wsig, count), cw = self._estep(idx, shells, order, opts.max_significant,
+                                                                      rows=True)
                 for key in total:
                     total[key] += sums[key]
                 class_w += cw

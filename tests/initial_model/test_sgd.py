@@ -92,3 +92,31 @@ def test_two_classes_are_refined_together_with_soft_assignment(data):
     assert set(np.unique(res.classes)) <= {0, 1}
     assert res.class_fractions.shape == (2,) and res.class_fractions.sum() == pytest.approx(1.0)
     assert np.all(res.maps >= 0) and np.all(np.isfinite(res.maps))
+
+
+def test_held_subset_bounds_memory_and_the_final_pass_reads_every_particle(data):
+    """With more particles than held, SGD draws from a random subset; the final pass streams every row,
+    and aligns it as it aligns the same particles held in memory."""
+    from spa.em.engine import ArrayImages
+    from spa.initial_model.working import load_working_set
+
+    vol, ws_all = data
+    n = 400
+    table = ws_all.table.iloc[:n].reset_index(drop=True)
+    source = ArrayImages(ws_all.images[:n], PIXEL)
+    held = load_working_set(table, source, BOX, max_held=150, seed=5)
+    assert len(held) == 150 and held.n_particles == n and not held.all_held
+    assert np.array_equal(held.images, ws_all.images[held.held])
+    images, ctf, group = held.rows_data(np.arange(10, 20))
+    np.testing.assert_array_equal(images, ws_all.images[10:20])
+    np.testing.assert_array_equal(ctf, ws_all.ctf(np.arange(10, 20)))
+    full = load_working_set(table, source, BOX)
+    assert full.all_held and held.n_particles == full.n_particles
+    run_held, run_full = SGDRun(held, SGDOptions(seed=2)), SGDRun(full, SGDOptions(seed=2))
+    run_full.start_from(vol[None])
+    run_held.sigma2 = run_full.sigma2  # the same noise model (the held one estimates it from its subset)
+    run_held.start_from(vol[None])
+    a, b = run_held.final_pass(chunk=128), run_full.final_pass(chunk=128)
+    assert a["rot"].shape == (n, 3)
+    np.testing.assert_array_equal(a["rot"], b["rot"])
+    np.testing.assert_array_equal(a["offset"], b["offset"])
