@@ -230,17 +230,20 @@ class Class3D(d3.Run3D):
         from spa.class3d import variability
 
         o = self.opts
-        angles = self.table[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float)
+        rows = variability.analysis_rows(len(self.table), o.seed)
+        if len(rows) < len(self.table):
+            self.log(f"class3d: 3D variability on a random subset of {len(rows)} of {len(self.table)} particles")
+        angles = self.table[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float)[rows]
         resolution = max(o.variability_resolution, 3.0 * self.pixel_size)
-        step = max(1, len(self.table) // 10)
+        step = max(1, len(rows) // 10)
 
         def progress(done, total):  # the one pass over the images, logged every ~10 %
             if done == total or done % step < o.chunk_size:
                 self.log(f"class3d: 3D variability: read {done}/{total} particles")
 
-        data = variability.window_data(self.source, self.particles, np.arange(len(self.table)), angles,
-                                       self.particles["centres"], self.box, self.pixel_size, resolution, self.radius,
-                                       do_ctf=o.do_ctf, chunk_size=o.chunk_size, progress=progress)
+        data = variability.window_data(self.source, self.particles, rows, angles, self.particles["centres"][rows],
+                                       self.box, self.pixel_size, resolution, self.radius, do_ctf=o.do_ctf,
+                                       chunk_size=o.chunk_size, progress=progress)
         # with a reference mask (focused classification) the components are confined to it
         mask = None if self.mask is None else variability.small_mask(self.mask, data)
         label, _, _ = variability.seed_labels(data, o.n_classes, seed=o.seed, mask=mask)

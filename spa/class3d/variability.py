@@ -12,7 +12,10 @@ EM (each fitted to what the earlier ones leave); the E-step gives every
 particle's posterior mean coordinates z_i, the M-step is a reconstruction of
 the residuals weighted by z_i.  Everything runs on Fourier-cropped images
 (the window of ``resolution`` Å), so a pass over the data is cheap and the
-windowed data of all particles stay in memory.
+windowed data stay in memory — of at most :data:`MAX_PARTICLES` particles, a
+seeded random subset of a larger set (:func:`analysis_rows`): the seeds need
+the directions in which the data differ, which tens of thousands of
+particles show as well as millions, not every particle.
 
 Used to seed 3D classification: particles are clustered (k-means) on their
 coordinates along the top K−1 components, so the K classes start from the
@@ -32,6 +35,18 @@ from spa.em.engine import particle_ctfs, take
 from spa.em.projector import Projector, image_frequencies
 from spa.fourier import fourier_resize, phase_shift_2d, rfft_centered, soft_circular_mask, soft_spherical_mask
 from spa.geometry.euler import euler_to_matrix
+
+
+#: particles whose windowed data the analysis holds (a random subset of larger sets)
+MAX_PARTICLES = 50_000
+
+
+def analysis_rows(n_particles: int, seed: int, max_particles: int = MAX_PARTICLES) -> np.ndarray:
+    """Sorted rows the analysis reads: all of them, or a seeded random subset of ``max_particles``."""
+    if n_particles <= max_particles:
+        return np.arange(n_particles)
+    rng = np.random.default_rng([int(seed), 0x3DA])
+    return np.sort(rng.choice(n_particles, int(max_particles), replace=False))
 
 
 @dataclass

@@ -102,3 +102,25 @@ def test_focus_mask_confines_the_components(two_states):
     rest = variability.small_mask(1.0 - moving, data)
     labels, _, _ = variability.seed_labels(data, 2, seed=0, mask=rest)
     assert _accuracy(labels, classes) < 0.75
+
+
+def test_analysis_rows_bounded_seeded_subset():
+    assert np.array_equal(variability.analysis_rows(300, seed=1, max_particles=300), np.arange(300))
+    rows = variability.analysis_rows(1000, seed=1, max_particles=250)
+    assert len(rows) == 250 and np.all(np.diff(rows) > 0) and rows[-1] < 1000
+    assert np.array_equal(rows, variability.analysis_rows(1000, seed=1, max_particles=250))
+    assert not np.array_equal(rows, variability.analysis_rows(1000, seed=2, max_particles=250))
+
+
+def test_seeds_from_a_random_subset_separate_the_conformations(two_states):
+    """Seeds from half of the particles (the bounded subset of a large set) still split the states:
+    the K seed maps are reconstructions, so every particle then starts from them."""
+    truth, _ = read_particles(two_states / "truth" / "particles.star")
+    table, _, source, px, box = d3.load_particles(two_states / "particles.star")
+    rows = variability.analysis_rows(len(table), seed=0, max_particles=len(table) // 2)
+    p = particle_arrays(truth, px)
+    angles = truth[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float)[rows]
+    data = variability.window_data(source, p, rows, angles, p["centres"][rows], box, px, 8.0, 0.45 * box)
+    assert data.X.shape[0] == len(rows)
+    labels, _, _ = variability.seed_labels(data, 2, seed=0)
+    assert _accuracy(labels, truth["rlnClassNumber"].to_numpy()[rows] - 1) >= 0.9
