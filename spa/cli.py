@@ -39,7 +39,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=None, help="local Dask workers (default 1: in-process)")
     g.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
     g.add_argument("--backend", choices=["auto", "numpy", "cupy"], default=None, help="array backend (default: $SPA_BACKEND or auto)")
-    g.add_argument("--continue", dest="continue_", action="store_true", help="resume from the last finished iteration")
+    g.add_argument("--continue", dest="continue_", action="store_true",
+                   help="resume from the last finished iteration (refused when its inputs or options differ)")
+    g.add_argument("--restart", action="store_true",
+                   help="start afresh, removing what an earlier run of the stage wrote in the output folder")
 
 
 def _available() -> dict[str, tuple[str, str]]:

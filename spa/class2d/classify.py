@@ -17,46 +17,37 @@ each particle a noise p-value against the other random half's averages
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import numpy as np
 
 from spa.backend import get_backend
-from spa.em.engine import (
-    EStepContext, load_checkpoint, last_checkpoint, particle_arrays, particle_ctfs, random_halves, run_chunks,
-    run_estep, save_checkpoint, take,
-)
 from spa.em.decoys import DecoySource, decoy_rows, noise_pvalue
+from spa.em.engine import particle_ctfs, random_halves, run_chunks, run_estep, take
 from spa.em.estep import ActivePixels, prepare_chunk
 from spa.em.inplane import InplaneReferences, InplaneSampling
 from spa.em.model import MlModel, WsumModel
 from spa.em.mstep import maximize, next_window
 from spa.em.noise import group_power, initial_sigma2
+from spa.em.options import EMOptions
+from spa.em.run import EMRun, coarse_shells_for, mask_radius_px
 from spa.fourier import irfft_centered, lowpass, shells_2d, shift_image, soft_circular_mask
 from spa.class2d import outputs
 from spa.parallel import make_chunks
 
 
-@dataclass
-class Class2DOptions:
-    """Options with RELION's meaning (lengths Å, angles degrees, shifts pixels)."""
+@dataclass(kw_only=True)
+class Class2DOptions(EMOptions):
+    """2D classification's options (RELION's meaning; the shared ones in :class:`EMOptions`)."""
 
     n_classes: int
     n_iter: int = 25
     tau2_fudge: float = 2.0
-    particle_diameter: float | None = None  # Å; default 90 % of the box
     highres_limit: float | None = None  # Å; default Nyquist
     ini_high: float = 30.0  # Å: resolution of the initial references / first window
-    do_ctf: bool = True
-    ignore_ctf_first_peak: bool = False
     ctf_premultiplied: bool = False
     psi_step: float = 6.0
-    offset_range: float = 5.0
-    offset_step: float = 1.0
-    oversampling: int = 1
-    significant_fraction: float = 0.999
-    max_significant: int = 64
-    incr_shells: int = 10
     center_classes: bool = True
     # RELION 4's --class_inactivity_threshold: in the first half of the run a class holding fewer
     # than this fraction of an average class's particles is re-seeded by splitting the largest class
@@ -64,14 +55,22 @@ class Class2DOptions:
     # noise decoys scored in the last iteration (spa.em.decoys): each particle's
     # rlnSpaNoisePValue, the chance that pure noise matches the class averages as well; 0 = off
     noise_decoys: int = 1000
-    chunk_size: int = 256
-    seed: int = 0
-    backend: str | None = None
 
+    CONTINUABLE: ClassVar[tuple] = ("n_iter",)
 
-def mask_radius_px(opts: Class2DOptions, box: int, pixel_size: float) -> float:
-    d = opts.particle_diameter if opts.particle_diameter else 0.9 * box * pixel_size
-    return min(0.5 * d / pixel_size, box / 2 - 1.0)
+    def check_stage(self) -> None:
+        from spa.em.options import at_least
+
+        at_least(self, "n_classes", 1)
+        at_least(self, "n_iter", 1)
+        at_least(self, "class_inactivity_threshold", 0)
+        at_least(self, "noise_decoys", 0)
+        if not 0 < self.psi_step <= 360:
+            from spa.errors import SpaInputError
+
+            raise SpaInputError(None, f"option psi_step must be in (0, 360] degrees, got {self.psi_step!r}")
+        if self.highres_limit is not None:
+            at_least(self, "highres_limit", 1e-6, " Å")
 
 
 def shells_for(resolution: float | None, box: int, pixel_size: float) -> int:
@@ -80,12 +79,6 @@ def shells_for(resolution: float | None, box: int, pixel_size: float) -> int:
     if not resolution:
         return nyq
     return int(min(nyq, max(2, math.floor(box * pixel_size / resolution) + 1)))
-
-
-def coarse_shells_for(psi_step_deg: float, radius_px: float, box: int) -> int:
-    """Window of the coarse pass: frequencies where half a ψ step moves the particle edge < ¼ wavelength."""
-    d = max(radius_px * math.radians(psi_step_deg) / 2.0, 1e-3)
-    return int(max(8, math.ceil(box / (4.0 * d))))
 
 
 def center_of_mass_shift(images):
@@ -140,7 +133,7 @@ def initial_references(source, particles, opts, box, pixel_size, n_groups, clien
     # every class gets particles even for tiny sets: a shuffled round-robin assignment
     parts["init_class"] = rng.permutation(np.arange(n) % opts.n_classes)
     parts["init_psi"] = rng.uniform(0.0, 360.0, n)
-    radius = mask_radius_px(opts, box, pixel_size)
+    radius = mask_radius_px(opts.particle_diameter, box, pixel_size)
     empty = InplaneReferences(np.zeros((opts.n_classes, box, box), np.float32))
     shared = _InitShared(empty, radius, n_groups, get_backend(opts.backend).name)
     wsum, _ = run_chunks(_init_chunk, source, parts, make_chunks(n, opts.chunk_size), shared, client)
@@ -152,42 +145,30 @@ def initial_references(source, particles, opts, box, pixel_size, n_groups, clien
 
 
 # -- the run ------------------------------------------------------------------------------------
-class Class2D:
-    """One 2D classification run over a particle table and its image source."""
+class Class2D(EMRun):
+    """One 2D classification run over a particle table and its image source.
+
+    The state between iterations is (model, references, per-particle results)."""
+
+    stage = "class2d"
 
     def __init__(self, table, source, opts: Class2DOptions, output_dir, *, optics=None, client=None,
                  provenance=None, log=print):
-        self.table = table.reset_index(drop=True)
-        self.source = source
-        self.opts = opts
-        self.output_dir = output_dir
-        self.client = client
-        self.provenance = provenance
-        self.log = log or (lambda *a: None)
-        self.box = int(source.box)
-        px = float(self.table["rlnImagePixelSize"].iloc[0]) if "rlnImagePixelSize" in self.table else \
-            float(source.pixel_size)
-        self.pixel_size = px
-        self.optics = optics if optics is not None else outputs.optics_from_table(self.table, px, self.box)
-        self.particles = particle_arrays(self.table, px)
-        og = self.table["rlnOpticsGroup"].to_numpy() if "rlnOpticsGroup" in self.table else np.ones(len(self.table))
-        self.group_ids = np.unique(og)
-        self.n_groups = len(self.group_ids)
-        # chunks of each random half, summed per half (the same pairing every iteration, so a run
+        super().__init__(table, source, opts, output_dir, optics=optics, client=client, provenance=provenance,
+                         log=log)
+        # chunks of each random half, summed per half (the same order every iteration, so a run
         # continued with more iterations repeats the sums of a shorter one): the last iteration's
         # half averages give cross-validated noise scores (_noise_scores)
         subset = random_halves(self.table, opts.seed) if len(self.table) > 1 else np.ones(len(self.table), np.int64)
         self.halves = [np.nonzero(subset == h)[0] for h in (1, 2) if (subset == h).any()]
-        self.chunks = [rows[c] for rows in self.halves for c in make_chunks(len(rows), opts.chunk_size)]
+        self.chunks = [c for rows in self.halves for c in make_chunks(rows, opts.chunk_size)]
         n_first = -(-len(self.halves[0]) // max(1, opts.chunk_size))
         self.chunk_groups = [range(n_first), range(n_first, len(self.chunks))] if len(self.halves) == 2 else None
         self.row_order = np.concatenate(self.chunks)
         self.sampling = InplaneSampling(opts.psi_step, opts.offset_range, opts.offset_step, opts.oversampling)
-        self.radius = mask_radius_px(opts, self.box, px)
-        self.max_shells = shells_for(opts.highres_limit, self.box, px)
-        self.backend = get_backend(opts.backend).name
+        self.max_shells = shells_for(opts.highres_limit, self.box, self.pixel_size)
 
-    # state: model (MlModel), refs (InplaneReferences), results (per particle) ------------
+    # state: (model (MlModel), refs (InplaneReferences), results (per particle)) --------------
     def initialise(self):
         images, sigma2 = initial_references(self.source, self.particles, self.opts, self.box, self.pixel_size,
                                             self.n_groups, self.client)
@@ -196,13 +177,22 @@ class Class2D:
                                 max(self.opts.offset_range / 2.0, self.opts.offset_step), window)
         return model, InplaneReferences(images), None
 
-    def checkpoint_arrays(self, model, refs, results) -> dict:
+    def iteration_of(self, state) -> int:
+        return state[0].iteration
+
+    def finished(self, state) -> bool:
+        return state[0].iteration >= self.opts.n_iter
+
+    def iterations_left(self, state) -> int:
+        return max(0, self.opts.n_iter - state[0].iteration)
+
+    def checkpoint_arrays(self, state) -> dict:
+        model, refs, results = state
         arr = model.to_arrays()
         arr["refs_images"] = np.asarray(refs.images, np.float32)
         arr["centres"] = self.particles["centres"]
         for k, v in results.items():
             arr["result_" + k] = v
-        arr["options"] = np.array(repr(sorted(asdict(self.opts).items())))
         return arr
 
     def restore(self, arrays):
@@ -212,17 +202,19 @@ class Class2D:
         results = {k[len("result_"):]: np.array(v) for k, v in arrays.items() if k.startswith("result_")}
         return model, refs, results
 
-    def iterate(self, model, refs):
+    def iterate(self, state):
         """One EM iteration → (new model, new references, per-particle results)."""
+        return self._iterate(*state[:2])
+
+    def describe(self, state) -> str:
+        model, _, results = state
+        return (f"best resolution {model.resolution_angstrom().min():.1f} Å, window {model.current_shells} shells, "
+                f"<Pmax> {results['max_prob'].mean():.3f}")
+
+    def _iterate(self, model, refs):
         o = self.opts
-        ctx = EStepContext(
-            refs=refs, sampling=self.sampling, sigma2=model.sigma2_noise,
-            log_class_prior=np.log(np.maximum(model.pdf_class, 1e-300)), sigma_offset_px=model.sigma_offset_px,
-            coarse_shells=min(model.current_shells, coarse_shells_for(o.psi_step, self.radius, self.box)),
-            fine_shells=model.current_shells, pixel_size=self.pixel_size, mask_radius_px=self.radius,
-            do_ctf=o.do_ctf, ignore_first_peak=o.ignore_ctf_first_peak, ctf_premultiplied=o.ctf_premultiplied,
-            significant_fraction=o.significant_fraction, max_significant=o.max_significant, backend=self.backend,
-        )
+        ctx = self.context(model, refs, self.sampling, coarse_shells_for(o.psi_step, self.radius, self.box),
+                           ctf_premultiplied=o.ctf_premultiplied)
         wsum, results, half_sums = self._estep(ctx)
         scored = model.iteration + 1 == o.n_iter and o.noise_decoys > 0 and half_sums is not None
         new_model, new_refs = maximize(model, wsum, refs, tau2_fudge=o.tau2_fudge, mask_radius_px=self.radius)
@@ -344,48 +336,32 @@ class Class2D:
         model.pdf_class = pdf / pdf.sum()
         return images.astype(np.float32)
 
-    def write(self, model, refs, results):
-        psi = self.sampling.fine_rotations[results["rot"]]
-        table = outputs.particles_table(self.table, results, psi, self.pixel_size)
+    def write_iteration(self, state) -> None:
+        model, refs, results = state
         outputs.write_iteration(
-            self.output_dir, model.iteration, np.asarray(refs.images), model, table, self.optics,
+            self.output_dir, model.iteration, np.asarray(refs.images), model, self._table(results), self.optics,
             tau2_fudge=self.opts.tau2_fudge, acc_rot=self.sampling.fine_psi_step,
             acc_trans_angst=self.opts.offset_step / 2 * self.pixel_size, group_ids=self.group_ids,
             provenance=self.provenance,
         )
-        save_checkpoint(self.output_dir, model.iteration, self.checkpoint_arrays(model, refs, results))
-        return table
 
-    def run(self, continue_: bool = False):
-        """Run (or continue) to ``n_iter`` iterations; returns (model, refs, particle table)."""
-        found = last_checkpoint(self.output_dir) if continue_ else None
-        if found:
-            model, refs, results = self.restore(load_checkpoint(found[1]))
-            self.log(f"class2d: continuing after iteration {model.iteration}")
-        else:
-            model, refs, results = self.initialise()
-        table = None
-        while model.iteration < self.opts.n_iter:
-            model, refs, results = self.iterate(model, refs)
-            table = self.write(model, refs, results)
-            res = model.resolution_angstrom()
-            self.log(f"class2d: iteration {model.iteration}/{self.opts.n_iter}: best resolution "
-                     f"{res.min():.1f} Å, window {model.current_shells} shells, "
-                     f"<Pmax> {results['max_prob'].mean():.3f}")
-        if results is None:
-            raise ValueError("no iterations to run (n_iter must be ≥ 1)")
-        if table is None:
-            table = outputs.particles_table(self.table, results, self.sampling.fine_rotations[results["rot"]],
-                                            self.pixel_size)
+    def _table(self, results):
+        return outputs.particles_table(self.table, results, self.sampling.fine_rotations[results["rot"]],
+                                       self.pixel_size)
+
+    def finish(self, state):
+        """The final files (copies of the last iteration's) → (model, references, particle table)."""
+        model, refs, results = state
         outputs.write_final(self.output_dir, model.iteration)
-        return model, refs, table
+        return model, refs, self._table(results)
 
 
 def run_class2d(table, source, opts: Class2DOptions, output_dir, *, optics=None, client=None, provenance=None,
-                continue_: bool = False, log=print):
-    """Convenience wrapper: ``Class2D(...).run(continue_)`` → (MlModel, InplaneReferences, particle table)."""
+                continue_: bool = False, restart: bool = False, log=print):
+    """Convenience wrapper: ``Class2D(...).run(continue_, restart)`` → (MlModel, InplaneReferences, particle
+    table)."""
     return Class2D(table, source, opts, output_dir, optics=optics, client=client, provenance=provenance,
-                   log=log).run(continue_)
+                   log=log).run(continue_, restart)
 
 
 __all__ = ["Class2DOptions", "Class2D", "run_class2d", "particle_ctfs"]

@@ -18,36 +18,15 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from spa.em.model import MlModel
-from spa.fourier import shell_resolution
-from spa.io.atomic import atomic_path
+from spa.em.outputs import copy_final, model_blocks, optics_from_table  # noqa: F401  (optics: for callers)
 from spa.io.mrc import write_mrcs
 from spa.io.star import write_particles, write_star
-
-OPTICS_COLUMNS = ("rlnOpticsGroup", "rlnOpticsGroupName", "rlnImagePixelSize", "rlnImageSize", "rlnImageDimensionality",
-                  "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnMicrographOriginalPixelSize",
-                  "rlnCtfDataAreCtfPremultiplied")
-
-
-def optics_from_table(table: pd.DataFrame, pixel_size: float, box: int) -> pd.DataFrame:
-    """A data_optics table from optics columns merged into particle rows (one row per group)."""
-    if "rlnOpticsGroup" not in table:
-        table = table.assign(rlnOpticsGroup=1)
-    cols = [c for c in OPTICS_COLUMNS if c in table]
-    optics = table[cols].drop_duplicates("rlnOpticsGroup").reset_index(drop=True)
-    if "rlnImagePixelSize" not in optics:
-        optics["rlnImagePixelSize"] = pixel_size
-    if "rlnImageSize" not in optics:
-        optics["rlnImageSize"] = box
-    if "rlnOpticsGroupName" not in optics:
-        optics.insert(1, "rlnOpticsGroupName", [f"opticsGroup{g}" for g in optics["rlnOpticsGroup"]])
-    return optics
 
 
 def names(output_dir, iteration: int | None, rootname: str = "run") -> dict:
@@ -76,55 +55,6 @@ def particles_table(table: pd.DataFrame, results: dict, psi_deg: np.ndarray, pix
     return out
 
 
-def model_blocks(model: MlModel, classes_file: str, tau2_fudge: float, acc_rot: float, acc_trans_angst: float,
-                 avg_pmax: float, group_ids) -> dict:
-    """The blocks of run_itNNN_model.star."""
-    k = model.n_classes
-    box, px = model.box, model.pixel_size
-    nsh = box // 2 + 1
-    res = model.resolution_angstrom()
-    blocks = {
-        "model_general": {
-            "rlnReferenceDimensionality": 2, "rlnDataDimensionality": 2, "rlnOriginalImageSize": box,
-            "rlnCurrentResolution": float(box * px / max(int(np.max(model.resolution_shell)), 1)),
-            "rlnCurrentImageSize": int(min(box, 2 * model.current_shells)), "rlnPaddingFactor": 2.0,
-            "rlnIsHelix": 0, "rlnFourierSpaceInterpolator": 1, "rlnMinRadiusNnInterpolation": 10,
-            "rlnPixelSize": px, "rlnNrClasses": k, "rlnNrBodies": 1, "rlnNrGroups": model.n_groups,
-            "rlnNrOpticsGroups": model.n_groups,
-            "rlnTau2FudgeFactor": tau2_fudge, "rlnNormCorrectionAverage": 1.0,
-            "rlnSigmaOffsetsAngst": model.sigma_offset_px * px, "rlnOrientationalPriorMode": 0,
-            "rlnSigmaPriorRotAngle": 0.0, "rlnSigmaPriorTiltAngle": 0.0, "rlnSigmaPriorPsiAngle": 0.0,
-            "rlnLogLikelihood": model.loglike, "rlnAveragePmax": avg_pmax,
-        },
-        "model_classes": pd.DataFrame({
-            "rlnReferenceImage": [f"{i + 1:06d}@{classes_file}" for i in range(k)],
-            "rlnClassDistribution": model.pdf_class,
-            "rlnAccuracyRotations": np.full(k, acc_rot),
-            "rlnAccuracyTranslationsAngst": np.full(k, acc_trans_angst),
-            "rlnEstimatedResolution": res,
-            "rlnOverallFourierCompleteness": np.ones(k),
-            "rlnClassPriorOffsetX": np.zeros(k), "rlnClassPriorOffsetY": np.zeros(k),
-        }),
-    }
-    idx = np.arange(nsh)
-    with np.errstate(divide="ignore"):
-        inv_res = idx / (box * px)
-    ang = shell_resolution(box, px)
-    ang = np.where(np.isfinite(ang), ang, 999.0)
-    for c in range(k):
-        blocks[f"model_class_{c + 1}"] = pd.DataFrame({
-            "rlnSpectralIndex": idx, "rlnResolution": inv_res, "rlnAngstromResolution": ang,
-            "rlnSsnrMap": model.data_vs_prior[c], "rlnGoldStandardFsc": np.zeros(nsh),
-            "rlnFourierCompleteness": np.ones(nsh), "rlnReferenceTau2": model.tau2[c],
-        })
-    for g in range(model.n_groups):
-        gid = int(group_ids[g]) if group_ids is not None and g < len(group_ids) else g + 1
-        blocks[f"model_optics_group_{gid}"] = pd.DataFrame({
-            "rlnSpectralIndex": idx, "rlnResolution": inv_res, "rlnSigma2Noise": model.sigma2_noise[g],
-        })
-    return blocks
-
-
 def write_iteration(output_dir, iteration: int, classes: np.ndarray, model: MlModel, table: pd.DataFrame,
                     optics: pd.DataFrame, *, tau2_fudge: float, acc_rot: float, acc_trans_angst: float,
                     group_ids=None, provenance=None, rootname: str = "run") -> dict:
@@ -132,8 +62,10 @@ def write_iteration(output_dir, iteration: int, classes: np.ndarray, model: MlMo
     p = names(output_dir, iteration, rootname)
     write_mrcs(p["classes"], classes, model.pixel_size, provenance)
     avg_pmax = float(table["rlnMaxValueProbDistribution"].mean()) if len(table) else 0.0
-    write_star(p["model"], model_blocks(model, p["classes"].name, tau2_fudge, acc_rot, acc_trans_angst, avg_pmax,
-                                        group_ids), provenance)
+    references = [f"{k + 1:06d}@{p['classes'].name}" for k in range(model.n_classes)]
+    write_star(p["model"], model_blocks(model, references, dimensionality=2, tau2_fudge=tau2_fudge, acc_rot=acc_rot,
+                                        acc_trans_angst=acc_trans_angst, avg_pmax=avg_pmax, group_ids=group_ids),
+               provenance)
     write_particles(p["data"], table, optics, provenance)
     return p
 
@@ -143,10 +75,4 @@ def write_final(output_dir, iteration: int, rootname: str = "run") -> None:
     src = names(output_dir, iteration, rootname)
     dst = names(output_dir, None, rootname)
     for key in src:
-        if key == "model":
-            text = src[key].read_text().replace(src["classes"].name, dst["classes"].name)
-            with atomic_path(dst[key]) as tmp:
-                Path(tmp).write_text(text)
-        else:
-            with atomic_path(dst[key]) as tmp:
-                shutil.copyfile(src[key], tmp)
+        copy_final(src[key], dst[key], {src["classes"].name: dst["classes"].name} if key == "model" else None)

@@ -22,56 +22,62 @@ first, having the better-determined map, takes particles of every state.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from spa.backend import get_backend
 from spa.em import driver3d as d3
-from spa.em.engine import last_checkpoint, load_checkpoint, save_checkpoint
 from spa.em.model import MlModel
 from spa.em.mstep import maximize, next_window
 from spa.em.sampling3d import FixedPoses, LocalSampling, Sampling3D
 from spa.em.volume_refs import VolumeReferences
 
 
-@dataclass
-class Class3DOptions:
-    """Options with RELION's meaning (lengths Å, angles degrees, shifts pixels)."""
+@dataclass(kw_only=True)
+class Class3DOptions(d3.Options3D):
+    """3D classification's options (RELION's meaning; the shared ones in :class:`spa.em.options.EMOptions`)."""
 
     n_classes: int
     n_iter: int = 25
     tau2_fudge: float = 4.0
-    particle_diameter: float | None = None
-    ini_high: float = 40.0
     highres_limit: float | None = None
-    symmetry: str = "C1"
-    healpix_order: int = 2
-    oversampling: int = 1
-    offset_range: float = 5.0
-    offset_step: float = 1.0
     skip_align: bool = False
     sigma_ang: float | None = None
     reference_mask: str | None = None
-    do_ctf: bool = True
-    ignore_ctf_first_peak: bool = False
-    incr_shells: int = 10
-    significant_fraction: float = 0.999
-    max_significant: int = 64
     balance_iter: int | None = None
     significance_per_class: bool = True
     init_classes: str = "variability"
     variability_resolution: float = 8.0
     consensus_iter: int = 8
-    chunk_size: int = 256
-    seed: int = 0
-    backend: str | None = None
+
+    CONTINUABLE: ClassVar[tuple] = ("n_iter",)
+
+    def check_stage(self) -> None:
+        from spa.em.options import at_least
+        from spa.errors import SpaInputError
+
+        super().check_stage()
+        at_least(self, "n_classes", 1)
+        at_least(self, "n_iter", 1)
+        at_least(self, "consensus_iter", 0)
+        at_least(self, "variability_resolution", 1e-6, " Å")
+        if self.sigma_ang is not None:
+            at_least(self, "sigma_ang", 1e-6, "°")
+        if self.highres_limit is not None:
+            at_least(self, "highres_limit", 1e-6, " Å")
+        if self.init_classes not in ("variability", "random"):
+            raise SpaInputError(None, f"option init_classes must be 'variability' or 'random', not "
+                                      f"{self.init_classes!r}")
 
 
 class Class3D(d3.Run3D):
-    """One 3D classification run."""
+    """One 3D classification run; the state between iterations is (model, references)."""
 
-    def __init__(self, table, source, reference, opts: Class3DOptions, output_dir, *, optics, client=None,
+    stage = "class3d"
+
+    def __init__(self, table, source, reference, opts: Class3DOptions, output_dir, *, optics=None, client=None,
                  provenance=None, log=print):
         super().__init__(table, source, reference, opts, output_dir, optics=optics, client=client,
                          provenance=provenance, log=log)
@@ -90,14 +96,10 @@ class Class3D(d3.Run3D):
             cols = prior_cols if opts.sigma_ang and all(c in self.table for c in prior_cols) \
                 else ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
             self.particles["angles"] = self.table[cols].to_numpy(float)
-        if opts.init_classes not in ("variability", "random"):
-            from spa.errors import SpaInputError
-
-            raise SpaInputError(None, f"--init-classes must be 'variability' or 'random', not {opts.init_classes!r}")
         self.chunks = self.chunks_of(np.arange(len(self.table)))
         # how the classes start: K maps given, K maps from the 3D variability of posed particles, or
         # K random subsets aligned to the one reference (RELION's way, the only one without poses)
-        self.start = "references" if np.ndim(reference) == 4 else \
+        self.starts_from = "references" if np.ndim(reference) == 4 else \
             "variability" if (opts.init_classes == "variability" and opts.n_classes > 1) else "random"
         self.mask = None
         if opts.reference_mask:
@@ -122,7 +124,7 @@ class Class3D(d3.Run3D):
         Default: the first half of the run when all classes start from one reference (where the
         first class to grow otherwise takes every state); never with one reference per class."""
         o = self.opts
-        n = o.balance_iter if o.balance_iter is not None else o.n_iter // 2 if self.start == "random" else 0
+        n = o.balance_iter if o.balance_iter is not None else o.n_iter // 2 if self.starts_from == "random" else 0
         return n_classes > 1 and previous_iteration < int(n)
 
     def _estep(self, model, refs, chunks):
@@ -130,13 +132,9 @@ class Class3D(d3.Run3D):
         sampling = self.sampling()
         coarse = d3.coarse_shells_for(max(sampling.angular_step, 1e-3), self.radius, self.box) if not o.skip_align \
             else model.current_shells
-        ctx = d3.context(refs, sampling, model, pixel_size=self.pixel_size, radius_px=self.radius,
-                         coarse_shells=coarse, do_ctf=o.do_ctf, ignore_first_peak=o.ignore_ctf_first_peak,
-                         significant_fraction=o.significant_fraction, max_significant=o.max_significant,
-                         backend=self.backend,
-                         balance_classes=self.balanced(model.iteration, refs.n_classes),
-                         significance_per_class=o.significance_per_class)
-        wsum, results = d3.run_estep_3d(ctx, self.source, self.particles, chunks, self.client)
+        wsum, results = self.estep(model, refs, sampling, chunks, coarse,
+                                   balance_classes=self.balanced(model.iteration, refs.n_classes),
+                                   significance_per_class=o.significance_per_class)
         return wsum, results, sampling
 
     def _post(self, refs):
@@ -154,7 +152,7 @@ class Class3D(d3.Run3D):
                                    self.n_groups, self.radius, o.do_ctf, self.client, self.backend)
         if np.ndim(self.reference) == 4:
             return self._initialise_from_references(stats, self.reference, o.ini_high)
-        if self.start == "variability":
+        if self.starts_from == "variability":
             if not self._has_poses():
                 self._consensus_alignment(stats)
             maps, resolution = self._variability_maps()
@@ -218,7 +216,7 @@ class Class3D(d3.Run3D):
         model, refs = self._one_class_start(stats)
         n_iter = max(1, o.consensus_iter)
         for i in range(n_iter):
-            model, refs, results, _ = self.iterate(model, refs)
+            model, refs, results, _ = self._iterate(model, refs)
             self.log(f"class3d: consensus alignment {i + 1}/{n_iter} (poses for the "
                      f"3D variability analysis): resolution {model.resolution_angstrom().min():.1f} Å, "
                      f"<Pmax> {results['max_prob'].mean():.3f}")
@@ -262,7 +260,7 @@ class Class3D(d3.Run3D):
         model0 = MlModel.initial(self.box, self.pixel_size, o.n_classes, stats.sigma2,
                                  max(o.offset_range / 2, o.offset_step), self._window(ini_high))
         model0.iteration = 0
-        model, refs, results, _ = self.iterate(model0, VolumeReferences(np.stack(vols), symmetry=self.sym))
+        model, refs, results, _ = self._iterate(model0, VolumeReferences(np.stack(vols), symmetry=self.sym))
         return model, refs, results
 
     def _apply(self, results):
@@ -274,7 +272,7 @@ class Class3D(d3.Run3D):
             n_significant=results.get("n_significant"), loglike=results.get("loglike"),
             class_posterior=_assigned_class_posterior(results))
 
-    def iterate(self, model, refs):
+    def _iterate(self, model, refs):
         o = self.opts
         wsum, results, sampling = self._estep(model, refs, self.chunks)
         new_model, new_refs = maximize(model, wsum, refs, tau2_fudge=o.tau2_fudge, mask_radius_px=self.radius)
@@ -285,7 +283,56 @@ class Class3D(d3.Run3D):
         self._apply(results)
         return new_model, new_refs, results, sampling
 
-    def checkpoint_arrays(self, model, refs) -> dict:
+    # -- the loop's hooks (spa.em.run.EMRun) ----------------------------------------------------
+    def start(self):
+        """Iteration 1 (see :meth:`initialise`), written and checkpointed like every later one."""
+        model, refs, _ = self.initialise()
+        self._sampling = self.sampling()
+        self.write_iteration((model, refs))
+        self.save((model, refs))
+        start = {"references": "one reference per class", "variability": "their 3D-variability clusters",
+                 "random": "random subsets"}[self.starts_from]
+        self.log(f"class3d: iteration 1/{self.opts.n_iter}: {self.opts.n_classes} classes from {start}")
+        return model, refs
+
+    def iterate(self, state):
+        model, refs, self._results, self._sampling = self._iterate(*state)
+        return model, refs
+
+    def iteration_of(self, state) -> int:
+        return state[0].iteration
+
+    def finished(self, state) -> bool:
+        return state[0].iteration >= self.opts.n_iter
+
+    def iterations_left(self, state) -> int:
+        return max(0, self.opts.n_iter - state[0].iteration)
+
+    def describe(self, state) -> str:
+        model = state[0]
+        frac = ", ".join(f"{p:.2f}" for p in model.pdf_class)
+        balanced = " (sizes balanced)" if self.balanced(model.iteration - 1, model.n_classes) else ""
+        return (f"class fractions {frac}{balanced}, resolution {model.resolution_angstrom().min():.1f} Å, "
+                f"<Pmax> {self._results['max_prob'].mean():.3f}")
+
+    def write_iteration(self, state) -> None:
+        from spa.class3d import outputs
+
+        outputs.write_iteration(self, *state, self._sampling)
+
+    def finish(self, state):
+        """The final files (copies of the last iteration's) → (model, references, particle table)."""
+        from spa.class3d import outputs
+
+        outputs.write_final(self, state[0].iteration)
+        return state[0], state[1], self.table
+
+    def extra_inputs(self) -> dict:
+        mask = {} if self.mask is None else {"reference_mask": d3.array_digest(self.mask)}
+        return {**super().extra_inputs(), **mask}
+
+    def checkpoint_arrays(self, state) -> dict:
+        model, refs = state
         arr = model.to_arrays()
         arr["refs"] = np.asarray(get_backend(self.backend).to_numpy(refs.images), np.float32)
         arr["centres"] = self.particles["centres"]
@@ -295,7 +342,6 @@ class Class3D(d3.Run3D):
                 if c in self.table]
         arr["table_cols"] = np.array(cols)
         arr["table_vals"] = self.table[cols].to_numpy(float)
-        arr["options"] = np.array(repr(sorted(asdict(self.opts).items())))
         return arr
 
     def restore(self, arrays):
@@ -308,32 +354,6 @@ class Class3D(d3.Run3D):
             vals = arrays["table_vals"][:, j]
             self.table[str(c)] = vals.astype(np.int64) if c in ("rlnClassNumber", "rlnNrOfSignificantSamples") else vals
         return model, refs
-
-    def run(self, continue_: bool = False):
-        from spa.class3d import outputs
-
-        found = last_checkpoint(self.output_dir) if continue_ else None
-        sampling = self.sampling()
-        if found:
-            model, refs = self.restore(load_checkpoint(found[1]))
-            self.log(f"class3d: continuing after iteration {model.iteration}")
-        else:
-            model, refs, _ = self.initialise()
-            outputs.write_iteration(self, model, refs, sampling)
-            save_checkpoint(self.output_dir, model.iteration, self.checkpoint_arrays(model, refs))
-            start = {"references": "one reference per class", "variability": "their 3D-variability clusters",
-                     "random": "random subsets"}[self.start]
-            self.log(f"class3d: iteration 1/{self.opts.n_iter}: {self.opts.n_classes} classes from {start}")
-        while model.iteration < self.opts.n_iter:
-            model, refs, results, sampling = self.iterate(model, refs)
-            outputs.write_iteration(self, model, refs, sampling)
-            save_checkpoint(self.output_dir, model.iteration, self.checkpoint_arrays(model, refs))
-            frac = ", ".join(f"{p:.2f}" for p in model.pdf_class)
-            balanced = " (sizes balanced)" if self.balanced(model.iteration - 1, model.n_classes) else ""
-            self.log(f"class3d: iteration {model.iteration}/{self.opts.n_iter}: class fractions {frac}{balanced}, "
-                     f"resolution {model.resolution_angstrom().min():.1f} Å, <Pmax> {results['max_prob'].mean():.3f}")
-        outputs.write_final(self, model.iteration)
-        return model, refs, self.table
 
 
 def _add_noise_sums(a, b):

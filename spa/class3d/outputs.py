@@ -7,13 +7,11 @@ the iteration: ``run_class00K.mrc``, ``run_model.star``, ``run_data.star``.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from spa.em.driver3d import model_blocks_3d
-from spa.io.atomic import atomic_path
+from spa.em.outputs import copy_final, model_blocks
 from spa.io.mrc import write_mrc
 from spa.io.star import write_particles, write_star
 
@@ -32,7 +30,7 @@ def write_iteration(run, model, refs, sampling) -> None:
         write_mrc(d / name, vol, run.pixel_size, provenance=run.provenance)
     pmax = float(run.table["rlnMaxValueProbDistribution"].mean()) if "rlnMaxValueProbDistribution" in run.table \
         else 0.0
-    blocks = model_blocks_3d(model, names, tau2_fudge=run.opts.tau2_fudge,
+    blocks = model_blocks(model, names, dimensionality=3, tau2_fudge=run.opts.tau2_fudge,
                              acc_rot=getattr(sampling, "fine_angular_step", 0.0),
                              acc_trans_angst=getattr(sampling, "fine_offset_step", 0.0) * run.pixel_size,
                              avg_pmax=pmax, group_ids=run.group_ids,
@@ -43,16 +41,8 @@ def write_iteration(run, model, refs, sampling) -> None:
 
 def write_final(run, iteration: int) -> None:
     d = Path(run.output_dir)
-    for k in range(run.opts.n_classes):
-        _copy(d / class_name(iteration, k), d / class_name(None, k))
-    text = (d / f"run_it{iteration:03d}_model.star").read_text()
-    for k in range(run.opts.n_classes):
-        text = text.replace(class_name(iteration, k), class_name(None, k))
-    with atomic_path(d / "run_model.star") as tmp:
-        Path(tmp).write_text(text)
-    _copy(d / f"run_it{iteration:03d}_data.star", d / "run_data.star")
-
-
-def _copy(src, dst):
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
+    names = {class_name(iteration, k): class_name(None, k) for k in range(run.opts.n_classes)}
+    for src, dst in names.items():
+        copy_final(d / src, d / dst)
+    copy_final(d / f"run_it{iteration:03d}_model.star", d / "run_model.star", names)
+    copy_final(d / f"run_it{iteration:03d}_data.star", d / "run_data.star")

@@ -1,10 +1,11 @@
-"""Pieces that every 3D stage driver shares (3D classification, auto-refinement).
+"""What the 3D stages (3D classification, auto-refinement) add to the shared driver (:mod:`spa.em.run`).
 
+* :class:`Options3D` (point group, starting HEALPix order) and :class:`Run3D`
+  (the starting map(s) and the point group; the E-step with Euler angles),
 * loading the particle set and a reference map (rescaled to the particles'
   box and pixel size, low-passed to ``ini_high``, put on the data's grey scale),
 * the initial noise spectra from the images' power,
-* the E-step task for 3D poses, which returns Euler angles per particle,
-* writing particle tables with poses and the 3D model STAR.
+* particle tables with poses, and joining the half maps at low resolution.
 """
 
 from __future__ import annotations
@@ -19,44 +20,55 @@ from spa.em.engine import EStepContext, estep_chunk, particle_ctfs, run_chunks
 from spa.em.estep import ActivePixels, prepare_chunk
 from spa.em.model import WsumModel
 from spa.em.noise import group_power, initial_sigma2
+from spa.em.options import EMOptions
+from spa.em.run import EMRun, array_digest, coarse_shells_for, mask_radius_px  # noqa: F401  (re-exported)
 from spa.errors import SpaInputError
 from spa.fourier import fourier_resize, lowpass, shells_2d, soft_circular_mask, soft_spherical_mask
 from spa.parallel import make_chunks
 
 
-# -- the state every 3D run starts from -------------------------------------------------------
-class Run3D:
-    """Particles, images, geometry and bookkeeping shared by the 3D stage drivers."""
+# -- options and the run every 3D stage starts from ---------------------------------------------
+@dataclass(kw_only=True)
+class Options3D(EMOptions):
+    """What 3D classification and refinement add to :class:`EMOptions`."""
 
-    def __init__(self, table, source, reference, opts, output_dir, *, optics, client=None, provenance=None,
+    symmetry: str = "C1"  # point group (RELION's --sym)
+    healpix_order: int = 2  # starting orientation grid: 360/(6·2ⁿ) degrees
+
+    def check_stage(self) -> None:
+        from spa.geometry.symmetry import parse_group
+
+        try:
+            parse_group(self.symmetry)
+        except ValueError as exc:
+            raise SpaInputError(None, f"option symmetry: {exc}") from None
+        if not 0 <= int(self.healpix_order) <= 8:
+            raise SpaInputError(None, f"option healpix_order must be within 0 … 8, got {self.healpix_order!r}")
+
+
+class Run3D(EMRun):
+    """A 3D stage's run: :class:`EMRun` plus the starting map(s) and the point group."""
+
+    def __init__(self, table, source, reference, opts, output_dir, *, optics=None, client=None, provenance=None,
                  log=print):
-        from pathlib import Path
-
-        from spa.em.engine import particle_arrays
         from spa.geometry.symmetry import symmetry_matrices
 
-        self.opts = opts
-        self.table = table.reset_index(drop=True)
-        self.source = source
+        super().__init__(table, source, opts, output_dir, optics=optics, client=client, provenance=provenance,
+                         log=log)
         self.reference = reference
-        self.output_dir = Path(output_dir)
-        self.optics = optics
-        self.client = client
-        self.provenance = provenance
-        self.log = log or (lambda *a: None)
-        self.box = int(source.box)
-        self.pixel_size = float(source.pixel_size)
-        self.backend = get_backend(opts.backend).name
-        self.radius = mask_radius_px(opts.particle_diameter, self.box, self.pixel_size)
         self.sym = symmetry_matrices(opts.symmetry)
-        self.particles = particle_arrays(self.table, self.pixel_size)
-        og = self.table["rlnOpticsGroup"].to_numpy() if "rlnOpticsGroup" in self.table else np.ones(len(self.table))
-        self.group_ids = np.unique(og)
-        self.n_groups = len(self.group_ids)
+
+    def extra_inputs(self) -> dict:
+        return {"reference": array_digest(self.reference)}
 
     def chunks_of(self, rows):
         """Rows split into E-step tasks of at most ``opts.chunk_size`` particles."""
         return make_chunks(rows, self.opts.chunk_size)
+
+    def estep(self, model, refs, sampling, chunks, coarse_shells: int, **extra):
+        """E-step over ``chunks`` → (WsumModel, per-particle results with Euler angles, in chunk order)."""
+        ctx = self.context(model, refs, sampling, coarse_shells, **extra)
+        return run_estep_3d(ctx, self.source, self.particles, chunks, self.client)
 
 
 # -- inputs ----------------------------------------------------------------------------------
@@ -95,12 +107,6 @@ def load_reference(path, box: int, pixel_size: float) -> np.ndarray:
                                                                            lo_src:lo_src + m]
         vol = out
     return vol.astype(np.float32)
-
-
-def mask_radius_px(particle_diameter: float | None, box: int, pixel_size: float) -> float:
-    """Mask radius in pixels from RELION's --particle_diameter (Å; default 90 % of the box)."""
-    d = particle_diameter if particle_diameter else 0.9 * box * pixel_size
-    return float(min(0.5 * d / pixel_size, box / 2 - 1.0))
 
 
 def prepare_reference(volume, pixel_size: float, ini_high: float, radius_px: float) -> np.ndarray:
@@ -223,27 +229,6 @@ def run_estep_3d(ctx: EStepContext, source, particles: dict, chunks: list, clien
     return wsum, results
 
 
-def context(refs, sampling, model, *, pixel_size, radius_px, coarse_shells, do_ctf=True, ignore_first_peak=False,
-            significant_fraction=0.999, max_significant=64, backend="numpy", balance_classes=False,
-            significance_per_class=False) -> EStepContext:
-    return EStepContext(
-        refs=refs, sampling=sampling, sigma2=model.sigma2_noise,
-        log_class_prior=np.log(np.maximum(model.pdf_class, 1e-300)), sigma_offset_px=model.sigma_offset_px,
-        coarse_shells=min(model.current_shells, coarse_shells), fine_shells=model.current_shells,
-        pixel_size=pixel_size, mask_radius_px=radius_px, do_ctf=do_ctf, ignore_first_peak=ignore_first_peak,
-        significant_fraction=significant_fraction, max_significant=max_significant, backend=backend,
-        balance_classes=balance_classes, significance_per_class=significance_per_class,
-    )
-
-
-def coarse_shells_for(angular_step_deg: float, radius_px: float, box: int) -> int:
-    """Coarse-pass window: frequencies where half an angular step moves the particle edge < ¼ wavelength."""
-    import math
-
-    d = max(radius_px * math.radians(angular_step_deg) / 2.0, 1e-3)
-    return int(max(8, math.ceil(box / (4.0 * d))))
-
-
 # -- outputs ---------------------------------------------------------------------------------
 def particles_table_3d(table: pd.DataFrame, rows, angles, offsets_px, pixel_size: float, *, classes=None,
                        max_prob=None, n_significant=None, loglike=None, class_posterior=None) -> pd.DataFrame:
@@ -272,24 +257,6 @@ def particles_table_3d(table: pd.DataFrame, rows, angles, offsets_px, pixel_size
     return out
 
 
-def model_blocks_3d(model, reference_files, *, tau2_fudge, acc_rot, acc_trans_angst, avg_pmax, group_ids,
-                    fsc=None, extra_general=None) -> dict:
-    """run_model.star blocks for 3D references (as RELION's Refine3D/Class3D)."""
-    from spa.class2d.outputs import model_blocks
-
-    blocks = model_blocks(model, "unused", tau2_fudge, acc_rot, acc_trans_angst, avg_pmax, group_ids)
-    g = dict(blocks["model_general"])
-    g["rlnReferenceDimensionality"] = 3
-    if extra_general:
-        g.update(extra_general)
-    blocks["model_general"] = g
-    blocks["model_classes"]["rlnReferenceImage"] = list(reference_files)
-    if fsc is not None:
-        for c in range(model.n_classes):
-            blocks[f"model_class_{c + 1}"]["rlnGoldStandardFsc"] = np.asarray(fsc, np.float64)[: model.box // 2 + 1]
-    return blocks
-
-
 def join_low_resolution(half1, half2, pixel_size: float, resolution: float = 40.0):
     """Average the two half maps' Fourier components coarser than ``resolution`` Å (RELION keeps the
     halves in one frame this way; detail finer than ~40 Å stays independent)."""
@@ -305,7 +272,6 @@ def join_low_resolution(half1, half2, pixel_size: float, resolution: float = 40.
 
 
 __all__ = [
-    "Run3D", "load_particles", "load_reference", "mask_radius_px", "prepare_reference", "data_statistics", "grey_scale",
-    "estep_chunk_3d", "run_estep_3d", "context", "coarse_shells_for", "particles_table_3d", "model_blocks_3d",
-    "join_low_resolution",
+    "Options3D", "Run3D", "load_particles", "load_reference", "mask_radius_px", "prepare_reference", "data_statistics",
+    "grey_scale", "estep_chunk_3d", "run_estep_3d", "coarse_shells_for", "particles_table_3d", "join_low_resolution",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spa.em.driver3d import model_blocks_3d
+from spa.em.outputs import model_blocks
 from spa.em.fsc import resolution_at
 from spa.io.mrc import write_mrc
 from spa.io.star import write_particles, write_star
@@ -33,7 +33,7 @@ def write_iteration(run, models, refs, sampling) -> None:
         name = f"run_it{it:03d}_half{h + 1}_class001.mrc"
         vol = np.asarray(refs[h].images[0], np.float32) if hasattr(refs[h].images, "shape") else refs[h].images[0]
         write_mrc(d / name, vol, run.pixel_size, provenance=run.provenance)
-        blocks = model_blocks_3d(models[h], [name], tau2_fudge=run.opts.tau2_fudge, acc_rot=sampling.fine_angular_step,
+        blocks = model_blocks(models[h], [name], dimensionality=3, tau2_fudge=run.opts.tau2_fudge, acc_rot=sampling.fine_angular_step,
                                  acc_trans_angst=sampling.fine_offset_step * run.pixel_size,
                                  avg_pmax=float(run.table["rlnMaxValueProbDistribution"].mean()),
                                  group_ids=run.group_ids, fsc=run.fsc, extra_general=_general(run, res_a))
@@ -46,7 +46,7 @@ def write_final(run, models, halves, full, sampling) -> None:
     res_a = resolution_at(run.fsc, 0.143, run.box, run.pixel_size)
     write_mrc(d / "run_half1_class001_unfil.mrc", halves[0], run.pixel_size, provenance=run.provenance)
     write_mrc(d / "run_half2_class001_unfil.mrc", halves[1], run.pixel_size, provenance=run.provenance)
-    blocks = model_blocks_3d(models[0], ["run_class001.mrc"], tau2_fudge=run.opts.tau2_fudge,
+    blocks = model_blocks(models[0], ["run_class001.mrc"], dimensionality=3, tau2_fudge=run.opts.tau2_fudge,
                              acc_rot=sampling.fine_angular_step,
                              acc_trans_angst=sampling.fine_offset_step * run.pixel_size,
                              avg_pmax=float(run.table["rlnMaxValueProbDistribution"].mean()),

@@ -17,13 +17,14 @@ convergence a last iteration uses both halves to Nyquist for the final map.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from spa.backend import get_backend
 from spa.em import driver3d as d3
-from spa.em.engine import last_checkpoint, load_checkpoint, random_halves, save_checkpoint
+from spa.em.engine import random_halves
 from spa.em.fsc import fsc as fsc_curve
 from spa.em.fsc import resolution_at, ssnr_from_fsc
 from spa.em.model import MlModel
@@ -35,37 +36,36 @@ from spa.fourier import soft_spherical_mask
 from spa.refine3d.schedule import Schedule, mean_angle_change
 
 
-@dataclass
-class Refine3DOptions:
-    """Options with RELION's meaning (lengths Å, angles degrees, shifts pixels)."""
+@dataclass(kw_only=True)
+class Refine3DOptions(d3.Options3D):
+    """Auto-refinement's options (RELION's meaning; the shared ones in :class:`spa.em.options.EMOptions`)."""
 
-    particle_diameter: float | None = None
-    ini_high: float = 40.0
-    symmetry: str = "C1"
-    healpix_order: int = 2
     max_healpix_order: int = 6
     auto_local_healpix_order: int = 4
-    offset_range: float = 5.0
-    offset_step: float = 1.0
-    oversampling: int = 1
-    tau2_fudge: float = 1.0
     max_iter: int = 25
-    do_ctf: bool = True
-    ignore_ctf_first_peak: bool = False
     low_resol_join_halves: float = 40.0
-    incr_shells: int = 10
-    significant_fraction: float = 0.999
     max_significant: int = 512  # a cap of 64 truncated broad low-SNR posteriors (final map 8.1 vs 5.8 Å)
-    chunk_size: int = 256
     solvent_mask: str | None = None
-    seed: int = 0
-    backend: str | None = None
+
+    CONTINUABLE: ClassVar[tuple] = ("max_iter",)
+
+    def check_stage(self) -> None:
+        from spa.em.options import at_least
+
+        super().check_stage()
+        at_least(self, "max_iter", 1)
+        at_least(self, "max_healpix_order", int(self.healpix_order))
+        at_least(self, "low_resol_join_halves", 1e-6, " Å")
 
 
 class Refine3D(d3.Run3D):
-    """One auto-refinement run (see module docstring)."""
+    """One auto-refinement run (see module docstring); the state between iterations is (the two halves'
+    models, their references)."""
 
-    def __init__(self, table, source, reference, opts: Refine3DOptions, output_dir, *, optics, client=None,
+    stage = "refine3d"
+    converges = True
+
+    def __init__(self, table, source, reference, opts: Refine3DOptions, output_dir, *, optics=None, client=None,
                  provenance=None, log=print):
         super().__init__(table, source, reference, opts, output_dir, optics=optics, client=client,
                          provenance=provenance, log=log)
@@ -82,6 +82,10 @@ class Refine3D(d3.Run3D):
 
                 raise SpaInputError(opts.solvent_mask, f"mask shape {self.solvent_mask.shape} != particle box {self.box}")
         self.sphere = soft_spherical_mask(self.box, self.radius, 5.0)
+
+    def extra_inputs(self) -> dict:
+        mask = {} if self.solvent_mask is None else {"solvent_mask": d3.array_digest(self.solvent_mask)}
+        return {**super().extra_inputs(), **mask}
 
     # -- set-up ------------------------------------------------------------------------------
     def _split_halves(self):
@@ -131,11 +135,7 @@ class Refine3D(d3.Run3D):
         o = self.opts
         self.particles["angles"] = self.angles  # the priors of local searches
         coarse = d3.coarse_shells_for(sampling.angular_step, self.radius, self.box)
-        ctx = d3.context(refs, sampling, model, pixel_size=self.pixel_size, radius_px=self.radius,
-                         coarse_shells=coarse, do_ctf=o.do_ctf, ignore_first_peak=o.ignore_ctf_first_peak,
-                         significant_fraction=o.significant_fraction, max_significant=o.max_significant,
-                         backend=self.backend)
-        return d3.run_estep_3d(ctx, self.source, self.particles, self.chunks[h], self.client)
+        return self.estep(model, refs, sampling, self.chunks[h], coarse)
 
     def _reconstruct(self, model, refs, wsum, max_shell):
         """MAP update of one half: τ² from the previous FSC when there is one (gold standard)."""
@@ -182,7 +182,8 @@ class Refine3D(d3.Run3D):
         self.fsc = fsc
         return [VolumeReferences(h1[None], symmetry=self.sym), VolumeReferences(h2[None], symmetry=self.sym)]
 
-    def iterate(self, models, refs):
+    def iterate(self, state):
+        models, refs = state
         o = self.opts
         sampling = self.sampling()
         wsums, results = [], []
@@ -222,9 +223,10 @@ class Refine3D(d3.Run3D):
         offset_change = float(np.mean(np.concatenate(offsets_change)))
         decision = self.schedule.update(res_shell, angle_change, offset_change, sampling.fine_angular_step,
                                         sampling.fine_offset_step, res_a, self.diameter)
-        self.log(f"refine3d: iteration {new_models[0].iteration}: resolution {res_a:.2f} Å (FSC 0.143), "
-                 f"mean pose change {angle_change:.2f}°, offsets {offset_change:.2f} px; {decision}")
-        return new_models, new_refs, wsums, sampling
+        self._sampling = sampling
+        self._summary = (f"resolution {res_a:.2f} Å (FSC 0.143), mean pose change {angle_change:.2f}°, "
+                         f"offsets {offset_change:.2f} px; {decision}")
+        return new_models, new_refs
 
     # -- final iteration: both halves to Nyquist ---------------------------------------------
     def final(self, models, refs):
@@ -259,7 +261,37 @@ class Refine3D(d3.Run3D):
         return models, halves, full
 
     # -- state --------------------------------------------------------------------------------
-    def checkpoint_arrays(self, models, refs) -> dict:
+    # -- the loop's hooks (spa.em.run.EMRun) ----------------------------------------------------
+    def iteration_of(self, state) -> int:
+        return state[0][0].iteration
+
+    def finished(self, state) -> bool:
+        return self.schedule.converged or state[0][0].iteration >= self.opts.max_iter - 1
+
+    def iterations_left(self, state) -> int:
+        return max(0, self.opts.max_iter - 1 - state[0][0].iteration)
+
+    def describe(self, state) -> str:
+        return self._summary
+
+    def write_iteration(self, state) -> None:
+        from spa.refine3d import outputs
+
+        outputs.write_iteration(self, *state, self._sampling)
+
+    def finish(self, state):
+        """The last iteration (both halves to Nyquist) and the final files → (map, half maps, particle table,
+        gold-standard resolution Å)."""
+        from spa.refine3d import outputs
+
+        models, halves, full = self.final(*state)
+        res = resolution_at(self.fsc, 0.143, self.box, self.pixel_size)
+        self.log(f"refine3d: final iteration {models[0].iteration}: gold-standard resolution {res:.2f} Å")
+        outputs.write_final(self, models, halves, full, self.sampling())
+        return full, halves, self.table, res
+
+    def checkpoint_arrays(self, state) -> dict:
+        models, refs = state
         arr = {}
         for h in (0, 1):
             arr.update(models[h].to_arrays(prefix=f"half{h + 1}_"))
@@ -270,7 +302,6 @@ class Refine3D(d3.Run3D):
         arr["schedule"] = self.schedule.to_array()
         arr["table_extra"] = self.table[[c for c in ("rlnMaxValueProbDistribution", "rlnNrOfSignificantSamples",
                                                      "rlnLogLikeliContribution") if c in self.table]].to_numpy(float)
-        arr["options"] = np.array(repr(sorted(asdict(self.opts).items())))
         return arr
 
     def restore(self, arrays):
@@ -288,22 +319,3 @@ class Refine3D(d3.Run3D):
                                "rlnLogLikeliContribution")[: extra.shape[1] if extra.ndim == 2 else 0]):
             self.table[c] = extra[:, j].astype(np.int64 if c == "rlnNrOfSignificantSamples" else float)
         return models, refs
-
-    def run(self, continue_: bool = False):
-        from spa.refine3d import outputs
-
-        found = last_checkpoint(self.output_dir) if continue_ else None
-        if found:
-            models, refs = self.restore(load_checkpoint(found[1]))
-            self.log(f"refine3d: continuing after iteration {models[0].iteration}")
-        else:
-            models, refs = self.initialise()
-        while not self.schedule.converged and models[0].iteration < self.opts.max_iter - 1:
-            models, refs, _, sampling = self.iterate(models, refs)
-            outputs.write_iteration(self, models, refs, sampling)
-            save_checkpoint(self.output_dir, models[0].iteration, self.checkpoint_arrays(models, refs))
-        models, halves, full = self.final(models, refs)
-        res = resolution_at(self.fsc, 0.143, self.box, self.pixel_size)
-        self.log(f"refine3d: final iteration {models[0].iteration}: gold-standard resolution {res:.2f} Å")
-        outputs.write_final(self, models, halves, full, self.sampling())
-        return full, halves, self.table, res
