@@ -24,6 +24,29 @@ def electron_wavelength(voltage_kv: float) -> float:
     return 12.2643247 / np.sqrt(v * (1.0 + 0.978466e-6 * v))
 
 
+def ctf_phase(box: int, pixel_size: float, defocus_u, defocus_v, defocus_angle, voltage: float, cs: float,
+              amplitude_contrast: float, phase_shift=0.0, *, rfft: bool = True, xp=np):
+    """χ (N, B, B//2+1) float64 (radians) on the Fourier grid of a box: the phase of which the CTF is the
+    sine (module docstring); arguments as :func:`ctf_2d`.  Also returns k² (1/Å², broadcastable)."""
+    lam = electron_wavelength(voltage)
+    cs_a = float(cs) * 1e7
+    ky, kx = freq_2d(box, xp, rfft)
+    kx = kx / pixel_size
+    ky = ky / pixel_size
+    k2 = kx * kx + ky * ky
+    theta = xp.arctan2(ky, kx)
+
+    def col(p):
+        return xp.asarray(np.atleast_1d(np.asarray(p, dtype=np.float64)), dtype=xp.float64)[:, None, None]
+
+    u, v, ang = col(defocus_u), col(defocus_v), xp.deg2rad(col(defocus_angle))
+    phi = xp.deg2rad(col(phase_shift))
+    q = float(amplitude_contrast)
+    dfocus = 0.5 * (u + v) + 0.5 * (u - v) * xp.cos(2.0 * (theta - ang))
+    chi = np.pi * lam * dfocus * k2 - 0.5 * np.pi * cs_a * lam**3 * k2 * k2 + phi + np.arctan(q / np.sqrt(1 - q * q))
+    return chi, k2
+
+
 def ctf_2d(
     box: int,
     pixel_size: float,
@@ -61,25 +84,11 @@ def ctf_2d(
     float32 array (N, B, B//2+1) — or (B, B//2+1) when all parameters are scalars.
     """
     scalar = all(np.ndim(p) == 0 for p in (defocus_u, defocus_v, defocus_angle, phase_shift, bfactor))
-    lam = electron_wavelength(voltage)
-    cs_a = float(cs) * 1e7
-    ky, kx = freq_2d(box, xp, rfft)
-    kx = kx / pixel_size
-    ky = ky / pixel_size
-    k2 = kx * kx + ky * ky
-    theta = xp.arctan2(ky, kx)
-
-    def col(p):
-        return xp.asarray(np.atleast_1d(np.asarray(p, dtype=np.float64)), dtype=xp.float64)[:, None, None]
-
-    u, v, ang = col(defocus_u), col(defocus_v), xp.deg2rad(col(defocus_angle))
-    phi = xp.deg2rad(col(phase_shift))
-    b = col(bfactor)
-    q = float(amplitude_contrast)
-    dfocus = 0.5 * (u + v) + 0.5 * (u - v) * xp.cos(2.0 * (theta - ang))
-    chi = np.pi * lam * dfocus * k2 - 0.5 * np.pi * cs_a * lam**3 * k2 * k2 + phi + np.arctan(q / np.sqrt(1 - q * q))
+    chi, k2 = ctf_phase(box, pixel_size, defocus_u, defocus_v, defocus_angle, voltage, cs, amplitude_contrast,
+                        phase_shift, rfft=rfft, xp=xp)
     out = xp.sin(chi)
     if np.any(np.asarray(bfactor) != 0):
+        b = xp.asarray(np.atleast_1d(np.asarray(bfactor, dtype=np.float64)), dtype=xp.float64)[:, None, None]
         out = out * xp.exp(-b * k2 / 4.0)
     out = out.astype(xp.float32)
     return out[0] if scalar else out

@@ -77,6 +77,27 @@ def shell_resolution(box: int, pixel_size: float) -> np.ndarray:
         return np.where(s > 0, box * pixel_size / np.maximum(s, 1e-12), np.inf)
 
 
+def shell_of(resolution: float, box: int, pixel_size: float) -> int:
+    """The Fourier shell ⌊B·px/d⌋ of resolution ``d`` Å (Fourier pixels of the B box)."""
+    return int(np.floor(box * pixel_size / resolution))
+
+
+def resolution_of(shell, box: int, pixel_size: float):
+    """Resolution in Å of Fourier shell(s) ``shell`` (B·px/s); ``unresolved`` (999 Å, RELION's value) for 0."""
+    s = np.asarray(shell, np.float64)
+    out = np.where(s > 0, box * pixel_size / np.maximum(s, 1), 999.0)
+    return float(out) if out.ndim == 0 else out
+
+
+def shells_to(resolution: float | None, box: int, pixel_size: float, *, minimum: int = 1) -> int:
+    """Number of Fourier shells 0 … s reaching ``resolution`` Å (s = :func:`shell_of`), within
+    [``minimum``, Nyquist + 1]; no resolution (None or 0) means every shell to Nyquist."""
+    nyquist = box // 2 + 1
+    if not resolution:
+        return nyquist
+    return int(min(nyquist, max(minimum, shell_of(resolution, box, pixel_size) + 1)))
+
+
 def shell_sum(values, shells, n_shells: int, weights=None):
     """Sum of ``values`` over each shell 0 … n_shells-1 (last axes = the grid).
 

@@ -16,7 +16,6 @@ each particle a noise p-value against the other random half's averages
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -32,7 +31,7 @@ from spa.em.mstep import maximize, next_window
 from spa.em.noise import group_power, initial_sigma2
 from spa.em.options import EMOptions
 from spa.em.run import EMRun, coarse_shells_for, mask_radius_px
-from spa.fourier import irfft_centered, lowpass, shells_2d, shift_image, soft_circular_mask
+from spa.fourier import irfft_centered, lowpass, shells_2d, shells_to, shift_image, soft_circular_mask
 from spa.class2d import outputs
 from spa.parallel import make_chunks
 
@@ -71,14 +70,6 @@ class Class2DOptions(EMOptions):
             raise SpaInputError(None, f"option psi_step must be in (0, 360] degrees, got {self.psi_step!r}")
         if self.highres_limit is not None:
             at_least(self, "highres_limit", 1e-6, " Å")
-
-
-def shells_for(resolution: float | None, box: int, pixel_size: float) -> int:
-    """Window (shells) reaching ``resolution`` Å, at most Nyquist + 1."""
-    nyq = box // 2 + 1
-    if not resolution:
-        return nyq
-    return int(min(nyq, max(2, math.floor(box * pixel_size / resolution) + 1)))
 
 
 def center_of_mass_shift(images):
@@ -166,13 +157,13 @@ class Class2D(EMRun):
         self.chunk_groups = [range(n_first), range(n_first, len(self.chunks))] if len(self.halves) == 2 else None
         self.row_order = np.concatenate(self.chunks)
         self.sampling = InplaneSampling(opts.psi_step, opts.offset_range, opts.offset_step, opts.oversampling)
-        self.max_shells = shells_for(opts.highres_limit, self.box, self.pixel_size)
+        self.max_shells = shells_to(opts.highres_limit, self.box, self.pixel_size, minimum=2)
 
     # state: (model (MlModel), refs (InplaneReferences), results (per particle)) --------------
     def initialise(self):
         images, sigma2 = initial_references(self.source, self.particles, self.opts, self.box, self.pixel_size,
                                             self.n_groups, self.client)
-        window = min(self.max_shells, max(8, shells_for(self.opts.ini_high, self.box, self.pixel_size)))
+        window = min(self.max_shells, max(8, shells_to(self.opts.ini_high, self.box, self.pixel_size, minimum=2)))
         model = MlModel.initial(self.box, self.pixel_size, self.opts.n_classes, sigma2,
                                 max(self.opts.offset_range / 2.0, self.opts.offset_step), window)
         return model, InplaneReferences(images), None

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from spa.em.model import MlModel
-from spa.em.outputs import copy_final, model_blocks, optics_from_table  # noqa: F401  (optics: for callers)
+from spa.em.outputs import copy_final, model_blocks
 from spa.io.mrc import write_mrcs
 from spa.io.star import write_particles, write_star
 

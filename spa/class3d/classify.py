@@ -33,6 +33,7 @@ from spa.em.model import MlModel
 from spa.em.mstep import maximize, next_window
 from spa.em.sampling3d import FixedPoses, LocalSampling, Sampling3D
 from spa.em.volume_refs import VolumeReferences
+from spa.fourier import shells_to
 
 
 @dataclass(kw_only=True)
@@ -106,8 +107,7 @@ class Class3D(d3.Run3D):
             from spa.io.mrc import read_mrc
 
             self.mask, _ = read_mrc(opts.reference_mask)
-        self.max_shells = self.box // 2 + 1 if not opts.highres_limit else \
-            int(min(self.box // 2 + 1, self.box * self.pixel_size / opts.highres_limit + 1))
+        self.max_shells = shells_to(opts.highres_limit, self.box, self.pixel_size)
 
     def sampling(self):
         o = self.opts
@@ -201,7 +201,7 @@ class Class3D(d3.Run3D):
 
     def _window(self, resolution: float) -> int:
         """Fourier window (shells) for maps limited to ``resolution`` Å."""
-        return min(self.max_shells, max(8, int(self.box * self.pixel_size / resolution) + 1))
+        return min(self.max_shells, max(8, shells_to(resolution, self.box, self.pixel_size)))
 
     def _has_poses(self) -> bool:
         """Whether the STAR holds 3D poses (a 2D classification's in-plane angles alone, or placeholder

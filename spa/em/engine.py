@@ -25,11 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from spa.backend import get_backend
-from spa.ctf import ctf_2d, electron_wavelength
+from spa.ctf import ctf_2d, ctf_phase
 from spa.em.estep import ActivePixels, expectation, prepare_chunk
 from spa.em.model import WsumModel
 from spa.em.noise import sigma2_sums
-from spa.fourier import freq_2d
 from spa.io.atomic import atomic_path
 from spa.parallel import map_reduce
 
@@ -92,19 +91,15 @@ def take(arrays: dict, idx) -> dict:
 
 def first_peak_mask(p: dict, box: int, pixel_size: float):
     """True where |χ| < π/2, i.e. before the CTF's first peak (RELION's --ctf_intact_first_peak)."""
-    ky, kx = freq_2d(box, np)
-    kx, ky = kx / pixel_size, ky / pixel_size
-    k2 = kx * kx + ky * ky
-    theta = np.arctan2(ky, kx)
-    u, v = p["defocus_u"][:, None, None], p["defocus_v"][:, None, None]
-    ang = np.deg2rad(p["defocus_angle"])[:, None, None]
-    lam = np.array([electron_wavelength(x) for x in p["voltage"]])[:, None, None]
-    cs = p["cs"][:, None, None] * 1e7
-    q = p["q"][:, None, None]
-    df = 0.5 * (u + v) + 0.5 * (u - v) * np.cos(2 * (theta - ang))
-    chi = (np.pi * lam * df * k2 - 0.5 * np.pi * cs * lam**3 * k2 * k2 + np.deg2rad(p["phase_shift"])[:, None, None]
-           + np.arctan(q / np.sqrt(1 - q * q)))
-    return np.abs(chi) < np.pi / 2
+    out = np.empty((len(p["group"]), box, box // 2 + 1), bool)
+    keys = np.stack([p["voltage"], p["cs"], p["q"]], axis=1)
+    uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+    for j, (volt, cs, q) in enumerate(uniq):
+        sel = np.nonzero(inv.reshape(-1) == j)[0]
+        chi, _ = ctf_phase(box, pixel_size, p["defocus_u"][sel], p["defocus_v"][sel], p["defocus_angle"][sel],
+                           volt, cs, q, p["phase_shift"][sel])
+        out[sel] = np.abs(chi) < np.pi / 2
+    return out
 
 
 def particle_ctfs(p: dict, box: int, pixel_size: float, *, do_ctf: bool = True, ignore_first_peak: bool = False,

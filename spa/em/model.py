@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from spa.backend import backend_of
+from spa.fourier import resolution_of
 
 
 @dataclass
@@ -100,8 +101,7 @@ class MlModel:
 
     def resolution_angstrom(self) -> np.ndarray:
         """Per-class resolution in Å (rlnEstimatedResolution; 999 when no shell has SSNR ≥ 1)."""
-        s = np.asarray(self.resolution_shell, np.float64)
-        return np.where(s > 0, self.box * self.pixel_size / np.maximum(s, 1), 999.0)
+        return np.asarray(resolution_of(self.resolution_shell, self.box, self.pixel_size), np.float64)
 
     def to_arrays(self, prefix: str = "model_") -> dict:
         out = {}

@@ -47,7 +47,7 @@ from spa.backend import get_backend
 from spa.em.estep import ActivePixels, expectation, prepare_chunk
 from spa.em.noise import initial_sigma2, sigma2_sums, update_sigma2
 from spa.em.sampling3d import Sampling3D
-from spa.fourier import real_radius, soft_spherical_mask
+from spa.fourier import real_radius, shells_to, soft_spherical_mask
 from spa.geometry.sampling import angular_step, random_euler
 from spa.initial_model.refs import AbInitioReferences, SliceGeometryCache
 
@@ -133,11 +133,6 @@ def healpix_order_for(resolution: float, diameter: float, max_order: int = 2) ->
     return order
 
 
-def shells_for(resolution: float, box: int, pixel_size: float) -> int:
-    """Number of Fourier shells (0 … s) that reach ``resolution`` Å, at most Nyquist."""
-    return int(min(box // 2 + 1, math.floor(box * pixel_size / resolution) + 1))
-
-
 # -- map constraints ----------------------------------------------------------------------
 def constrain_map(vol, mask_radius_px: float, xp=np):
     """Solvent level to 0, non-negativity, soft spherical mask (real space, (b, b, b))."""
@@ -221,7 +216,7 @@ class SGDRun:
         ws, opts = self.ws, self.opts
         b, n, k = ws.box, len(ws), opts.n_classes
         self.refs = AbInitioReferences(xp.zeros((k, b, b, b), xp.float32), cache=self.geometry)
-        shells = shells_for(opts.initial_resolution, b, ws.pixel_size)
+        shells = shells_to(opts.initial_resolution, b, ws.pixel_size)
         self.sums = self.refs.new_sums()
         for c in range(k):
             idx = np.sort(self.rng.choice(n, size=min(n, opts.init_particles), replace=False))
@@ -273,8 +268,8 @@ class SGDRun:
         u = max(0, t - opts.n_initial_iter)  # position in the ramp
         res = resolution_schedule(u, opts.n_iter, opts.initial_resolution, opts.final_resolution)
         res = max(res, 2.2 * ws.pixel_size)
-        shells = shells_for(res, ws.box, ws.pixel_size)
-        prev_shells = shells_for(resolution_schedule(max(u - 1, 0), opts.n_iter, opts.initial_resolution,
+        shells = shells_to(res, ws.box, ws.pixel_size)
+        prev_shells = shells_to(resolution_schedule(max(u - 1, 0), opts.n_iter, opts.initial_resolution,
                                                      opts.final_resolution), ws.box, ws.pixel_size)
         order = healpix_order_for(res, self.diameter, opts.max_order)
         nb = min(len(ws), batch_schedule(u, opts.n_iter, opts.batch_start, opts.batch_end))
@@ -300,7 +295,7 @@ class SGDRun:
         opts, ws = self.opts, self.ws
         xp = self.xp
         res = max(opts.final_resolution, 2.2 * ws.pixel_size)
-        shells = shells_for(res, ws.box, ws.pixel_size)
+        shells = shells_to(res, ws.box, ws.pixel_size)
         order = healpix_order_for(res, self.diameter, opts.max_order)
         n = ws.n_particles
         out = {"rot": np.zeros((n, 3)), "offset": np.zeros((n, 2)), "class": np.zeros(n, np.int64),

@@ -32,7 +32,7 @@ from spa.em.mstep import maximize
 from spa.em.noise import update_sigma2
 from spa.em.sampling3d import LocalSampling, Sampling3D
 from spa.em.volume_refs import VolumeReferences
-from spa.fourier import soft_spherical_mask
+from spa.fourier import shell_of, shells_to, soft_spherical_mask
 from spa.refine3d.schedule import Schedule, mean_angle_change
 
 
@@ -102,7 +102,7 @@ class Refine3D(d3.Run3D):
         scale = d3.grey_scale(ref, stats, self.pixel_size, low_res=max(2 * o.ini_high, 60.0), high_res=o.ini_high)
         ref = ref * scale
         self.log(f"refine3d: reference grey scale ×{scale:.3g}")
-        window = min(self.box // 2 + 1, max(8, int(self.box * self.pixel_size / o.ini_high) + 1))
+        window = min(self.box // 2 + 1, max(8, shells_to(o.ini_high, self.box, self.pixel_size)))
         models, refs = [], []
         for _ in range(2):
             m = MlModel.initial(self.box, self.pixel_size, 1, stats.sigma2,
@@ -132,7 +132,6 @@ class Refine3D(d3.Run3D):
         return Sampling3D(s.healpix_order, s.offset_range, s.offset_step, o.oversampling, o.symmetry)
 
     def estep_half(self, h, model, refs, sampling):
-        o = self.opts
         self.particles["angles"] = self.angles  # the priors of local searches
         coarse = d3.coarse_shells_for(sampling.angular_step, self.radius, self.box)
         return self.estep(model, refs, sampling, self.chunks[h], coarse)
@@ -213,7 +212,7 @@ class Refine3D(d3.Run3D):
                 max_prob=results[h]["max_prob"], n_significant=results[h]["n_significant"],
                 loglike=results[h]["loglike"])
         res_a = resolution_at(self.fsc, 0.143, self.box, self.pixel_size)
-        res_shell = int(np.floor(self.box * self.pixel_size / res_a)) if np.isfinite(res_a) else 1
+        res_shell = shell_of(res_a, self.box, self.pixel_size) if np.isfinite(res_a) else 1
         for m in new_models:
             m.resolution_shell = np.array([res_shell])
             m.current_shells = int(min(self.box // 2 + 1, max(8, res_shell + 1 + o.incr_shells)))

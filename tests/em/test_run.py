@@ -3,7 +3,6 @@ options changed, --restart, the per-iteration progress line."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from spa.class2d.classify import Class2DOptions, run_class2d

@@ -8,7 +8,8 @@ from spa.backend import backend_of
 from spa.em.fsc import fsc, resolution_at
 from spa.initial_model.align import align_to_reference
 from spa.initial_model.sgd import (SGDOptions, SGDRun, constrain_map, healpix_order_for, learning_rate_schedule,
-                                   resolution_schedule, run_sgd, shells_for)
+                                   resolution_schedule, run_sgd)
+from spa.fourier import shells_to
 from spa.initial_model.working import choose_working_box
 from tests.initial_model.conftest import molecule, simulate, working_set
 
@@ -62,7 +63,7 @@ def test_schedules_run_from_start_to_end():
     # finer orientations as the resolution rises; never beyond the cap
     assert healpix_order_for(35.0, 100.0) == 1 and healpix_order_for(12.0, 100.0) == 2
     assert healpix_order_for(5.0, 100.0, max_order=2) == 2
-    assert shells_for(12.0, 32, 4.0) == 11 and shells_for(2.0, 32, 4.0) == 17
+    assert shells_to(12.0, 32, 4.0) == 11 and shells_to(2.0, 32, 4.0) == 17
 
 
 def test_working_box_sampling_and_limits():
