@@ -255,6 +255,8 @@ def keep_heap_top(pad_bytes: int | None = None) -> bool:
     arithmetic (trilinear interpolation 145 → 72 ms, projection 303 → 214 ms for
     4000 slices, measured).  M_TOP_PAD only changes how much memory the process
     keeps mapped (up to the pad), never the results.  Returns whether it was set.
+    Called when a command starts (:func:`spa.cli.main`) and on each Dask worker
+    the commands start (:func:`spa.cluster.make_client`), never on import.
     """
     if pad_bytes is None:
         pad_bytes = int(float(os.environ.get("SPA_HEAP_PAD_MB", "1024")) * 2**20)
@@ -267,9 +269,6 @@ def keep_heap_top(pad_bytes: int | None = None) -> bool:
         return bool(ctypes.CDLL("libc.so.6").mallopt(m_top_pad, int(pad_bytes)))
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
         return False
-
-
-HEAP_TUNED = keep_heap_top()
 
 
 def get_backend(name: str | None = None, fft_workers: int | None = None) -> Backend:

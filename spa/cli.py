@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     args.argv = ["spa", *argv]
+    from spa.backend import keep_heap_top
+
+    keep_heap_top()
     try:
         return int(args._module.main(args) or 0)
     except SpaInputError as exc:

@@ -64,7 +64,12 @@ def make_client(workers: int | None = None, scheduler: str | None = None, config
 
     cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=processes,
                            dashboard_address=None)
-    return Client(cluster)
+    client = Client(cluster)
+    if processes:
+        from spa.backend import keep_heap_top  # noqa: PLC0415
+
+        client.run(keep_heap_top)  # each worker process keeps its freed heap, as the commands do
+    return client
 
 
 def close_client(client) -> None:

@@ -67,14 +67,10 @@ def add_args(p):
 
 
 def main(args) -> int:
-    import numpy as np
-
     from spa.errors import SpaInputError
-    from spa.initial_model.driver import InitialModelOptions, crop_averages, run_initial_model, write_outputs
+    from spa.initial_model.driver import InitialModelOptions, prepare_inputs, run_initial_model, write_outputs
     from spa.initial_model.sgd import SGDOptions
-    from spa.initial_model.working import MAX_HELD, choose_working_box, load_working_set
-    from spa.io.images import ParticleImages
-    from spa.io.star import read_particles
+    from spa.initial_model.working import MAX_HELD
     from spa.provenance import make_record
 
     cfg = load_config(args, "initial_model")
@@ -119,47 +115,13 @@ def main(args) -> int:
     if sgd.final_resolution > sgd.initial_resolution:
         sgd.initial_resolution = sgd.final_resolution
 
-    particles, optics = read_particles(args.particles, require=("rlnImageName",))
-    if len(particles) < max(10, sgd.n_classes):
-        raise SpaInputError(args.particles, f"{len(particles)} particles are too few for an initial model")
-    source = ParticleImages(particles, args.particles)
-    if "rlnDefocusU" not in particles:
-        log("initial-model: no rlnDefocusU column: running without CTF correction")
-    box, pixel = source.box, source.pixel_size
     wb = option(args, "working_box", cfg, None)
-    wb = int(wb) if wb else choose_working_box(box, pixel, sgd.final_resolution)
-    if not 16 <= wb <= box:
-        raise SpaInputError(None, f"--working-box {wb} must be within 16 … {box} px (the particle box)")
-    wb += wb % 2 if wb < box else 0
-    if sgd.final_resolution < 2.2 * pixel * box / wb:
-        log(f"initial-model: final resolution limited to {2.2 * pixel * box / wb:.1f} Å by the working box {wb}")
-    log(f"initial-model: {len(particles)} particles of {box} px at {pixel:g} Å → working box {wb} px at "
-        f"{pixel * box / wb:.2f} Å")
     max_held = int(option(args, "max_sgd_particles", cfg, MAX_HELD))
-    if max_held < max(10, sgd.n_classes):
-        raise SpaInputError(None, f"--max-sgd-particles {max_held} is too small")
-    ws = load_working_set(particles, source, wb, progress=progress_printer("initial-model: reading particles"),
-                          max_held=max_held, seed=seed)
-    if not ws.all_held:
-        log(f"initial-model: SGD draws its mini-batches from a random subset of {len(ws)} of the "
-            f"{ws.n_particles} particles (held in memory); the final pass aligns every particle")
-
-    averages = None
     cav = option(args, "class_averages", cfg, None)
-    if cav:
-        from spa.io.mrc import read_mrc
-
-        data, apix = read_mrc(cav)
-        data = np.asarray(data, np.float32)
-        if data.ndim == 2:
-            data = data[None]
-        if data.shape[-1] != data.shape[-2]:
-            raise SpaInputError(cav, f"class averages must be square, got {data.shape[-2]} x {data.shape[-1]}")
-        if data.shape[-1] == box:
-            apix = pixel  # averages of these particles (class2d): their pixel size, whatever the header says
-        keep = np.abs(data).reshape(len(data), -1).max(axis=1) > 0  # empty classes carry no information
-        averages = crop_averages(data[keep], float(apix), ws)
-        log(f"initial-model: {int(keep.sum())} class averages from {cav}")
+    ws, optics, averages = prepare_inputs(args.particles, sgd, working_box=int(wb) if wb else None,
+                                          max_held=max_held, class_averages=cav, seed=seed, log=log,
+                                          progress=progress_printer("initial-model: reading particles"))
+    wb = ws.box
 
     opts = InitialModelOptions(sgd=sgd, n_candidates=n_cand, symmetry=sym)
     config = {k: v for k, v in vars(sgd).items() if k != "backend"}

@@ -27,7 +27,7 @@ import numpy as np
 from spa.backend import get_backend
 from spa.ctf import ctf_2d, ctf_phase
 from spa.em.estep import ActivePixels, expectation, prepare_chunk
-from spa.em.model import WsumModel
+from spa.em.model import ReferenceModel, Sampling, WsumModel
 from spa.em.noise import sigma2_sums
 from spa.io.atomic import atomic_path
 from spa.parallel import map_reduce
@@ -153,8 +153,8 @@ class EStepContext:
     ``mask_radius_px``: soft circular mask on the images (None: none).
     """
 
-    refs: object
-    sampling: object
+    refs: ReferenceModel
+    sampling: Sampling
     sigma2: np.ndarray
     log_class_prior: np.ndarray
     sigma_offset_px: float

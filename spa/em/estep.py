@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spa.backend import array_module, backend_of
+from spa.em.model import ReferenceModel, Sampling
 from spa.em.significance import significant, significant_per_class, per_class_cap
 from spa.fourier import freq_2d, rfft_centered, shell_sum, shells_2d, soft_circular_mask
 
@@ -177,7 +178,7 @@ def _logsumexp_rows(a):
     return (m + xp.log(xp.exp(a - m).sum(axis=-1, keepdims=True)))[..., 0]
 
 
-def coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_offset_px, coarse_shells: int,
+def coarse_pass(data: ChunkData, refs: ReferenceModel, sampling: Sampling, log_class_prior, sigma_offset_px, coarse_shells: int,
                 significant_fraction: float = 0.999, max_significant: int = 64, per_class: bool = False):
     """Pass 1 on the coarse grid: per image the significant (shift, class, rotation) samples.
 
@@ -284,7 +285,7 @@ def _children(s, k, r, valid, sampling):
     return img.reshape(-1)[sel], kf.reshape(-1)[sel], rf.reshape(-1)[sel], sf.reshape(-1)[sel], (n, m * cr * ct)
 
 
-def local_coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_offset_px, coarse_shells: int, priors,
+def local_coarse_pass(data: ChunkData, refs: ReferenceModel, sampling, log_class_prior, sigma_offset_px, coarse_shells: int, priors,
                       significant_fraction: float = 0.999, max_significant: int = 64, per_class: bool = False):
     """Pass 1 of a local search: each image scores only the orientations near its prior.
 
@@ -390,7 +391,7 @@ class FinePass:
     #: inserted (RELION likewise skips insignificant samples when storing weighted sums)
     prune_weight = 1e-4
 
-    def __init__(self, data: ChunkData, refs, sampling, img, cls, rot, shift):
+    def __init__(self, data: ChunkData, refs: ReferenceModel, sampling: Sampling, img, cls, rot, shift):
         xp = array_module(data.X)
         self.xp, self.data = xp, data
         self.img, self.cls, self.rot, self.shift = img, cls, rot, shift
@@ -552,7 +553,7 @@ class FinePass:
                         weight_c[sel_x])
 
 
-def expectation(data: ChunkData, refs, sampling, log_class_prior, sigma_offset_px, coarse_shells: int,
+def expectation(data: ChunkData, refs: ReferenceModel, sampling: Sampling, log_class_prior, sigma_offset_px, coarse_shells: int,
                 significant_fraction: float = 0.999, max_significant: int = 64, priors=None,
                 balance: bool = False, per_class: bool = False):
     """Both passes for one chunk → (:class:`Posterior`, :class:`FinePass`).

@@ -47,11 +47,64 @@ demand.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from spa.backend import backend_of
 from spa.fourier import resolution_of
+
+
+@runtime_checkable
+class ReferenceModel(Protocol):
+    """The current references and how poses act on them (see the module docstring)."""
+
+    n_classes: int
+    box: int
+    ndim: int
+
+    def project(self, class_index: int, rotations, active) -> object:
+        """Class ``class_index`` at R poses: complex64 (R, F) at the active pixels."""
+
+    def project_all(self, rotations, active) -> object:
+        """Every class at the same R poses: complex64 (K, R, F)."""
+
+    def new_sums(self) -> dict:
+        """Empty accumulators in the class frame (a dict of arrays that add elementwise)."""
+
+    def insert(self, sums: dict, class_index: int, rotations, active, data, weight) -> None:
+        """The transpose of :meth:`project`: add data (R, F) and weights (R, F) into ``sums``."""
+
+    def reconstruct(self, sums: dict, tau2, tau2_fudge: float, **kwargs) -> tuple:
+        """The MAP update → (new references, data_vs_prior (K, B//2+1))."""
+
+    def power_spectrum(self) -> object:
+        """Per-class signal power per shell (K, B//2+1), mean |V̂|²/2."""
+
+
+@runtime_checkable
+class Sampling(Protocol):
+    """A pose grid and its oversampled children (see the module docstring)."""
+
+    coarse_rotations: object
+    fine_rotations: object
+    coarse_translations: object
+    fine_translations: object
+    rotation_children: int
+    translation_children: int
+
+
+@runtime_checkable
+class LocalSearch(Sampling, Protocol):
+    """A sampling with no shared grid: each particle's own candidates around its prior pose."""
+
+    local: bool
+
+    def candidates(self, priors) -> tuple:
+        """(image rows, coarse orientation keys, log prior) per candidate, image-major."""
+
+    def log_prior(self, angles, priors) -> object:
+        """Log prior of fine orientations (n, 3) around priors (n, 3), degrees."""
 
 
 @dataclass

@@ -28,7 +28,7 @@ from spa.geometry.euler import euler_to_matrix, matrix_to_euler
 from spa.initial_model.choose import (Candidate, choose_candidate, plot_scores, score_candidates,
                                       scores_table)
 from spa.initial_model.sgd import SGDOptions, SGDRun, constrain_map
-from spa.initial_model.working import WorkingSet
+from spa.initial_model.working import MAX_HELD, WorkingSet, choose_working_box, load_working_set
 
 CHOOSER_PARTICLES = 300  # particles matched per candidate when no class averages are given
 
@@ -133,6 +133,59 @@ def _score_sets(candidates, images, ctfs, ws, opts, mask_radius_px, log):
         out.append(s)
         log(f"initial-model: candidate {c.name} ({c.method}): median reprojection correlation {np.median(s):.3f}")
     return out
+
+
+def prepare_inputs(particles_path, sgd: SGDOptions, *, working_box: int | None = None, max_held: int = MAX_HELD,
+                   class_averages=None, seed: int = 0, log=print, progress=None):
+    """The stage's inputs: the particles at the working box and, when given, the class averages on its grid.
+
+    Reads the particle STAR (CTF optional: without rlnDefocusU the run has no CTF correction), chooses the
+    working box (pixel ≈ final resolution / 3 unless ``working_box`` px is given; ``sgd.final_resolution``
+    is raised to what that box allows), holds up to ``max_held`` particles for SGD
+    (:func:`spa.initial_model.working.load_working_set`) and crops the class averages (an MRC stack;
+    empty classes dropped).  Returns (working set, optics table, averages (M, b, b) or None).
+    """
+    from spa.errors import SpaInputError
+    from spa.io.images import ParticleImages
+    from spa.io.mrc import read_mrc
+    from spa.io.star import read_particles
+
+    particles, optics = read_particles(particles_path, require=("rlnImageName",))
+    if len(particles) < max(10, sgd.n_classes):
+        raise SpaInputError(particles_path, f"{len(particles)} particles are too few for an initial model")
+    if max_held < max(10, sgd.n_classes):
+        raise SpaInputError(None, f"max_sgd_particles {max_held} is too small")
+    source = ParticleImages(particles, particles_path)
+    if "rlnDefocusU" not in particles:
+        log("initial-model: no rlnDefocusU column: running without CTF correction")
+    box, pixel = source.box, source.pixel_size
+    wb = working_box or choose_working_box(box, pixel, sgd.final_resolution)
+    if not 16 <= wb <= box:
+        raise SpaInputError(None, f"working box {wb} must be within 16 … {box} px (the particle box)")
+    wb += wb % 2 if wb < box else 0
+    if sgd.final_resolution < 2.2 * pixel * box / wb:
+        log(f"initial-model: final resolution limited to {2.2 * pixel * box / wb:.1f} Å by the working box {wb}")
+    log(f"initial-model: {len(particles)} particles of {box} px at {pixel:g} Å → working box {wb} px at "
+        f"{pixel * box / wb:.2f} Å")
+    ws = load_working_set(particles, source, wb, progress=progress, max_held=max_held, seed=seed)
+    if not ws.all_held:
+        log(f"initial-model: SGD draws its mini-batches from a random subset of {len(ws)} of the "
+            f"{ws.n_particles} particles (held in memory); the final pass aligns every particle")
+    averages = None
+    if class_averages:
+        data, apix = read_mrc(class_averages)
+        data = np.asarray(data, np.float32)
+        if data.ndim == 2:
+            data = data[None]
+        if data.shape[-1] != data.shape[-2]:
+            raise SpaInputError(class_averages, f"class averages must be square, got {data.shape[-2]} x "
+                                                f"{data.shape[-1]}")
+        if data.shape[-1] == box:
+            apix = pixel  # averages of these particles (class2d): their pixel size, whatever the header says
+        keep = np.abs(data).reshape(len(data), -1).max(axis=1) > 0  # empty classes carry no information
+        averages = crop_averages(data[keep], float(apix), ws)
+        log(f"initial-model: {int(keep.sum())} class averages from {class_averages}")
+    return ws, optics, averages
 
 
 def rotate_poses(euler: np.ndarray, q: np.ndarray) -> np.ndarray:

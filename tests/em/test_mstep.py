@@ -96,3 +96,21 @@ def test_model_roundtrip_through_arrays():
     back = MlModel.from_arrays(m.to_arrays())
     assert back.iteration == 7 and back.current_shells == 9 and back.n_groups == 2
     np.testing.assert_array_equal(back.sigma2_noise, m.sigma2_noise)
+
+
+def test_references_and_samplings_meet_the_engine_protocols():
+    """The E-step's contract in code: every reference model and sampling the stages use satisfies it."""
+    from spa.em.inplane import InplaneReferences, InplaneSampling
+    from spa.em.model import LocalSearch, ReferenceModel, Sampling
+    from spa.em.sampling3d import FixedPoses, LocalSampling, Sampling3D
+    from spa.em.volume_refs import VolumeReferences
+    from spa.initial_model.refs import AbInitioReferences
+
+    vol = np.zeros((1, 16, 16, 16), np.float32)
+    for refs in (InplaneReferences(np.zeros((2, 16, 16), np.float32)), VolumeReferences(vol),
+                 AbInitioReferences(vol)):
+        assert isinstance(refs, ReferenceModel), type(refs)
+    for sampling in (InplaneSampling(), Sampling3D(1, 2.0, 1.0)):
+        assert isinstance(sampling, Sampling) and not isinstance(sampling, LocalSearch)
+    for sampling in (LocalSampling(3, 2.0, 1.0), FixedPoses()):
+        assert isinstance(sampling, LocalSearch), type(sampling)

@@ -1,0 +1,157 @@
+"""A 2D classification's selection as one library call: read the run, choose, clean, write (``spa select``).
+
+:func:`select_from_run` reads a class2d run's final (or a given iteration's)
+files, measures each class (:mod:`spa.class2d.select`), keeps the chosen
+classes (automatically or by number), drops particles that match no better
+than noise, re-centres the kept particles on their class average's centre of
+mass and removes duplicates (:mod:`spa.class2d.recentre`).
+:func:`write_selection` writes ``particles.star``, ``selected_classes.mrcs``,
+``class_averages.star`` (the class features, RELION's rlnSelected) and a
+gallery, as RELION's Select job does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from spa.class2d.recentre import recentre, remove_duplicates
+from spa.class2d.select import SelectionRules, auto_select, class_features, noise_like, parse_class_list
+from spa.errors import SpaInputError
+
+
+@dataclass
+class Selection:
+    """What a selection kept and why (class numbers 1-based)."""
+
+    particles: pd.DataFrame  # the kept rows (re-centred, duplicates removed)
+    optics: pd.DataFrame
+    n_input: int  # particles in the run
+    images: np.ndarray  # (K, B, B) class averages
+    pixel_size: float
+    features: pd.DataFrame  # per class (class_features)
+    keep: np.ndarray  # (K,) bool: class kept
+    noise_like_per_class: np.ndarray  # (K,) particles dropped as noise-like per class
+    n_noise_like: int  # of the kept classes' particles
+    n_duplicates: int
+    notes: list
+
+    @property
+    def selected(self) -> list[int]:
+        return self.features["rlnClassNumber"].to_numpy()[self.keep].tolist()
+
+
+def run_files(class2d_dir, iteration: int | None = None) -> tuple[Path, Path, Path]:
+    """(data STAR, model STAR, class averages) of a class2d run; final files unless ``iteration``."""
+    d = Path(class2d_dir)
+    tag = "" if iteration is None else f"_it{iteration:03d}"
+    files = (d / f"run{tag}_data.star", d / f"run{tag}_model.star", d / f"run{tag}_classes.mrcs")
+    for p in files:
+        if not p.exists():
+            raise SpaInputError(p, "not found: is this a finished class2d run?")
+    return files
+
+
+def _noise_std(model: dict, box: int) -> float | None:
+    """Real-space noise std per pixel of the masked images from the model's σ² (Parseval on the rfft
+    half grid), or None when the model has no noise spectra."""
+    from spa.em.noise import shell_pixel_counts
+
+    groups = [b for b in model if b.startswith("model_optics_group_") or b.startswith("model_group_")]
+    if not groups:
+        return None
+    s2 = np.mean([model[g]["rlnSigma2Noise"].to_numpy(np.float64) for g in groups], axis=0)
+    return float(2.0 * np.sqrt((s2 * shell_pixel_counts(box)).sum()) / box**2)
+
+
+def select_from_run(class2d_dir, rules: SelectionRules, *, auto: bool, classes: str | None = None,
+                    iteration: int | None = None, mask_diameter: float | None = None, per_particle: bool = False,
+                    recentre_particles: bool = True, duplicate_distance: float | None = None) -> Selection:
+    """Choose classes and particles of a class2d run (see the module docstring).
+
+    ``classes``: "1,4,7" (manual choice) unless ``auto``; ``mask_diameter`` Å
+    (default 90 % of the box) for the class features; ``per_particle``: drop
+    noise-like particles also without ``auto``; ``duplicate_distance`` Å.
+    """
+    from spa.io.mrc import read_mrc
+    from spa.io.star import read_particles, read_star
+
+    data_p, model_p, cls_p = run_files(class2d_dir, iteration)
+    table, optics = read_particles(data_p, require=("rlnClassNumber",))
+    model = read_star(model_p)
+    if "model_classes" not in model:
+        raise SpaInputError(model_p, "no data_model_classes block")
+    mc = model["model_classes"]
+    images, pixel_size = read_mrc(cls_p)
+    images = images.reshape(-1, images.shape[-2], images.shape[-1])
+    k, box = images.shape[0], images.shape[-1]
+    if len(mc) != k:
+        raise SpaInputError(model_p, f"{len(mc)} classes in the model but {k} images in {cls_p.name}")
+    diam = mask_diameter or 0.9 * box * pixel_size
+    ssnr = np.stack([model[f"model_class_{c + 1}"]["rlnSsnrMap"].to_numpy(np.float64) for c in range(k)]) \
+        if all(f"model_class_{c + 1}" in model for c in range(k)) else None
+    counts = np.bincount(table["rlnClassNumber"].to_numpy(np.int64) - 1, minlength=k)[:k]
+    feats = class_features(images, mc["rlnClassDistribution"].to_numpy(), mc["rlnEstimatedResolution"].to_numpy(),
+                           ssnr, counts, 0.5 * diam / pixel_size, _noise_std(model, box))
+    if auto:
+        keep = auto_select(feats, rules)
+    else:
+        try:
+            chosen = parse_class_list(classes, k)
+        except ValueError as exc:
+            raise SpaInputError(None, f"classes: {exc}") from None
+        keep = np.isin(feats["rlnClassNumber"].to_numpy(), chosen)
+    selected = feats["rlnClassNumber"].to_numpy()[keep].tolist()
+    in_kept = np.isin(table["rlnClassNumber"].to_numpy(), selected)
+    noisy = noise_like(table, rules) if (auto or per_particle) else np.zeros(len(table), bool)
+    noisy_per_class = np.bincount(table["rlnClassNumber"].to_numpy(np.int64)[noisy] - 1, minlength=k)[:k]
+    rows = table[in_kept & ~noisy].reset_index(drop=True)
+    n_noisy = int((in_kept & noisy).sum())
+    if len(rows) == 0:
+        raise SpaInputError(data_p, f"no particle kept (classes {selected}, {n_noisy} of their particles "
+                                    f"noise-like): nothing written")
+    if recentre_particles:
+        rows = recentre(rows, images, pixel_size)
+    removed, notes = 0, []
+    if duplicate_distance:
+        rows, removed, note = remove_duplicates(rows, float(duplicate_distance), pixel_size)
+        if note:
+            notes.append(note)
+    return Selection(rows, optics, len(table), images, float(pixel_size), feats, keep,
+                     noisy_per_class.astype(np.int64), n_noisy, int(removed), notes)
+
+
+def write_selection(out_dir, sel: Selection, rules: SelectionRules, provenance=None) -> None:
+    """particles.star, selected_classes.mrcs, class_averages.star and selected_classes.png in ``out_dir``."""
+    from spa.class2d.gallery import write_gallery
+    from spa.io.mrc import write_mrcs
+    from spa.io.star import write_particles, write_star
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    f = sel.features
+    k = len(sel.images)
+    write_particles(out / "particles.star", sel.particles, sel.optics, provenance=provenance)
+    cls_table = pd.DataFrame({
+        "rlnReferenceImage": [f"{c:06d}@selected_classes.mrcs" for c in range(1, k + 1)],
+        "rlnClassNumber": f["rlnClassNumber"], "rlnClassDistribution": f["fraction"],
+        "rlnEstimatedResolution": f["resolution"], "rlnClassPriorOffsetX": 0.0, "rlnClassPriorOffsetY": 0.0,
+        "rlnSelected": sel.keep.astype(np.int64), "spaParticleCount": f["n_particles"],
+        "spaContrast": f["contrast"], "spaConcentration": f["concentration"], "spaLowSsnr": f["ssnr"],
+        "spaParticleSsnr": f["particle_ssnr"], "spaNoiseLikeCount": sel.noise_like_per_class,
+    })
+    write_mrcs(out / "selected_classes.mrcs", sel.images, sel.pixel_size, provenance=provenance)
+    write_star(out / "class_averages.star", {"model_classes": cls_table}, provenance=provenance)
+    write_gallery(out / "selected_classes.png", sel.images, f["fraction"].to_numpy(), f["resolution"].to_numpy(),
+                  selected=sel.selected, title=f"select: {len(sel.selected)} of {k} classes kept")
+
+
+def summary(sel: Selection, rules: SelectionRules) -> str:
+    """The one-line account of a selection."""
+    return (f"kept classes {sel.selected}: {len(sel.particles)} of {sel.n_input} particles"
+            + (f" ({sel.n_noise_like} in them removed as matching no better than noise, "
+               f"p > {rules.max_noise_pvalue:g})" if sel.n_noise_like else "")
+            + (f", {sel.n_duplicates} duplicates removed" if sel.n_duplicates else ""))
