@@ -31,10 +31,10 @@ def write_iteration(run, model, refs, sampling) -> None:
     pmax = float(run.table["rlnMaxValueProbDistribution"].mean()) if "rlnMaxValueProbDistribution" in run.table \
         else 0.0
     blocks = model_blocks(model, names, dimensionality=3, tau2_fudge=run.opts.tau2_fudge,
-                             acc_rot=getattr(sampling, "fine_angular_step", 0.0),
-                             acc_trans_angst=getattr(sampling, "fine_offset_step", 0.0) * run.pixel_size,
-                             avg_pmax=pmax, group_ids=run.group_ids,
-                             extra_general={"rlnSymmetryGroup": run.opts.symmetry})
+                          acc_rot=getattr(sampling, "fine_angular_step", 0.0),
+                          acc_trans_angst=getattr(sampling, "fine_offset_step", 0.0) * run.pixel_size,
+                          avg_pmax=pmax, group_ids=run.group_ids,
+                          extra_general={"rlnSymmetryGroup": run.opts.symmetry})
     write_star(d / f"run_it{it:03d}_model.star", blocks, run.provenance)
     write_particles(d / f"run_it{it:03d}_data.star", run.table, run.optics, run.provenance)
 

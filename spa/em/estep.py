@@ -178,8 +178,9 @@ def _logsumexp_rows(a):
     return (m + xp.log(xp.exp(a - m).sum(axis=-1, keepdims=True)))[..., 0]
 
 
-def coarse_pass(data: ChunkData, refs: ReferenceModel, sampling: Sampling, log_class_prior, sigma_offset_px, coarse_shells: int,
-                significant_fraction: float = 0.999, max_significant: int = 64, per_class: bool = False):
+def coarse_pass(data: ChunkData, refs: ReferenceModel, sampling: Sampling, log_class_prior, sigma_offset_px,
+                coarse_shells: int, significant_fraction: float = 0.999, max_significant: int = 64,
+                per_class: bool = False):
     """Pass 1 on the coarse grid: per image the significant (shift, class, rotation) samples.
 
     Returns (sample (N, M) int64 flat index s·K·R + k·R + r, valid (N, M) bool,
@@ -285,8 +286,9 @@ def _children(s, k, r, valid, sampling):
     return img.reshape(-1)[sel], kf.reshape(-1)[sel], rf.reshape(-1)[sel], sf.reshape(-1)[sel], (n, m * cr * ct)
 
 
-def local_coarse_pass(data: ChunkData, refs: ReferenceModel, sampling, log_class_prior, sigma_offset_px, coarse_shells: int, priors,
-                      significant_fraction: float = 0.999, max_significant: int = 64, per_class: bool = False):
+def local_coarse_pass(data: ChunkData, refs: ReferenceModel, sampling, log_class_prior, sigma_offset_px,
+                      coarse_shells: int, priors, significant_fraction: float = 0.999, max_significant: int = 64,
+                      per_class: bool = False):
     """Pass 1 of a local search: each image scores only the orientations near its prior.
 
     ``sampling`` is a :class:`spa.em.sampling3d.LocalSampling`; ``priors``
@@ -553,8 +555,8 @@ class FinePass:
                         weight_c[sel_x])
 
 
-def expectation(data: ChunkData, refs: ReferenceModel, sampling: Sampling, log_class_prior, sigma_offset_px, coarse_shells: int,
-                significant_fraction: float = 0.999, max_significant: int = 64, priors=None,
+def expectation(data: ChunkData, refs: ReferenceModel, sampling: Sampling, log_class_prior, sigma_offset_px,
+                coarse_shells: int, significant_fraction: float = 0.999, max_significant: int = 64, priors=None,
                 balance: bool = False, per_class: bool = False):
     """Both passes for one chunk → (:class:`Posterior`, :class:`FinePass`).
 

@@ -56,7 +56,8 @@ class EMOptions:
         if not self.offset_range >= 0:
             raise SpaInputError(None, f"option offset_range must be ≥ 0 px, got {self.offset_range!r}")
         if not 0 < self.significant_fraction <= 1:
-            raise SpaInputError(None, f"option significant_fraction must be in (0, 1], got {self.significant_fraction!r}")
+            raise SpaInputError(None, "option significant_fraction must be in (0, 1], got "
+                                      f"{self.significant_fraction!r}")
         if self.oversampling not in (0, 1, 2):
             raise SpaInputError(None, f"option oversampling must be 0, 1 or 2, got {self.oversampling!r}")
         if self.incr_shells < 0:

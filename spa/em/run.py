@@ -87,7 +87,8 @@ def _differences(old: dict, new: dict) -> list[str]:
         if a == b:
             continue
         if key == "options" and isinstance(a, dict) and isinstance(b, dict):
-            out += [f"option {k}: {a.get(k)!r} → {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            out += [f"option {k}: {a.get(k)!r} → {b.get(k)!r}" for k in sorted(set(a) | set(b))
+                    if a.get(k) != b.get(k)]
         elif key == "particles":
             out.append("the particle table differs" + (f" ({a['rows']} → {b['rows']} rows)"
                                                        if isinstance(a, dict) and isinstance(b, dict)

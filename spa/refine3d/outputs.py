@@ -33,10 +33,11 @@ def write_iteration(run, models, refs, sampling) -> None:
         name = f"run_it{it:03d}_half{h + 1}_class001.mrc"
         vol = np.asarray(refs[h].images[0], np.float32) if hasattr(refs[h].images, "shape") else refs[h].images[0]
         write_mrc(d / name, vol, run.pixel_size, provenance=run.provenance)
-        blocks = model_blocks(models[h], [name], dimensionality=3, tau2_fudge=run.opts.tau2_fudge, acc_rot=sampling.fine_angular_step,
-                                 acc_trans_angst=sampling.fine_offset_step * run.pixel_size,
-                                 avg_pmax=float(run.table["rlnMaxValueProbDistribution"].mean()),
-                                 group_ids=run.group_ids, fsc=run.fsc, extra_general=_general(run, res_a))
+        blocks = model_blocks(models[h], [name], dimensionality=3, tau2_fudge=run.opts.tau2_fudge,
+                              acc_rot=sampling.fine_angular_step,
+                              acc_trans_angst=sampling.fine_offset_step * run.pixel_size,
+                              avg_pmax=float(run.table["rlnMaxValueProbDistribution"].mean()),
+                              group_ids=run.group_ids, fsc=run.fsc, extra_general=_general(run, res_a))
         write_star(d / f"run_it{it:03d}_half{h + 1}_model.star", blocks, run.provenance)
     write_particles(d / f"run_it{it:03d}_data.star", run.table, run.optics, run.provenance)
 
@@ -47,10 +48,10 @@ def write_final(run, models, halves, full, sampling) -> None:
     write_mrc(d / "run_half1_class001_unfil.mrc", halves[0], run.pixel_size, provenance=run.provenance)
     write_mrc(d / "run_half2_class001_unfil.mrc", halves[1], run.pixel_size, provenance=run.provenance)
     blocks = model_blocks(models[0], ["run_class001.mrc"], dimensionality=3, tau2_fudge=run.opts.tau2_fudge,
-                             acc_rot=sampling.fine_angular_step,
-                             acc_trans_angst=sampling.fine_offset_step * run.pixel_size,
-                             avg_pmax=float(run.table["rlnMaxValueProbDistribution"].mean()),
-                             group_ids=run.group_ids, fsc=run.fsc, extra_general=_general(run, res_a))
+                          acc_rot=sampling.fine_angular_step,
+                          acc_trans_angst=sampling.fine_offset_step * run.pixel_size,
+                          avg_pmax=float(run.table["rlnMaxValueProbDistribution"].mean()),
+                          group_ids=run.group_ids, fsc=run.fsc, extra_general=_general(run, res_a))
     write_star(d / "run_model.star", blocks, run.provenance)
     write_particles(d / "run_data.star", run.table, run.optics, run.provenance)
     plot_fsc(d / "run_fsc.png", [(run.fsc, "gold-standard FSC (half maps)")], run.box, run.pixel_size)
