@@ -32,8 +32,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-#: lanes per group (fixed, so results do not depend on the number of workers)
-DEFAULT_LANES = 4
+#: lanes per group (fixed, so results do not depend on the number of workers).  One lane keeps the
+#: fewest sums alive in-process (the total and the partial being made); a cluster of more than a
+#: few tens of workers wants more (see docs/performance.md)
+DEFAULT_LANES = 1
 
 
 def make_chunks(rows, chunk_size: int) -> list[np.ndarray]:

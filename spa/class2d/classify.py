@@ -127,7 +127,8 @@ def initial_references(source, particles, opts, box, pixel_size, n_groups, clien
     radius = mask_radius_px(opts.particle_diameter, box, pixel_size)
     empty = InplaneReferences(np.zeros((opts.n_classes, box, box), np.float32))
     shared = _InitShared(empty, radius, n_groups, get_backend(opts.backend).name)
-    wsum, _ = run_chunks(_init_chunk, source, parts, make_chunks(n, opts.chunk_size), shared, client)
+    wsum, _ = run_chunks(_init_chunk, source, parts, make_chunks(n, opts.chunk_size), shared, client,
+                         lanes=opts.reduction_lanes)
     flat_tau = np.full((opts.n_classes, box // 2 + 1), 1e30)
     refs, _ = empty.reconstruct(wsum.sums, flat_tau, 1.0)
     images = lowpass(np.asarray(refs.images), pixel_size, opts.ini_high) * soft_circular_mask(box, radius, 5.0)
@@ -237,7 +238,8 @@ class Class2D(EMRun):
 
     def _estep(self, ctx):
         """The E-step → (total sums, results in row order, [sums of half 1, half 2] or None)."""
-        sums, parts = run_estep(ctx, self.source, self.particles, self.chunks, self.client, self.chunk_groups)
+        sums, parts = run_estep(ctx, self.source, self.particles, self.chunks, self.client, self.chunk_groups,
+                                lanes=self.opts.reduction_lanes)
         results = {}
         for k, v in parts.items():
             results[k] = np.empty_like(v)
@@ -263,14 +265,15 @@ class Class2D(EMRun):
         decoy_z = []
         for h, (rows, group) in enumerate(zip(self.halves, self.chunk_groups)):
             ctx_h = replace(ctx, refs=InplaneReferences(half_images[1 - h]))
-            _, res = run_estep(ctx_h, self.source, self.particles, [self.chunks[c] for c in group], self.client)
+            _, res = run_estep(ctx_h, self.source, self.particles, [self.chunks[c] for c in group], self.client,
+                               lanes=o.reduction_lanes)
             z[rows] = res["signal_z"]
             d = decoys[np.isin(decoys, rows)]
             if len(d):
                 source = DecoySource(d, self.particles["group"][d], ctx.sigma2, self.box, self.radius, o.seed,
                                      self.pixel_size)
                 _, dres = run_estep(ctx_h, source, take(self.particles, d), make_chunks(len(d), o.chunk_size),
-                                    self.client)
+                                    self.client, lanes=o.reduction_lanes)
                 decoy_z.append(dres["signal_z"])
         decoy_z = np.concatenate(decoy_z)
         p = noise_pvalue(z, decoy_z)

@@ -149,7 +149,8 @@ class Class3D(d3.Run3D):
         (or, with K references, one ordinary iteration over them)."""
         o = self.opts
         stats = d3.data_statistics(self.source, self.particles, self.chunks, self.box, self.pixel_size,
-                                   self.n_groups, self.radius, o.do_ctf, self.client, self.backend)
+                                   self.n_groups, self.radius, o.do_ctf, self.client, self.backend,
+                                   lanes=o.reduction_lanes)
         if np.ndim(self.reference) == 4:
             return self._initialise_from_references(stats, self.reference, o.ini_high)
         if self.starts_from == "variability":

@@ -55,6 +55,9 @@ def add_args(p):
                    help="images of pure noise scored in the last iteration for each particle's noise p-value "
                         "(default 1000, 0: off)")
     p.add_argument("--chunk-size", type=int, default=None, help="particles per task (default 256)")
+    p.add_argument("--reduction-lanes", type=int, default=None,
+                   help="independent running sums per pass over the particles (default 1; more for clusters of "
+                        "many workers: results depend on it, not on the workers)")
 
 
 def options_from(args, cfg):
@@ -69,7 +72,7 @@ def options_from(args, cfg):
                        ("offset_step", "offset_step"), ("max_significant", "max_significant"),
                        ("center_classes", "center_classes"), ("chunk_size", "chunk_size"),
                        ("class_inactivity_threshold", "class_inactivity_threshold"),
-                       ("noise_decoys", "noise_decoys")):
+                       ("noise_decoys", "noise_decoys"), ("reduction_lanes", "reduction_lanes")):
         kw[attr] = option(args, name, cfg, getattr(defaults, attr))
     kw["seed"] = seed_of(args, cfg)
     kw["backend"] = args.backend

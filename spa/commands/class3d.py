@@ -52,6 +52,8 @@ OPTIONS = {
     "chunk_size": (int, "particles per task (default 256)"),
     "max_significant": (int, "at most this many coarse samples per particle go to the fine pass "
                                "(RELION's --maxsig; default 64)"),
+    "reduction_lanes": (int, "independent running sums per pass over the particles (default 1; more for "
+                             "clusters of many workers: results depend on it, not on the workers)"),
 }
 
 

@@ -42,6 +42,8 @@ OPTIONS = {
     "chunk_size": (int, "particles per task (default 256)"),
     "max_significant": (int, "at most this many coarse samples per particle go to the fine pass "
                                "(RELION's --maxsig; default 512)"),
+    "reduction_lanes": (int, "independent running sums per pass over the particles (default 1; more for "
+                             "clusters of many workers: results depend on it, not on the workers)"),
     "solvent_mask": (str, "mask (.mrc) applied to the references each iteration"),
 }
 

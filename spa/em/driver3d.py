@@ -24,7 +24,7 @@ from spa.em.options import EMOptions
 from spa.em.run import EMRun, array_digest, coarse_shells_for, mask_radius_px  # noqa: F401  (re-exported)
 from spa.errors import SpaInputError
 from spa.fourier import fourier_resize, lowpass, shells_2d, soft_circular_mask, soft_spherical_mask
-from spa.parallel import make_chunks
+from spa.parallel import DEFAULT_LANES, make_chunks
 
 
 # -- options and the run every 3D stage starts from ---------------------------------------------
@@ -68,7 +68,7 @@ class Run3D(EMRun):
     def estep(self, model, refs, sampling, chunks, coarse_shells: int, **extra):
         """E-step over ``chunks`` → (WsumModel, per-particle results with Euler angles, in chunk order)."""
         ctx = self.context(model, refs, sampling, coarse_shells, **extra)
-        return run_estep_3d(ctx, self.source, self.particles, chunks, self.client)
+        return run_estep_3d(ctx, self.source, self.particles, chunks, self.client, lanes=self.opts.reduction_lanes)
 
 
 # -- inputs ----------------------------------------------------------------------------------
@@ -168,7 +168,7 @@ class DataStatistics:
 
 
 def data_statistics(source, particles, chunks, box, pixel_size, n_groups, radius_px, do_ctf=True, client=None,
-                    backend: str | None = None) -> DataStatistics:
+                    backend: str | None = None, lanes: int = DEFAULT_LANES) -> DataStatistics:
     """Image power → σ² (as RELION: the first M-step corrects it) and an estimate of the signal power.
 
     The signal power per shell is (power inside the mask − the outside-mask
@@ -176,7 +176,7 @@ def data_statistics(source, particles, chunks, box, pixel_size, n_groups, radius
     projections must carry to be on the data's grey scale.
     """
     shared = _PowerShared(box, pixel_size, n_groups, radius_px, do_ctf, get_backend(backend).name)
-    wsum, _ = run_chunks(_power_chunk, source, particles, chunks, shared, client)
+    wsum, _ = run_chunks(_power_chunk, source, particles, chunks, shared, client, lanes=lanes)
     sigma2 = initial_sigma2(wsum.sigma2, wsum.sigma2_count, box)
     mask = soft_circular_mask(box, radius_px, 5.0)
     area_in, area_out = float((mask**2).sum()), float(((1 - mask) ** 2).sum())
@@ -222,9 +222,9 @@ def estep_chunk_3d(source, ctx: EStepContext, idx, particles):
     return wsum, results
 
 
-def run_estep_3d(ctx: EStepContext, source, particles: dict, chunks: list, client=None):
+def run_estep_3d(ctx: EStepContext, source, particles: dict, chunks: list, client=None, lanes: int = DEFAULT_LANES):
     """E-step over ``chunks`` → (WsumModel, per-particle results concatenated in chunk order)."""
-    wsum, parts = run_chunks(estep_chunk_3d, source, particles, chunks, ctx, client)
+    wsum, parts = run_chunks(estep_chunk_3d, source, particles, chunks, ctx, client, lanes=lanes)
     results = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return wsum, results
 

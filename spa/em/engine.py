@@ -30,7 +30,7 @@ from spa.em.estep import ActivePixels, expectation, prepare_chunk
 from spa.em.model import ReferenceModel, Sampling, WsumModel
 from spa.em.noise import sigma2_sums
 from spa.io.atomic import atomic_path
-from spa.parallel import map_reduce
+from spa.parallel import DEFAULT_LANES, map_reduce
 
 
 # -- particle metadata as plain arrays -------------------------------------------------
@@ -235,22 +235,25 @@ def _normalised_rows(p):
 
 
 # -- distribution -------------------------------------------------------------------------
-def run_chunks(func, source, particles: dict, chunks: list, shared, client=None, groups=None, progress=None):
+def run_chunks(func, source, particles: dict, chunks: list, shared, client=None, groups=None, progress=None,
+               lanes: int = DEFAULT_LANES):
     """``func(source, shared, idx, particles_chunk) -> (partial sum, result)`` on every chunk.
 
     Returns (the partials added — one total per group with ``groups`` —, per-chunk results in chunk
     order), through :func:`spa.parallel.map_reduce`: partials are added as they arrive, in an order
     that depends only on the chunks, so any number of workers gives the same sums; ``source`` and
-    ``shared`` go to each worker once.
+    ``shared`` go to each worker once; ``lanes``: see :func:`spa.parallel.map_reduce`.
     """
     tasks = [(idx, take(particles, idx)) for idx in chunks]
-    return map_reduce(func, tasks, broadcast=(source, shared), client=client, groups=groups, progress=progress)
+    return map_reduce(func, tasks, broadcast=(source, shared), client=client, groups=groups, progress=progress,
+                      lanes=lanes)
 
 
-def run_estep(ctx: EStepContext, source, particles: dict, chunks: list, client=None, groups=None):
+def run_estep(ctx: EStepContext, source, particles: dict, chunks: list, client=None, groups=None,
+              lanes: int = DEFAULT_LANES):
     """E-step of every chunk and the sum of their weighted sums → (WsumModel, per-particle results in
     chunk order).  ``groups``: one WsumModel per group of chunks, as a list (see :func:`run_chunks`)."""
-    wsum, parts = run_chunks(estep_chunk, source, particles, chunks, ctx, client, groups)
+    wsum, parts = run_chunks(estep_chunk, source, particles, chunks, ctx, client, groups, lanes=lanes)
     results = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return wsum, results
 

@@ -35,6 +35,7 @@ class EMOptions:
     max_significant: int = 64  # at most this many coarse samples per particle go to the fine pass
     incr_shells: int = 10  # Fourier shells beyond the resolution in the next window
     chunk_size: int = 256  # particles per E-step task (align with the stack's chunks)
+    reduction_lanes: int = 1  # independent running sums per pass (spa.parallel); more for large clusters
     seed: int = 0
     backend: str | None = None  # numpy, cupy or auto: where the arithmetic runs, not what it gives
 
@@ -46,7 +47,7 @@ class EMOptions:
 
     def check(self) -> "EMOptions":
         """Raise :class:`SpaInputError` naming the first field with a value out of range; return self."""
-        positive = ("ini_high", "tau2_fudge", "offset_step", "chunk_size", "max_significant")
+        positive = ("ini_high", "tau2_fudge", "offset_step", "chunk_size", "max_significant", "reduction_lanes")
         for name in positive:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):

@@ -97,7 +97,7 @@ class Refine3D(d3.Run3D):
         o = self.opts
         all_chunks = self.chunks[0] + self.chunks[1]
         stats = d3.data_statistics(self.source, self.particles, all_chunks, self.box, self.pixel_size, self.n_groups,
-                                   self.radius, o.do_ctf, self.client, self.backend)
+                                   self.radius, o.do_ctf, self.client, self.backend, lanes=o.reduction_lanes)
         ref = d3.prepare_reference(self.reference, self.pixel_size, o.ini_high, self.radius)
         scale = d3.grey_scale(ref, stats, self.pixel_size, low_res=max(2 * o.ini_high, 60.0), high_res=o.ini_high)
         ref = ref * scale
@@ -185,18 +185,17 @@ class Refine3D(d3.Run3D):
         models, refs = state
         o = self.opts
         sampling = self.sampling()
-        wsums, results = [], []
-        for h in (0, 1):
-            wsum, res = self.estep_half(h, models[h], refs[h], sampling)
-            wsums.append(wsum)
-            results.append(res)
         max_shell = models[0].current_shells - 1
-        new_models, new_refs = [], []
+        new_models, new_refs, unregularised, results = [], [], [], []
         for h in (0, 1):
-            m, r = self._reconstruct(models[h], refs[h], wsums[h], max_shell)
+            # each half's M-step right after its E-step, so only one half's sums (padded volumes) exist
+            wsum, res = self.estep_half(h, models[h], refs[h], sampling)
+            results.append(res)
+            m, r = self._reconstruct(models[h], refs[h], wsum, max_shell)
             new_models.append(m)
             new_refs.append(r)
-        unregularised = [self._unregularised(refs[h], wsums[h], max_shell) for h in (0, 1)]
+            unregularised.append(self._unregularised(refs[h], wsum, max_shell))
+            del wsum
         new_refs = self._finish_halves(new_refs, unregularised, max_shell)
         # per-particle poses
         self.prev_angles = self.angles.copy()
@@ -234,22 +233,25 @@ class Refine3D(d3.Run3D):
         for m in models:
             m.current_shells = self.box // 2 + 1
         sampling = self.sampling()
-        wsums = []
+        nyq = self.box // 2
+        total, halves = None, []
         for h in (0, 1):
             wsum, res = self.estep_half(h, models[h], refs[h], sampling)
-            wsums.append(wsum)
+            # the "unfil" half maps, as RELION writes them: unregularised, so that their FSC (here and in
+            # postprocessing) measures the data, not the previous iteration's τ²
+            halves.append(self._unregularised(refs[h], wsum, nyq))
+            if total is None:
+                total = wsum
+            else:
+                total += wsum  # in place: the two halves' sums, and no third volume
+            del wsum
             rows = self.halves[h]
             self.particles["centres"][rows] = res["offset"].astype(np.float64)
             self.angles[rows] = res["angles"]
             self.table = d3.particles_table_3d(self.table, rows, res["angles"], res["offset"], self.pixel_size,
                                                max_prob=res["max_prob"], n_significant=res["n_significant"],
                                                loglike=res["loglike"])
-        nyq = self.box // 2
-        # the "unfil" half maps, as RELION writes them: unregularised, so that their FSC (here and in
-        # postprocessing) measures the data, not the previous iteration's τ²
-        halves = [self._unregularised(refs[h], wsums[h], nyq) for h in (0, 1)]
         half_fsc = fsc_curve(halves[0], halves[1], self.sphere)
-        total = wsums[0] + wsums[1]
         ssnr_full = ssnr_from_fsc(half_fsc, o.tau2_fudge, whole=True)[None, :]
         full, _ = refs[0].reconstruct(total.sums, None, o.tau2_fudge, mask_radius_px=self.radius, max_shell=nyq,
                                       ssnr=ssnr_full)
