@@ -31,12 +31,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from spa.backend import array_module, backend_of
+from spa.em.rows import BLOCK_ELEMENTS, block_elements, insert_rows, project_rows  # noqa: F401 (re-exported)
 from spa.em.significance import significant, significant_per_class, per_class_cap
 from spa.fourier import freq_2d, rfft_centered, shell_sum, shells_2d, soft_circular_mask
-
-# elements per temporary block (float32): bounds memory at ~64–128 MB per array
-BLOCK_ELEMENTS = 1 << 24
-
 
 @dataclass
 class ActivePixels:
@@ -212,7 +209,7 @@ def coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_offset_p
     sample = xp.zeros((n, m), xp.int64)
     valid = xp.zeros((n, m), bool)
     n_sig = xp.zeros(n, xp.int64)
-    nb = max(1, BLOCK_ELEMENTS // max(1, S * max(K * R, 2 * fc)))
+    nb = max(1, block_elements(xp) // max(1, S * max(K * R, 2 * fc)))
     # reused buffers: no page faults per block
     out = xp.empty((min(n, nb) * S, K * R), xp.float32)
     ys = xp.empty((min(n, nb), S, fc), xp.complex64)
@@ -308,11 +305,7 @@ def local_coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_of
     key_h = np.repeat(keys, K)
     n_coarse = len(sampling.coarse_rotations)
     ukey, inv = np.unique(cls_h * n_coarse + key_h, return_inverse=True)
-    A = xp.zeros((ukey.size, fc), xp.complex64)
-    for k in range(K):
-        sel = np.nonzero(ukey // n_coarse == k)[0]
-        if sel.size:
-            A[xp.asarray(sel)] = refs.project(k, sampling.coarse_rotations[ukey[sel] % n_coarse], act)
+    A = project_rows(refs, ukey // n_coarse, sampling.coarse_rotations[ukey % n_coarse], act, xp)
     a_pow = (A.real**2 + A.imag**2).astype(xp.float32)
     shifts = xp.asarray(sampling.coarse_translations, dtype=xp.float32)
     S = shifts.shape[0]
@@ -324,7 +317,7 @@ def local_coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_of
     lp_pair = xp.asarray(np.repeat(lprior, K)) + xp.asarray(log_class_prior, dtype=xp.float32)[xp.asarray(cls_h)]
     p = img_h.size
     scores = xp.empty((p, S), xp.float32)
-    block = max(1, BLOCK_ELEMENTS // (4 * max(1, fc)))
+    block = max(1, block_elements(xp) // (4 * max(1, fc)))
     for q0 in range(0, p, block):
         q = slice(q0, min(p, q0 + block))
         z = A[row[q]]
@@ -402,10 +395,7 @@ class FinePass:
         self.pair_rot = host_pairs % n_rot
         f = data.active.size
         u = len(host_pairs)
-        self.A = xp.zeros((u, f), xp.complex64)
-        for k in np.unique(self.pair_class):
-            sel = np.nonzero(self.pair_class == k)[0]
-            self.A[xp.asarray(sel)] = refs.project(int(k), sampling.fine_rotations[self.pair_rot[sel]], data.active)
+        self.A = project_rows(refs, self.pair_class, sampling.fine_rotations[self.pair_rot], data.active, xp)
         self.rotations = sampling.fine_rotations
         self.fine_shifts = xp.asarray(sampling.fine_translations, dtype=xp.float32)[self.shift_u]
         self.ph = phase_factors(self.fine_shifts, data.active)  # (S_u, F)
@@ -419,7 +409,7 @@ class FinePass:
         self.order = xp.argsort(self.cand_q, kind="stable")
         self.q_sorted = self.cand_q[self.order]
         self.n_pairs = int(qkey.shape[0])
-        self.block = max(1, BLOCK_ELEMENTS // (4 * max(1, f)))
+        self.block = max(1, block_elements(xp) // (4 * max(1, f)))
 
     def _blocks(self):
         """(pair slice, candidate indices, local pair index, block shifts, local shift index) per block."""
@@ -540,16 +530,8 @@ class FinePass:
         row_mass = xp.zeros(u, xp.float64)
         be.scatter_add(row_mass, self.q_row, w_pair)
         live = backend_of(row_mass).to_numpy(row_mass > self.prune_weight)
-        for k in np.unique(self.pair_class):
-            sel = np.nonzero((self.pair_class == k) & live)[0]
-            if sel.size == 0:
-                continue
-            if sel.size == u:  # every row (one class, all live): no copies of the sums
-                refs.insert(sums, int(k), self.rotations[self.pair_rot], self.data.active, data_c, weight_c)
-                continue
-            sel_x = xp.asarray(sel)
-            refs.insert(sums, int(k), self.rotations[self.pair_rot[sel]], self.data.active, data_c[sel_x],
-                        weight_c[sel_x])
+        insert_rows(refs, sums, self.pair_class, self.rotations[self.pair_rot], self.data.active, data_c, weight_c,
+                    live)
 
 
 def expectation(data: ChunkData, refs, sampling, log_class_prior, sigma_offset_px, coarse_shells: int,
