@@ -28,6 +28,8 @@ PRELUDE = r"""
 #define __global__
 #define __device__
 #define __forceinline__ inline
+#define __shared__ static
+static inline void __syncthreads() {}
 struct ShimDim { unsigned int x; };
 static ShimDim threadIdx = {0}, blockIdx = {0}, blockDim = {1}, gridDim = {1};
 static inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v)

@@ -249,6 +249,50 @@ extern "C" __global__ void insert2d(const float* __restrict__ values, const floa
     }
 }
 
+// pass 1 of the E-step, after its GEMM: logp[i, s, c] += row_term[i, c] + lp_trans[i, s] (in that order,
+// as the NumPy path rounds), and the column maxima over s that the top-m search starts from; one read
+// and one write of logp instead of two read-modify-writes and a read
+extern "C" __global__ void add_priors(float* __restrict__ logp, const float* __restrict__ row_term,
+                                      const float* __restrict__ lp_trans, int n, int n_shifts, int width,
+                                      float* __restrict__ col_max)
+{
+    POINTS_LOOP((long long)n * width) {
+        const long long i = t / width;
+        const long long c = t - i * width;
+        const float r = row_term[t];
+        float* p = logp + i * n_shifts * (long long)width + c;
+        float best = 0.0f;
+        for (int s = 0; s < n_shifts; ++s) {
+            const float v = (p[(long long)s * width] + r) + lp_trans[i * n_shifts + s];
+            p[(long long)s * width] = v;
+            best = (s == 0 || v > best) ? v : best;
+        }
+        col_max[t] = best;
+    }
+}
+
+// Σ_c exp(x[rows[j], c] − shift[j]) per listed row (float64), read in place: one block per row
+extern "C" __global__ void row_exp_sums(const float* __restrict__ x, long long width,
+                                        const long long* __restrict__ rows, const float* __restrict__ shift,
+                                        int n_rows, double* __restrict__ out)
+{
+    __shared__ double part[256];
+    for (int j = blockIdx.x; j < n_rows; j += gridDim.x) {
+        const float* row = x + rows[j] * width;
+        const float m = shift[j];
+        double acc = 0.0;
+        for (long long c = threadIdx.x; c < width; c += blockDim.x) acc += (double)expf(row[c] - m);
+        part[threadIdx.x] = acc;
+        __syncthreads();
+        for (int h = blockDim.x / 2; h > 0; h >>= 1) {
+            if ((int)threadIdx.x < h) part[threadIdx.x] += part[threadIdx.x + h];
+            __syncthreads();
+        }
+        if (threadIdx.x == 0) out[j] = part[0];
+        __syncthreads();
+    }
+}
+
 // the fixed-point sums (three planes: re, im, weight) added to the caller's grids
 extern "C" __global__ void finish_f64(const long long* __restrict__ acc, long long n,
                                       const float* __restrict__ largest, int bits,
@@ -316,11 +360,13 @@ def _module(xp):
     return _compiled(xp)
 
 
-def _launch(xp, name: str, total: int, args) -> None:
+def _launch(xp, name: str, total: int, args, blocks: int | None = None) -> None:
+    """Launch ``name`` over ``total`` points (THREADS per block, grid-stride), or on ``blocks`` blocks."""
     if total <= 0:
         return
-    blocks = int(min((total + THREADS - 1) // THREADS, MAX_BLOCKS))
-    _module(xp).get_function(name)((blocks,), (THREADS,), tuple(args))
+    if blocks is None:
+        blocks = (total + THREADS - 1) // THREADS
+    _module(xp).get_function(name)((int(min(blocks, MAX_BLOCKS)),), (THREADS,), tuple(args))
 
 
 def fixed_point_bits(n_addends: int, n_rows: int) -> int:
@@ -443,3 +489,30 @@ def insert2d(data, weight, classes, angles_deg, jx, jy, values, weights, pad: fl
     args = (vals, wts, _classes(xp, classes, n_rows), cs, sn, _f32(xp, jx), _f32(xp, jy), np.int32(n_rows),
             np.int32(n_pix), np.float32(pad), np.int32(padded), np.int64(_grid_size(padded, 2)))
     _insert(xp, data, weight, [("insert2d", args)], vals, wts, 4, n_rows, n_pix)
+
+
+# -- the E-step's pass 1 -----------------------------------------------------------------------------
+def add_priors(logp, row_term, lp_trans):
+    """``logp`` (n, S, W) float32 += ``row_term`` (n, W)[:, None, :] + ``lp_trans`` (n, S)[:, :, None], in
+    place, in one pass that also returns the maxima over S, (n, W) float32 (what
+    :func:`spa.em.significance.significant` starts from)."""
+    xp = array_module(logp)
+    if not logp.flags.c_contiguous:
+        raise ValueError("add_priors: logp must be contiguous (it is written in place)")
+    n, n_shifts, width = (int(d) for d in logp.shape)
+    col_max = xp.empty((n, width), xp.float32)
+    _launch(xp, "add_priors", n * width, (logp, _f32(xp, row_term), _f32(xp, lp_trans), np.int32(n),
+                                          np.int32(n_shifts), np.int32(width), col_max))
+    return col_max
+
+
+def row_exp_sums(x, rows, shift):
+    """Σ_c exp(x[rows[j], c] − shift[j]) (float64, (J,)) for rows of ``x`` (n, W) float32, read in place
+    (no copy of the rows, no exp pass written back)."""
+    xp = array_module(x)
+    n_rows = int(rows.shape[0])
+    out = xp.empty(n_rows, xp.float64)
+    _launch(xp, "row_exp_sums", n_rows * int(x.shape[1]),
+            (x, np.int64(x.shape[1]), xp.ascontiguousarray(rows, dtype=xp.int64), _f32(xp, shift),
+             np.int32(n_rows), out), blocks=n_rows)
+    return out

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spa.backend import array_module, backend_of
+from spa.em.projector import cuda_for
 from spa.em.rows import BLOCK_ELEMENTS, block_elements, insert_rows, project_rows  # noqa: F401 (re-exported)
 from spa.em.significance import significant, significant_per_class, per_class_cap
 from spa.fourier import freq_2d, rfft_centered, shell_sum, shells_2d, soft_circular_mask
@@ -210,6 +211,7 @@ def coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_offset_p
     valid = xp.zeros((n, m), bool)
     n_sig = xp.zeros(n, xp.int64)
     nb = max(1, block_elements(xp) // max(1, S * max(K * R, 2 * fc)))
+    ck = cuda_for(data.X)  # CUDA kernels for the pass's epilogue where the chunk is on a GPU
     # reused buffers: no page faults per block
     out = xp.empty((min(n, nb) * S, K * R), xp.float32)
     ys = xp.empty((min(n, nb), S, fc), xp.complex64)
@@ -220,13 +222,18 @@ def coarse_pass(data: ChunkData, refs, sampling, log_class_prior, sigma_offset_p
         xp.multiply(Y[b, None, :], ph[None], out=yb)  # the images at every shift
         logp = out[: nbi * S].reshape(nbi, S, K * R)
         xp.matmul(yb.reshape(nbi * S, fc).view(xp.float32), A_real.T, out=logp.reshape(nbi * S, K * R))  # the GEMM
-        logp += (lp_class[None, :] - 0.5 * (c2s[b] @ A_pow.T))[:, None, :]  # norm term (GEMM) + class prior
-        logp += lp_trans[b][:, :, None]
+        row_term = lp_class[None, :] - 0.5 * (c2s[b] @ A_pow.T)  # norm term (GEMM) + class prior
+        col_max = None
+        if ck is not None:  # one pass over the GEMM's output, with the maxima the selection starts from
+            col_max = ck.add_priors(logp, row_term, lp_trans[b])
+        else:
+            logp += row_term[:, None, :]
+            logp += lp_trans[b][:, :, None]
         if per_class:
             sample[b], valid[b], n_sig[b] = significant_per_class(logp, K, m // K, significant_fraction)
         else:
             sample[b], valid[b], n_sig[b] = significant(logp.reshape(nbi, -1), m, significant_fraction,
-                                                         groups=(S, K * R))
+                                                         groups=(S, K * R), col_max=col_max)
     return sample, valid, n_sig
 
 

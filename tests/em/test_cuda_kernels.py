@@ -10,6 +10,8 @@ emulator runs with the CPU build as a plugin, as the last test here does).
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +117,19 @@ def test_the_cuda_path_is_chosen_only_for_gpu_arrays_with_kernels(monkeypatch):
     assert not ck.grids_supported(np.zeros((3, 2), np.complex64)[:, 0], np.zeros(3, np.float32))
 
 
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_source_compiles_for_hopper_without_local_memory(tmp_path):
+    """The GPU build: no errors, no warnings, no stack frames or spills (register arrays stay registers)."""
+    src = tmp_path / "k.cu"
+    src.write_text(ck.SOURCE)
+    run = subprocess.run(["nvcc", "-arch=sm_90", *ck.OPTIONS, "-Xptxas", "-v", "-c", str(src), "-o",
+                          str(tmp_path / "k.o")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "warning" not in run.stderr.lower(), run.stderr
+    frames = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores", run.stderr)
+    assert frames and all(a == "0" and b == "0" for a, b in frames), run.stderr
+
+
 # -- the kernel source, built for the CPU, through the launchers on NumPy arrays ----------------------
 @needs_gxx
 @pytest.mark.parametrize("box, pad", [(24, 2.0), (25, 2.0), (25, 1.5)])
@@ -209,6 +224,26 @@ def test_cpu_build_fixed_point_keeps_small_sums(monkeypatch):
         1j * np.bincount(idx.reshape(-1), (cw * v).imag.reshape(-1), size)
     assert np.all(np.abs(w - ref_w) <= 1e-6 * ref_w + 1e-9 * ref_w.max())
     assert np.all(np.abs(d - ref_d) <= 1e-6 * np.abs(ref_d) + 1e-9 * np.abs(ref_d).max() + 1e-6 * ref_w)
+
+
+@needs_gxx
+def test_cpu_build_pass1_epilogue_and_row_sums_are_the_numpy_paths(monkeypatch):
+    cuda_shim.install(monkeypatch)
+    rng = np.random.default_rng(8)
+    n, n_shifts, width = 5, 7, 33
+    logp = rng.normal(0, 30, (n, n_shifts, width)).astype(np.float32)
+    row_term = rng.normal(0, 30, (n, width)).astype(np.float32)
+    lp_trans = rng.normal(0, 3, (n, n_shifts)).astype(np.float32)
+    want = logp.copy()
+    want += row_term[:, None, :]
+    want += lp_trans[:, :, None]
+    col_max = ck.add_priors(logp, row_term, lp_trans)
+    assert np.array_equal(logp, want) and np.array_equal(col_max, want.max(axis=1))
+    flat = logp.reshape(n, -1)
+    rows = np.array([3, 0, 3])
+    shift = flat.max(axis=1)[rows]
+    got = ck.row_exp_sums(flat, rows, shift)
+    np.testing.assert_allclose(got, np.exp(flat[rows].astype(np.float64) - shift[:, None]).sum(axis=1), rtol=1e-6)
 
 
 # -- on a CUDA device, through the public functions ---------------------------------------------------
