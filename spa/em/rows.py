@@ -9,6 +9,8 @@ of small launches and host synchronisations per chunk.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from spa.backend import array_module
@@ -23,8 +25,10 @@ GPU_BLOCK_ELEMENTS = 1 << 28
 
 
 def block_elements(xp) -> int:
-    """Elements per temporary block for arrays of module ``xp``."""
-    return BLOCK_ELEMENTS if xp is np else GPU_BLOCK_ELEMENTS
+    """Elements per temporary block for arrays of module ``xp`` (GPU: ``SPA_GPU_BLOCK_ELEMENTS``, if set)."""
+    if xp is np:
+        return BLOCK_ELEMENTS
+    return int(os.environ.get("SPA_GPU_BLOCK_ELEMENTS", GPU_BLOCK_ELEMENTS))
 
 
 def project_rows(refs, classes, rotations, active, xp):

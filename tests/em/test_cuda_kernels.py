@@ -296,12 +296,12 @@ def test_gpu_inplane_references_match_numpy(blobs, box):
 
     act_c, act_g = ActivePixels.make(box, box // 2 + 1, np), ActivePixels.make(box, box // 2 + 1, xp)
     psi = _psi(rng, 60)
-    want = cpu.project_all(psi, act_c)
+    want = cpu.project_all(psi, act_c)  # (the class transforms themselves differ by the FFTs' rounding)
     np.testing.assert_allclose(be.to_numpy(gpu.project_all(psi, act_g)), want, rtol=0,
-                               atol=1e-6 * np.abs(want).max())
+                               atol=1e-5 * np.abs(want).max())
     classes = rng.integers(0, 3, 60)
     rows = be.to_numpy(gpu.project_rows(classes, psi, act_g))
-    np.testing.assert_allclose(rows, want[classes, np.arange(60)], rtol=0, atol=1e-6 * np.abs(want).max())
+    np.testing.assert_allclose(rows, want[classes, np.arange(60)], rtol=0, atol=1e-5 * np.abs(want).max())
     data = (rng.normal(size=(60, act_c.size)) + 1j * rng.normal(size=(60, act_c.size))).astype(np.complex64)
     weight = rng.uniform(0, 1, (60, act_c.size)).astype(np.float32)
     sums_c = cpu.new_sums()
@@ -343,7 +343,7 @@ def test_gpu_symmetric_insertion_matches_numpy(blobs):
         np.testing.assert_allclose(got, sums_c[key], rtol=0, atol=1e-5 * np.abs(sums_c[key]).max())
     rows = be.to_numpy(gpu.project_rows(np.zeros(50, int), angles, act_g))
     want = cpu.project(0, angles, act_c)
-    np.testing.assert_allclose(rows, want, rtol=0, atol=1e-6 * np.abs(want).max())
+    np.testing.assert_allclose(rows, want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 
 @pytest.mark.gpu
