@@ -108,14 +108,48 @@ def bench(k, box, psi_step, offset_range, be, n=512, window_frac=0.25, max_sig=6
                 mean_sig=float(post.n_significant.mean()))
 
 
+#: functions timed one by one with --profile (inclusive, synchronised before and after each call)
+DETAIL = [("spa.em.estep", "significant"), ("spa.em.significance", "_top_m"), ("spa.em.cuda_kernels", "add_priors"),
+          ("spa.em.cuda_kernels", "topk_rows"),
+          ("spa.em.cuda_kernels", "row_exp_sums"), ("spa.em.estep", "project_rows"), ("spa.em.estep", "unique_inverse"),
+          ("spa.em.estep", "phase_factors"), ("spa.em.estep", "sum_rows_by_index"), ("spa.em.estep", "scatter_add"),
+          ("spa.em.estep", "insert_rows")]
+
+
+def _timed(be, targets):
+    """Replace each (module, function) by a synchronised timer; returns (seconds per name, undo list)."""
+    import importlib
+
+    spent, undo = {}, []
+    for mod_name, name in targets:
+        mod = importlib.import_module(mod_name)
+        f = getattr(mod, name, None)
+        if f is None:
+            continue
+
+        def wrapped(*args, _f=f, _key=f"{mod_name.rsplit('.', 1)[-1]}.{name}", **kwargs):
+            be.synchronize()
+            t0 = time.perf_counter()
+            try:
+                return _f(*args, **kwargs)
+            finally:
+                be.synchronize()
+                spent[_key] = spent.get(_key, 0.0) + time.perf_counter() - t0
+
+        setattr(mod, name, wrapped)
+        undo.append((mod, name, f))
+    return spent, undo
+
+
 def profile(k, box, psi_step, offset_range, be, n=512, max_sig=64, repeat=3):
-    """Seconds per phase of one E-step (synchronised; the best of ``repeat``): where the time goes."""
+    """Seconds per phase of one E-step (synchronised; the best of ``repeat``): where the time goes; then
+    one more E-step with the functions of DETAIL timed one by one."""
     from spa.em.estep import FinePass, fine_candidates
 
     xp = be.xp
     data, refs, samp, lp, coarse, act = setup(k, box, psi_step, offset_range, be, n)
     best = {}
-    for round_ in range(repeat + 1):  # round 0 compiles kernels and fills caches: not counted
+    for round_ in range(repeat + 2):  # round 0 compiles kernels and fills caches: not counted
         times, t = {}, time.perf_counter()
 
         def lap(name):
@@ -125,6 +159,8 @@ def profile(k, box, psi_step, offset_range, be, n=512, max_sig=64, repeat=3):
             times[name] = now - t
             t = now
 
+        if round_ == repeat + 1:
+            spent, undo = _timed(be, DETAIL)
         be.synchronize()
         t = time.perf_counter()
         sample, valid, n_sig = coarse_pass(data, refs, samp, lp, offset_range / 2, coarse, max_significant=max_sig)
@@ -137,13 +173,18 @@ def profile(k, box, psi_step, offset_range, be, n=512, max_sig=64, repeat=3):
         sums = refs.new_sums()
         fine.accumulate(weight, refs, sums, xp.zeros((1, act.size)))
         lap("M-step sums and insertion")
-        if round_:
+        if 0 < round_ <= repeat:
             for key, v in times.items():
                 best[key] = min(best.get(key, np.inf), v)
+    for mod, name, f in undo:
+        setattr(mod, name, f)
     total = sum(best.values())
     print(f"profile K={k} box={box} n={n} candidates={int(img.shape[0])} rows={int(fine.A.shape[0])}:")
     for key, v in best.items():
         print(f"  {key:<42} {1e3 * v:8.1f} ms  {100 * v / total:5.1f} %")
+    print("  inside, each call timed alone (inclusive):")
+    for key, v in sorted(spent.items(), key=lambda kv: -kv[1]):
+        print(f"    {key:<40} {1e3 * v:8.1f} ms")
 
 
 def _parse_configs(text):

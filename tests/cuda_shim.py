@@ -25,6 +25,7 @@ import numpy as np
 
 PRELUDE = r"""
 #include <math.h>
+#include <string.h>
 #define __global__
 #define __device__
 #define __forceinline__ inline
@@ -35,6 +36,9 @@ static ShimDim threadIdx = {0}, blockIdx = {0}, blockDim = {1}, gridDim = {1};
 static inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v)
 { unsigned long long old = *a; *a = old + v; return old; }
 static inline long long __double2ll_rn(double x) { return llrint(x); }
+static inline unsigned int atomicAdd(unsigned int* a, unsigned int v) { unsigned int old = *a; *a = old + v; return old; }
+static inline int atomicAdd(int* a, int v) { int old = *a; *a = old + v; return old; }
+static inline unsigned int __float_as_uint(float x) { unsigned int u; memcpy(&u, &x, 4); return u; }
 """
 
 _SCALARS = {"int": (ctypes.c_int, np.int32), "long long": (ctypes.c_longlong, np.int64),

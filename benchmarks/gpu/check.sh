@@ -102,7 +102,7 @@ for line in sys.stdin: sys.stdout.write(f"{time.time():.1f} {line}"); sys.stdout
     | stamp > "$OUT/bench_refine3d_box128.log"
   grep -E "refine3d: |simulated|[{}]$|\"" "$OUT/bench_refine3d_box128.log" | tail -40
   step "bench_estep $be, array path (before)"
-  SPA_CUDA_KERNELS=0 SPA_GPU_BLOCK_ELEMENTS=16777216 timeout $(( $(left) < 45 ? $(left) : 45 )) python3 \
+  [[ ${BEFORE:-1} == 1 ]] && SPA_CUDA_KERNELS=0 SPA_GPU_BLOCK_ELEMENTS=16777216 timeout $(( $(left) < 45 ? $(left) : 45 )) python3 \
     benchmarks/bench_estep.py --backend $be --n $n --configs 50:128,10:64 2>&1 | tee "$OUT/bench_estep_before.log"
   step "suites with SPA_BACKEND=$be"
   SPA_BACKEND=$be timeout $(left) python3 -m pytest -q -n 8 -p no:cacheprovider tests/em tests/class2d \

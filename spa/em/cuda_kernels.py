@@ -293,6 +293,122 @@ extern "C" __global__ void row_exp_sums(const float* __restrict__ x, long long w
     }
 }
 
+// the k largest entries of each row, exactly, best first (k ≤ TOPK_MAX): a radix select over 64-bit keys
+// (the float's order-preserving bits, then the complement of the column, so equal values rank by column
+// and every key is distinct: the same choice every run), then a bitonic sort of the k found
+#define TOPK_MAX 256
+
+__device__ __forceinline__ unsigned long long topk_key(float v, unsigned int column)
+{
+    unsigned int b = __float_as_uint(v);
+    b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+    return ((unsigned long long)b << 32) | (0xFFFFFFFFu - column);
+}
+
+extern "C" __global__ void topk_rows(const float* __restrict__ x, int n_rows, int width, int k,
+                                     long long* __restrict__ out_idx, float* __restrict__ out_val)
+{
+    __shared__ unsigned int hist[256];
+    __shared__ unsigned long long found[TOPK_MAX];
+    __shared__ unsigned long long prefix_s;
+    __shared__ int need_s, count_s;
+    for (int r = blockIdx.x; r < n_rows; r += gridDim.x) {
+        const float* row = x + (long long)r * width;
+        if (threadIdx.x == 0) {
+            prefix_s = 0ull;
+            need_s = k;
+            count_s = 0;
+        }
+        __syncthreads();
+        for (int pass = 0; pass < 8; ++pass) {  // one byte of the k-th largest key per pass, high first
+            const int shift = 56 - 8 * pass;
+            const unsigned long long high = pass == 0 ? 0ull : (~0ull << (shift + 8));
+            for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0u;
+            __syncthreads();
+            const unsigned long long prefix = prefix_s;
+            for (int c = threadIdx.x; c < width; c += blockDim.x) {
+                const unsigned long long key = topk_key(row[c], (unsigned int)c);
+                if ((key & high) == prefix) atomicAdd(&hist[(key >> shift) & 255ull], 1u);
+            }
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                int need = need_s, d = 255;
+                for (; d > 0; --d) {
+                    if ((int)hist[d] >= need) break;
+                    need -= (int)hist[d];
+                }
+                need_s = need;
+                prefix_s = prefix | ((unsigned long long)d << shift);
+            }
+            __syncthreads();
+        }
+        const unsigned long long kth = prefix_s;  // keys are distinct: exactly k are ≥ this one
+        for (int c = threadIdx.x; c < width; c += blockDim.x) {
+            const unsigned long long key = topk_key(row[c], (unsigned int)c);
+            if (key >= kth) found[atomicAdd(&count_s, 1)] = key;
+        }
+        int p = 1;
+        while (p < k) p <<= 1;
+        __syncthreads();
+        for (int i = k + threadIdx.x; i < p; i += blockDim.x) found[i] = 0ull;  // below every real key
+        __syncthreads();
+        for (int size = 2; size <= p; size <<= 1) {
+            for (int stride = size >> 1; stride > 0; stride >>= 1) {
+                for (int i = threadIdx.x; i < p; i += blockDim.x) {
+                    const int j = i ^ stride;
+                    if (j > i) {
+                        const unsigned long long a = found[i], b = found[j];
+                        if (((i & size) == 0) ? (a < b) : (a > b)) {
+                            found[i] = b;
+                            found[j] = a;
+                        }
+                    }
+                }
+                __syncthreads();
+            }
+        }
+        for (int i = threadIdx.x; i < k; i += blockDim.x) {
+            const unsigned int c = 0xFFFFFFFFu - (unsigned int)(found[i] & 0xFFFFFFFFull);
+            out_idx[(long long)r * k + i] = (long long)c;
+            out_val[(long long)r * k + i] = row[c];
+        }
+        __syncthreads();
+    }
+}
+
+// sums of rows by target index, the entries already sorted by target (stable: a fixed order, so the same
+// bits every run): out[targets[g], c] = Σ_{e in segment g} weights[e]·values[src[e], c], summed in float64
+extern "C" __global__ void segment_rows(const float* __restrict__ values, long long width,
+                                        const long long* __restrict__ src, const float* __restrict__ weights,
+                                        int weighted, const long long* __restrict__ starts,
+                                        const long long* __restrict__ targets, int n_segments,
+                                        float* __restrict__ out)
+{
+    POINTS_LOOP((long long)n_segments * width) {
+        const long long g = t / width;
+        const long long c = t - g * width;
+        double acc = 0.0;
+        for (long long e = starts[g]; e < starts[g + 1]; ++e) {
+            const float v = values[src[e] * width + c];
+            acc += (double)(weighted ? v * weights[e] : v);  // the float32 product, as the array path forms it
+        }
+        out[targets[g] * width + c] = (float)acc;
+    }
+}
+
+// target[targets[g]] += Σ_{e in segment g} values[src[e]] (float64), entries sorted by target
+extern "C" __global__ void segment_add(const double* __restrict__ values, const long long* __restrict__ src,
+                                       const long long* __restrict__ starts,
+                                       const long long* __restrict__ targets, int n_segments,
+                                       double* __restrict__ target)
+{
+    POINTS_LOOP(n_segments) {
+        double acc = 0.0;
+        for (long long e = starts[t]; e < starts[t + 1]; ++e) acc += values[src[e]];
+        target[targets[t]] += acc;
+    }
+}
+
 // the fixed-point sums (three planes: re, im, weight) added to the caller's grids
 extern "C" __global__ void finish_f64(const long long* __restrict__ acc, long long n,
                                       const float* __restrict__ largest, int bits,
@@ -516,3 +632,61 @@ def row_exp_sums(x, rows, shift):
             (x, np.int64(x.shape[1]), xp.ascontiguousarray(rows, dtype=xp.int64), _f32(xp, shift),
              np.int32(n_rows), out), blocks=n_rows)
     return out
+
+
+TOPK_MAX = 256  # as in SOURCE
+
+
+def topk_rows(x, k: int):
+    """(index (n, k) int64, value (n, k) float32): the k largest entries of each row of ``x`` (n, W) float32,
+    exactly, best first, equal values by column (CuPy's partition sorts whole rows instead)."""
+    xp = array_module(x)
+    n, width = (int(d) for d in x.shape)
+    if not 0 < k <= min(TOPK_MAX, width) or width >= 2**32:
+        raise ValueError(f"topk_rows: k = {k} must be in 1 … min({TOPK_MAX}, {width})")
+    idx, val = xp.empty((n, k), xp.int64), xp.empty((n, k), xp.float32)
+    _launch(xp, "topk_rows", n * THREADS, (_f32(xp, x), np.int32(n), np.int32(width), np.int32(k), idx, val),
+            blocks=n)
+    return idx, val
+
+
+# -- sums by index (the E-step's M-step sums) -----------------------------------------------------------
+def _segments(xp, index):
+    """(order, starts (T+1,), targets (T,)) of a stable sort of ``index``: the entries of each distinct
+    index in their original order (one host synchronisation, for T)."""
+    order = xp.argsort(index, kind="stable")
+    idx = index[order]
+    cut = xp.nonzero(idx[1:] != idx[:-1])[0].astype(xp.int64) + 1
+    starts = xp.concatenate([xp.zeros(1, xp.int64), cut, xp.full(1, idx.shape[0], xp.int64)])
+    return order, starts, xp.ascontiguousarray(idx[starts[:-1]], dtype=xp.int64)
+
+
+def sum_rows_by_index(values, index, n_rows: int, rows=None, weights=None):
+    """:meth:`spa.backend.Backend.sum_rows_by_index` for float32 ``values`` (Q, W): row j of the (n_rows, W)
+    result is Σ over entries e with ``index[e]`` = j of ``weights[e]·values[rows[e]]``, in one launch
+    (instead of a gather, a float64 copy and a running-sum ``reduceat`` of all entries' rows)."""
+    xp = array_module(values)
+    vals = xp.ascontiguousarray(values, dtype=xp.float32).reshape(values.shape[0], -1)
+    out = xp.zeros((int(n_rows), vals.shape[1]), xp.float32)
+    if int(index.shape[0]) == 0:
+        return out.reshape((int(n_rows),) + values.shape[1:])
+    order, starts, targets = _segments(xp, index)
+    src = order if rows is None else xp.asarray(rows)[order]
+    w = xp.zeros(1, xp.float32) if weights is None else _f32(xp, xp.asarray(weights)[order])
+    n_seg = int(targets.shape[0])
+    _launch(xp, "segment_rows", n_seg * int(vals.shape[1]),
+            (vals, np.int64(vals.shape[1]), xp.ascontiguousarray(src, dtype=xp.int64), w,
+             np.int32(weights is not None), starts, targets, np.int32(n_seg), out))
+    return out.reshape((int(n_rows),) + values.shape[1:])
+
+
+def scatter_add(target, index, values) -> None:
+    """``target[index] += values`` for float64 1D arrays, repeated indices summed in a fixed order."""
+    xp = array_module(target)
+    if int(index.shape[0]) == 0:
+        return
+    order, starts, targets = _segments(xp, index)
+    n_seg = int(targets.shape[0])
+    _launch(xp, "segment_add", n_seg, (xp.ascontiguousarray(values, dtype=xp.float64),
+                                       xp.ascontiguousarray(order, dtype=xp.int64), starts, targets,
+                                       np.int32(n_seg), target))

@@ -33,6 +33,7 @@ import numpy as np
 from spa.backend import array_module, backend_of
 from spa.em.projector import cuda_for
 from spa.em.rows import BLOCK_ELEMENTS, block_elements, insert_rows, project_rows  # noqa: F401 (re-exported)
+from spa.em.rows import scatter_add, sum_rows_by_index
 from spa.em.significance import significant, significant_per_class, per_class_cap
 from spa.fourier import freq_2d, rfft_centered, shell_sum, shells_2d, soft_circular_mask
 
@@ -493,7 +494,7 @@ class FinePass:
         group = self.data.group
         q_key = self.q_row * n_groups + group[self.q_img]  # (row, group) of each pair
         w_pair = xp.zeros(self.n_pairs, xp.float64)
-        be.scatter_add(w_pair, self.cand_q, weight.astype(xp.float64))
+        scatter_add(be, w_pair, self.cand_q, weight.astype(xp.float64))
         # Σ Y·Φ per (row, group), interleaved (re, im); float32 like the values inserted from it (each
         # row sums a few pairs: float64 here only doubled the memory traffic of the largest arrays)
         data_rows = xp.zeros((u * n_groups, 2 * f), xp.float32)
@@ -510,14 +511,14 @@ class FinePass:
             if int(keys_b.shape[0]) == qb:  # every pair its own row (3D, mostly): no sums to form
                 data_rows[q_key[qs]] += phi.view(xp.float32)
             else:
-                data_rows[keys_b] += be.sum_rows_by_index(phi.view(xp.float32), inv, int(keys_b.shape[0]))
+                data_rows[keys_b] += sum_rows_by_index(be, phi.view(xp.float32), inv, int(keys_b.shape[0]))
         # Σ w_q·C²/σ² per (row, group): a sparse (rows × images) by (images × F) product
-        weight_rows = be.sum_rows_by_index(self.c2s, q_key, u * n_groups, rows=self.q_img,
-                                           weights=w_pair.astype(xp.float32))
+        weight_rows = sum_rows_by_index(be, self.c2s, q_key, u * n_groups, rows=self.q_img,
+                                        weights=w_pair.astype(xp.float32))
         data_rows = data_rows.reshape(u, n_groups, 2 * f)
         weight_rows = weight_rows.reshape(u, n_groups, f)
         w_img = xp.zeros(n, xp.float64)
-        be.scatter_add(w_img, self.q_img, w_pair)
+        scatter_add(be, w_img, self.q_img, w_pair)
         x_pow = (self.data.X.real**2 + self.data.X.imag**2).astype(xp.float64) * w_img[:, None]
         a_pow = self.A.real**2 + self.A.imag**2
         a_flat = self.A.view(xp.float32)  # (U, 2F) interleaved
@@ -535,7 +536,7 @@ class FinePass:
             data_c, weight_c = data_rows.sum(axis=1).view(xp.complex64), weight_rows.sum(axis=1)
         # rows that carry (almost) no posterior mass add nothing worth the insertion cost
         row_mass = xp.zeros(u, xp.float64)
-        be.scatter_add(row_mass, self.q_row, w_pair)
+        scatter_add(be, row_mass, self.q_row, w_pair)
         live = backend_of(row_mass).to_numpy(row_mass > self.prune_weight)
         insert_rows(refs, sums, self.pair_class, self.rotations[self.pair_rot], self.data.active, data_c, weight_c,
                     live)

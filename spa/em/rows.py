@@ -70,3 +70,20 @@ def insert_rows(refs, sums, classes, rotations, active, data, weight, live) -> N
         sel_x = xp.asarray(sel)
         refs.insert(sums, int(k), rotations[sel], active, data[sel_x], weight[sel_x])
 
+
+
+def sum_rows_by_index(be, values, index, n_rows: int, rows=None, weights=None):
+    """``be.sum_rows_by_index`` (see :class:`spa.backend.Backend`), one CUDA launch for float32 rows on a GPU."""
+    ck = cuda_for(values)
+    if ck is not None and values.dtype == np.float32 and values.flags.c_contiguous:
+        return ck.sum_rows_by_index(values, index, n_rows, rows, weights)
+    return be.sum_rows_by_index(values, index, n_rows, rows=rows, weights=weights)
+
+
+def scatter_add(be, target, index, values) -> None:
+    """``be.scatter_add`` for a float64 1D target, one CUDA launch on a GPU (same order, same bits)."""
+    ck = cuda_for(target)
+    if ck is not None and target.dtype == np.float64 and target.ndim == 1 and target.flags.c_contiguous:
+        ck.scatter_add(target, index, values)
+        return
+    be.scatter_add(target, index, values)

@@ -26,11 +26,21 @@ def _top_m(sub, m: int, groups, col_max=None):
     xp = array_module(sub)
     n, width = sub.shape
     s, g = groups
+    ck = cuda_for(sub)
+    if ck is not None and m > ck.TOPK_MAX:
+        ck = None
     if s * g != width or g <= m:
+        if ck is not None:
+            return ck.topk_rows(sub, m)
         part = xp.argpartition(sub, width - m, axis=1)[:, width - m:]
         return part, xp.take_along_axis(sub, part, axis=1)
     if col_max is None:
         col_max = sub.reshape(n, s, g).max(axis=1)
+    if ck is not None:  # an exact top-m kernel per row (CuPy's partitions sort whole rows)
+        col = xp.sort(ck.topk_rows(col_max, m)[0], axis=1)
+        flat_index = (xp.arange(n)[:, None, None] * width + xp.arange(s)[None, :, None] * g) + col[:, None, :]
+        pos, v = ck.topk_rows(xp.take(sub.reshape(-1), flat_index).reshape(n, s * m), m)
+        return (pos // m) * g + xp.take_along_axis(col, pos % m, axis=1), v
     col = xp.argpartition(col_max, g - m, axis=1)[:, g - m:]  # (n, m) best columns
     # the m best column maxima are m values ≥ their smallest, so every one of the m best samples is too:
     # only the gathered values ≥ that threshold (typically a few m of the S·m) need ordering

@@ -246,6 +246,42 @@ def test_cpu_build_pass1_epilogue_and_row_sums_are_the_numpy_paths(monkeypatch):
     np.testing.assert_allclose(got, np.exp(flat[rows].astype(np.float64) - shift[:, None]).sum(axis=1), rtol=1e-6)
 
 
+@needs_gxx
+def test_cpu_build_top_k_is_exact_with_ties_and_infinities(monkeypatch):
+    cuda_shim.install(monkeypatch)
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(6, 300)).astype(np.float32)
+    x[1, ::3] = 1.5  # ties: the lowest columns win
+    x[2] = -np.inf
+    x[2, 7] = 0.0
+    x[3, :40] = -0.0
+    for k in (1, 5, 64, 65, 256):
+        idx, val = ck.topk_rows(x, k)
+        order = np.lexsort((np.arange(300)[None].repeat(6, 0), -x), axis=1)[:, :k]  # value desc, column asc
+        assert np.array_equal(idx, order), k
+        assert np.array_equal(val, np.take_along_axis(x, order, axis=1))
+
+
+@needs_gxx
+def test_cpu_build_sums_by_index_are_the_backends(monkeypatch):
+    cuda_shim.install(monkeypatch)
+    be = get_backend("numpy")
+    rng = np.random.default_rng(9)
+    values = rng.normal(size=(50, 7)).astype(np.float32)
+    index, src = rng.integers(0, 9, 80), rng.integers(0, 50, 80)
+    w = rng.uniform(0, 1, 80).astype(np.float32)
+    index[index == 4] = 5  # a row nobody adds to stays zero
+    for kw in ({}, {"rows": src, "weights": w}):
+        idx = index if kw else index[:50]
+        want = be.sum_rows_by_index(values, idx, 9, **kw)
+        np.testing.assert_allclose(ck.sum_rows_by_index(values, idx, 9, **kw), want, rtol=1e-5, atol=1e-6)
+    target, want = np.ones(12), np.ones(12)
+    vals = rng.normal(size=80)
+    ck.scatter_add(target, index, vals)
+    be.scatter_add(want, index, vals)
+    np.testing.assert_allclose(target, want, rtol=1e-12)
+
+
 # -- on a CUDA device, through the public functions ---------------------------------------------------
 @pytest.mark.gpu
 @needs_kernels
@@ -281,6 +317,39 @@ def test_gpu_projection_and_insertion_match_numpy(box):
     P.scatter_slices(be, gd, gw, xp.asarray(rots), xp.asarray(jx), xp.asarray(jy), xp.asarray(values),
                      xp.asarray(weights), 2.0, padded)
     np.testing.assert_allclose(be.to_numpy(gw), w, rtol=0, atol=2e-5 * w.max())
+
+
+@pytest.mark.gpu
+@needs_kernels
+def test_gpu_top_k_is_exact():
+    be = get_backend("cupy")
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(1100, 3000)).astype(np.float32)
+    x[:, 5::7] = x[:, 5:6]  # ties
+    for k in (65, 256):
+        idx, val = ck.topk_rows(be.xp.asarray(x), k)
+        order = np.lexsort((np.arange(3000)[None].repeat(1100, 0), -x), axis=1)[:, :k]
+        assert np.array_equal(be.to_numpy(idx), order)
+        assert np.array_equal(be.to_numpy(val), np.take_along_axis(x, order, axis=1))
+
+
+@pytest.mark.gpu
+@needs_kernels
+def test_gpu_sums_by_index_match_numpy_and_repeat_exactly():
+    be, cpu = get_backend("cupy"), get_backend("numpy")
+    xp = be.xp
+    rng = np.random.default_rng(11)
+    values = rng.normal(size=(3000, 257)).astype(np.float32)
+    index, src = rng.integers(0, 400, 20000), rng.integers(0, 3000, 20000)
+    w = rng.uniform(0, 1, 20000).astype(np.float32)
+    want = cpu.sum_rows_by_index(values, index, 400, rows=src, weights=w)
+    runs = [be.to_numpy(ck.sum_rows_by_index(xp.asarray(values), xp.asarray(index), 400, xp.asarray(src),
+                                             xp.asarray(w))) for _ in range(2)]
+    assert np.array_equal(runs[0], runs[1])
+    np.testing.assert_allclose(runs[0], want, rtol=1e-4, atol=1e-4)
+    target = xp.zeros(400)
+    ck.scatter_add(target, xp.asarray(index), xp.asarray(w.astype(np.float64)))
+    np.testing.assert_allclose(be.to_numpy(target), np.bincount(index, w.astype(np.float64), 400), rtol=1e-12)
 
 
 @pytest.mark.gpu
@@ -381,8 +450,8 @@ def test_gpu_estep_with_kernels_matches_the_array_path_and_repeats_exactly(blobs
 def test_gpu_tests_pass_under_the_emulator_with_the_cpu_build():
     """The GPU tests above and the NumPy-vs-CuPy E-step tests, with the kernels' CPU build standing in for
     CUDA under the CuPy emulator: the kernel path of the E-step, the launchers and the dispatch run here."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "fakegpu"), str(ROOT)]),
-               SPA_BACKEND="cupy")
+    paths = [str(ROOT / "tests" / "fakegpu"), str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), SPA_BACKEND="cupy")
     env.pop("SPA_CUDA_KERNELS", None)
     tests = ["tests/em/test_cuda_kernels.py", "tests/em/test_gpu_backend.py",
              "tests/test_backend.py::test_cupy_matches_numpy_projection"]
