@@ -37,6 +37,7 @@ from spa.em.rows import scatter_add, sum_rows_by_index
 from spa.em.significance import significant, significant_per_class, per_class_cap
 from spa.fourier import freq_2d, rfft_centered, shell_sum, shells_2d, soft_circular_mask
 
+
 @dataclass
 class ActivePixels:
     """Fourier pixels of a B×B image's rfft grid that take part, sorted by radius.
