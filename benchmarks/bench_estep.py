@@ -44,7 +44,8 @@ def peak_sgemm(be, n=2048):
     return 2 * n**3 / t / 1e9
 
 
-def bench(k, box, psi_step, offset_range, be, n=512, window_frac=0.25, max_sig=64):
+def setup(k, box, psi_step, offset_range, be, n=512, window_frac=0.25):
+    """The benchmark's chunk: (data, refs, sampling, log class prior, coarse shells, active pixels)."""
     xp = be.xp
     px = 2.0
     diam = 0.8 * box * px
@@ -67,6 +68,12 @@ def bench(k, box, psi_step, offset_range, be, n=512, window_frac=0.25, max_sig=6
     refs = InplaneReferences(xp.asarray(views))
     data = prepare_chunk(xp.asarray(images), xp.asarray(ctf), group, np.zeros((n, 2)), s2, act, radius)
     lp = np.log(np.full(k, 1.0 / k))
+    return data, refs, samp, lp, coarse, act
+
+
+def bench(k, box, psi_step, offset_range, be, n=512, window_frac=0.25, max_sig=64):
+    xp = be.xp
+    data, refs, samp, lp, coarse, act = setup(k, box, psi_step, offset_range, be, n, window_frac)
 
     def full():
         post, fine = expectation(data, refs, samp, lp, offset_range / 2, coarse, max_significant=max_sig)
@@ -101,19 +108,116 @@ def bench(k, box, psi_step, offset_range, be, n=512, window_frac=0.25, max_sig=6
                 mean_sig=float(post.n_significant.mean()))
 
 
+#: functions timed one by one with --profile (inclusive, synchronised before and after each call)
+DETAIL = [("spa.em.estep", "significant"), ("spa.em.significance", "_top_m"), ("spa.em.cuda_kernels", "add_priors"),
+          ("spa.em.cuda_kernels", "topk_rows"),
+          ("spa.em.cuda_kernels", "row_exp_sums"), ("spa.em.estep", "project_rows"), ("spa.em.estep", "unique_inverse"),
+          ("spa.em.estep", "phase_factors"), ("spa.em.estep", "sum_rows_by_index"), ("spa.em.estep", "scatter_add"),
+          ("spa.em.estep", "insert_rows")]
+
+
+def _timed(be, targets):
+    """Replace each (module, function) by a synchronised timer; returns (seconds per name, undo list)."""
+    import importlib
+
+    spent, undo = {}, []
+    for mod_name, name in targets:
+        mod = importlib.import_module(mod_name)
+        f = getattr(mod, name, None)
+        if f is None:
+            continue
+
+        def wrapped(*args, _f=f, _key=f"{mod_name.rsplit('.', 1)[-1]}.{name}", **kwargs):
+            be.synchronize()
+            t0 = time.perf_counter()
+            try:
+                return _f(*args, **kwargs)
+            finally:
+                be.synchronize()
+                spent[_key] = spent.get(_key, 0.0) + time.perf_counter() - t0
+
+        setattr(mod, name, wrapped)
+        undo.append((mod, name, f))
+    return spent, undo
+
+
+def profile(k, box, psi_step, offset_range, be, n=512, max_sig=64, repeat=3):
+    """Seconds per phase of one E-step (synchronised; the best of ``repeat``): where the time goes; then
+    one more E-step with the functions of DETAIL timed one by one."""
+    from spa.em.estep import FinePass, fine_candidates
+
+    xp = be.xp
+    data, refs, samp, lp, coarse, act = setup(k, box, psi_step, offset_range, be, n)
+    best = {}
+    for round_ in range(repeat + 2):  # round 0 compiles kernels and fills caches: not counted
+        times, t = {}, time.perf_counter()
+
+        def lap(name):
+            nonlocal t
+            be.synchronize()
+            now = time.perf_counter()
+            times[name] = now - t
+            t = now
+
+        if round_ == repeat + 1:
+            spent, undo = _timed(be, DETAIL)
+        be.synchronize()
+        t = time.perf_counter()
+        sample, valid, n_sig = coarse_pass(data, refs, samp, lp, offset_range / 2, coarse, max_significant=max_sig)
+        lap("pass 1 (GEMM, priors, selection)")
+        img, cls, rot, shift, dense = fine_candidates(sample, valid, refs, samp)
+        fine = FinePass(data, refs, samp, img, cls, rot, shift)
+        lap("pass 2 set-up (candidates, projections)")
+        weight, _ = fine.score(lp, offset_range / 2, dense)
+        lap("pass 2 scores")
+        sums = refs.new_sums()
+        fine.accumulate(weight, refs, sums, xp.zeros((1, act.size)))
+        lap("M-step sums and insertion")
+        if 0 < round_ <= repeat:
+            for key, v in times.items():
+                best[key] = min(best.get(key, np.inf), v)
+    for mod, name, f in undo:
+        setattr(mod, name, f)
+    total = sum(best.values())
+    print(f"profile K={k} box={box} n={n} candidates={int(img.shape[0])} rows={int(fine.A.shape[0])}:")
+    for key, v in best.items():
+        print(f"  {key:<42} {1e3 * v:8.1f} ms  {100 * v / total:5.1f} %")
+    print("  inside, each call timed alone (inclusive):")
+    for key, v in sorted(spent.items(), key=lambda kv: -kv[1]):
+        print(f"    {key:<40} {1e3 * v:8.1f} ms")
+
+
+def _parse_configs(text):
+    """"K:box[:psi:offset],..." → [(K, box, psi, offset)] (default ψ 6°, offsets ±5 px)."""
+    out = []
+    for c in text.split(","):
+        v = [float(x) for x in c.split(":")] + [6.0, 5.0][len(c.split(":")) - 2:]
+        out.append((int(v[0]), int(v[1]), v[2], v[3]))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--backend", default="numpy", help="numpy or cupy (arrays on the GPU; timings synchronised)")
     ap.add_argument("--n", type=int, default=None, help="images per chunk (default 512, 256 with --quick)")
+    ap.add_argument("--configs", default=None,
+                    help="K:box[:psi:offset],... instead of the default list (psi 6°, offsets ±5 px)")
+    ap.add_argument("--profile", action="store_true", help="time each phase of the E-step instead")
     a = ap.parse_args()
     be = get_backend(a.backend)
+    if a.profile:
+        for k, box, psi, off in _parse_configs(a.configs or "50:128"):
+            profile(k, box, psi, off, be, n=a.n or 512)
+        return
     peak_n = 2048 if be.name == "numpy" else 8192
     peak = peak_sgemm(be, peak_n)
     print(f"backend {be.name}; float32 matmul peak ({peak_n}² square): {peak:.1f} GFLOP/s")
     configs = [(10, 64, 6.0, 5.0), (50, 64, 6.0, 5.0), (10, 128, 6.0, 5.0), (10, 64, 12.0, 3.0)]
     if not a.quick:
-        configs += [(50, 128, 6.0, 5.0), (100, 64, 6.0, 5.0)]
+        configs += [(50, 128, 6.0, 5.0), (100, 64, 6.0, 5.0), (100, 128, 6.0, 5.0)]
+    if a.configs:
+        configs = _parse_configs(a.configs)
     # %peak: pass 1's GEMM rate vs the square sgemm; E-step %peak: the same GEMM work over the time of
     # the whole E-step (both passes and the M-step sums): the throughput the issue's target is about
     head = (f"{'K':>4} {'box':>4} {'psi':>5} {'R':>4} {'S':>4} {'Fc':>5} {'Ff':>5} {'img/s':>8} {'pass1 GF/s':>10} "

@@ -32,11 +32,11 @@ import numpy as np
 
 from spa.backend import array_module, backend_of
 from spa.em.model import ReferenceModel, Sampling
+from spa.em.projector import cuda_for
+from spa.em.rows import BLOCK_ELEMENTS, block_elements, insert_rows, project_rows  # noqa: F401 (re-exported)
+from spa.em.rows import scatter_add, sum_rows_by_index
 from spa.em.significance import significant, significant_per_class, per_class_cap
 from spa.fourier import freq_2d, rfft_centered, shell_sum, shells_2d, soft_circular_mask
-
-# elements per temporary block (float32): bounds memory at ~64–128 MB per array
-BLOCK_ELEMENTS = 1 << 24
 
 
 @dataclass
@@ -214,7 +214,8 @@ def coarse_pass(data: ChunkData, refs: ReferenceModel, sampling: Sampling, log_c
     sample = xp.zeros((n, m), xp.int64)
     valid = xp.zeros((n, m), bool)
     n_sig = xp.zeros(n, xp.int64)
-    nb = max(1, BLOCK_ELEMENTS // max(1, S * max(K * R, 2 * fc)))
+    nb = max(1, block_elements(xp) // max(1, S * max(K * R, 2 * fc)))
+    ck = cuda_for(data.X)  # CUDA kernels for the pass's epilogue where the chunk is on a GPU
     # reused buffers: no page faults per block
     out = xp.empty((min(n, nb) * S, K * R), xp.float32)
     ys = xp.empty((min(n, nb), S, fc), xp.complex64)
@@ -225,13 +226,18 @@ def coarse_pass(data: ChunkData, refs: ReferenceModel, sampling: Sampling, log_c
         xp.multiply(Y[b, None, :], ph[None], out=yb)  # the images at every shift
         logp = out[: nbi * S].reshape(nbi, S, K * R)
         xp.matmul(yb.reshape(nbi * S, fc).view(xp.float32), A_real.T, out=logp.reshape(nbi * S, K * R))  # the GEMM
-        logp += (lp_class[None, :] - 0.5 * (c2s[b] @ A_pow.T))[:, None, :]  # norm term (GEMM) + class prior
-        logp += lp_trans[b][:, :, None]
+        row_term = lp_class[None, :] - 0.5 * (c2s[b] @ A_pow.T)  # norm term (GEMM) + class prior
+        col_max = None
+        if ck is not None:  # one pass over the GEMM's output, with the maxima the selection starts from
+            col_max = ck.add_priors(logp, row_term, lp_trans[b])
+        else:
+            logp += row_term[:, None, :]
+            logp += lp_trans[b][:, :, None]
         if per_class:
             sample[b], valid[b], n_sig[b] = significant_per_class(logp, K, m // K, significant_fraction)
         else:
             sample[b], valid[b], n_sig[b] = significant(logp.reshape(nbi, -1), m, significant_fraction,
-                                                         groups=(S, K * R))
+                                                         groups=(S, K * R), col_max=col_max)
     return sample, valid, n_sig
 
 
@@ -311,11 +317,7 @@ def local_coarse_pass(data: ChunkData, refs: ReferenceModel, sampling, log_class
     key_h = np.repeat(keys, K)
     n_coarse = len(sampling.coarse_rotations)
     ukey, inv = np.unique(cls_h * n_coarse + key_h, return_inverse=True)
-    A = xp.zeros((ukey.size, fc), xp.complex64)
-    for k in range(K):
-        sel = np.nonzero(ukey // n_coarse == k)[0]
-        if sel.size:
-            A[xp.asarray(sel)] = refs.project(k, sampling.coarse_rotations[ukey[sel] % n_coarse], act)
+    A = project_rows(refs, ukey // n_coarse, sampling.coarse_rotations[ukey % n_coarse], act, xp)
     a_pow = (A.real**2 + A.imag**2).astype(xp.float32)
     shifts = xp.asarray(sampling.coarse_translations, dtype=xp.float32)
     S = shifts.shape[0]
@@ -327,7 +329,7 @@ def local_coarse_pass(data: ChunkData, refs: ReferenceModel, sampling, log_class
     lp_pair = xp.asarray(np.repeat(lprior, K)) + xp.asarray(log_class_prior, dtype=xp.float32)[xp.asarray(cls_h)]
     p = img_h.size
     scores = xp.empty((p, S), xp.float32)
-    block = max(1, BLOCK_ELEMENTS // (4 * max(1, fc)))
+    block = max(1, block_elements(xp) // (4 * max(1, fc)))
     for q0 in range(0, p, block):
         q = slice(q0, min(p, q0 + block))
         z = A[row[q]]
@@ -405,10 +407,7 @@ class FinePass:
         self.pair_rot = host_pairs % n_rot
         f = data.active.size
         u = len(host_pairs)
-        self.A = xp.zeros((u, f), xp.complex64)
-        for k in np.unique(self.pair_class):
-            sel = np.nonzero(self.pair_class == k)[0]
-            self.A[xp.asarray(sel)] = refs.project(int(k), sampling.fine_rotations[self.pair_rot[sel]], data.active)
+        self.A = project_rows(refs, self.pair_class, sampling.fine_rotations[self.pair_rot], data.active, xp)
         self.rotations = sampling.fine_rotations
         self.fine_shifts = xp.asarray(sampling.fine_translations, dtype=xp.float32)[self.shift_u]
         self.ph = phase_factors(self.fine_shifts, data.active)  # (S_u, F)
@@ -422,7 +421,7 @@ class FinePass:
         self.order = xp.argsort(self.cand_q, kind="stable")
         self.q_sorted = self.cand_q[self.order]
         self.n_pairs = int(qkey.shape[0])
-        self.block = max(1, BLOCK_ELEMENTS // (4 * max(1, f)))
+        self.block = max(1, block_elements(xp) // (4 * max(1, f)))
 
     def _blocks(self):
         """(pair slice, candidate indices, local pair index, block shifts, local shift index) per block."""
@@ -499,7 +498,7 @@ class FinePass:
         group = self.data.group
         q_key = self.q_row * n_groups + group[self.q_img]  # (row, group) of each pair
         w_pair = xp.zeros(self.n_pairs, xp.float64)
-        be.scatter_add(w_pair, self.cand_q, weight.astype(xp.float64))
+        scatter_add(be, w_pair, self.cand_q, weight.astype(xp.float64))
         # Σ Y·Φ per (row, group), interleaved (re, im); float32 like the values inserted from it (each
         # row sums a few pairs: float64 here only doubled the memory traffic of the largest arrays)
         data_rows = xp.zeros((u * n_groups, 2 * f), xp.float32)
@@ -516,14 +515,14 @@ class FinePass:
             if int(keys_b.shape[0]) == qb:  # every pair its own row (3D, mostly): no sums to form
                 data_rows[q_key[qs]] += phi.view(xp.float32)
             else:
-                data_rows[keys_b] += be.sum_rows_by_index(phi.view(xp.float32), inv, int(keys_b.shape[0]))
+                data_rows[keys_b] += sum_rows_by_index(be, phi.view(xp.float32), inv, int(keys_b.shape[0]))
         # Σ w_q·C²/σ² per (row, group): a sparse (rows × images) by (images × F) product
-        weight_rows = be.sum_rows_by_index(self.c2s, q_key, u * n_groups, rows=self.q_img,
-                                           weights=w_pair.astype(xp.float32))
+        weight_rows = sum_rows_by_index(be, self.c2s, q_key, u * n_groups, rows=self.q_img,
+                                        weights=w_pair.astype(xp.float32))
         data_rows = data_rows.reshape(u, n_groups, 2 * f)
         weight_rows = weight_rows.reshape(u, n_groups, f)
         w_img = xp.zeros(n, xp.float64)
-        be.scatter_add(w_img, self.q_img, w_pair)
+        scatter_add(be, w_img, self.q_img, w_pair)
         x_pow = (self.data.X.real**2 + self.data.X.imag**2).astype(xp.float64) * w_img[:, None]
         a_pow = self.A.real**2 + self.A.imag**2
         a_flat = self.A.view(xp.float32)  # (U, 2F) interleaved
@@ -541,18 +540,10 @@ class FinePass:
             data_c, weight_c = data_rows.sum(axis=1).view(xp.complex64), weight_rows.sum(axis=1)
         # rows that carry (almost) no posterior mass add nothing worth the insertion cost
         row_mass = xp.zeros(u, xp.float64)
-        be.scatter_add(row_mass, self.q_row, w_pair)
+        scatter_add(be, row_mass, self.q_row, w_pair)
         live = backend_of(row_mass).to_numpy(row_mass > self.prune_weight)
-        for k in np.unique(self.pair_class):
-            sel = np.nonzero((self.pair_class == k) & live)[0]
-            if sel.size == 0:
-                continue
-            if sel.size == u:  # every row (one class, all live): no copies of the sums
-                refs.insert(sums, int(k), self.rotations[self.pair_rot], self.data.active, data_c, weight_c)
-                continue
-            sel_x = xp.asarray(sel)
-            refs.insert(sums, int(k), self.rotations[self.pair_rot[sel]], self.data.active, data_c[sel_x],
-                        weight_c[sel_x])
+        insert_rows(refs, sums, self.pair_class, self.rotations[self.pair_rot], self.data.active, data_c, weight_c,
+                    live)
 
 
 def expectation(data: ChunkData, refs: ReferenceModel, sampling: Sampling, log_class_prior, sigma_offset_px,

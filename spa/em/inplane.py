@@ -21,6 +21,7 @@ import numpy as np
 
 from spa.backend import OnBackend, array_module, backend_of
 from spa.em.gridding import crop_centered, gridding_factor, pad_centered, padded_size
+from spa.em.projector import cuda_for
 from spa.fourier import irfft_centered, radial_average, rfft_centered, shells_2d, soft_circular_mask
 
 
@@ -218,11 +219,29 @@ class InplaneReferences(OnBackend):
 
     def project_all(self, rotations, active):
         """All classes at all rotations: complex64 (K, R, F)."""
+        ck = cuda_for(self.fourier)
+        if ck is not None:  # one launch for every class and angle; the weights are formed on the fly
+            angles = np.asarray(backend_of(rotations).to_numpy(rotations), np.float64).reshape(-1)
+            k, r = self.n_classes, angles.size
+            rows = ck.project2d(self.fourier, np.repeat(np.arange(k), r), np.tile(angles, k), active.jx, active.jy,
+                                self.pad, self.padded)
+            return rows.reshape(k, r, -1)
         return _interpolate(self.fourier.reshape(self.n_classes, -1), *self._setup(rotations, active))
 
     def project(self, class_index: int, rotations, active):
         """Class ``class_index`` at rotations ψ (R,): complex64 (R, F) at the active pixels."""
+        ck = cuda_for(self.fourier)
+        if ck is not None:
+            return ck.project2d(self.fourier, int(class_index), rotations, active.jx, active.jy, self.pad, self.padded)
         return _interpolate(self.fourier[class_index].reshape(-1), *self._setup(rotations, active))
+
+    def project_rows(self, classes, rotations, active):
+        """Row u: class ``classes[u]`` at ψ = ``rotations[u]``, complex64 (U, F), in one CUDA launch; None
+        where the CUDA kernels do not run (the caller then calls :meth:`project` per class)."""
+        ck = cuda_for(self.fourier)
+        if ck is None:
+            return None
+        return ck.project2d(self.fourier, classes, rotations, active.jx, active.jy, self.pad, self.padded)
 
     # -- adjoint: weighted sums for the M-step ------------------------------------------
     def new_sums(self) -> dict:
@@ -232,12 +251,25 @@ class InplaneReferences(OnBackend):
 
     def insert(self, sums: dict, class_index: int, rotations, active, data, weight) -> None:
         """Add per-pose sums (R, F) back into class ``class_index``'s frame (transpose of :meth:`project`)."""
+        if self.insert_rows(sums, int(class_index), rotations, active, data, weight):
+            return
         xp = self.xp
         be = backend_of(sums["data"])
         idx, w, conj = self._setup(rotations, active, point_major=True)
         data = xp.where(conj, xp.asarray(data).conj(), xp.asarray(data))
         be.add_interpolated([sums["data"][class_index], sums["weight"][class_index]], [data, xp.asarray(weight)],
                             idx, w, corner_axis=-1)
+
+    def insert_rows(self, sums: dict, classes, rotations, active, data, weight) -> bool:
+        """Row u of ``data`` / ``weight`` (U, F) into class ``classes[u]`` (an int: every row) at ψ =
+        ``rotations[u]``, all classes in one deterministic CUDA launch; False (nothing done) where the
+        CUDA kernels do not run (the caller then calls :meth:`insert` per class)."""
+        ck = cuda_for(sums["data"], sums["weight"])
+        if ck is None or not ck.grids_supported(sums["data"], sums["weight"]):
+            return False
+        ck.insert2d(sums["data"], sums["weight"], classes, rotations, active.jx, active.jy, data, weight, self.pad,
+                    self.padded)
+        return True
 
     # -- spectra and reconstruction -------------------------------------------------
     def power_spectrum(self):

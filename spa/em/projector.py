@@ -137,11 +137,27 @@ def _row_blocks(n_rows: int, n_pixels: int):
     return [slice(r0, min(n_rows, r0 + step)) for r0 in range(0, n_rows, step)]
 
 
+def cuda_for(*arrays):
+    """:mod:`spa.em.cuda_kernels` when every array is a CuPy array and the kernels run there, else None
+    (NumPy arrays, the CuPy emulator, ``SPA_CUDA_KERNELS=0``: the array paths are used)."""
+    if any(array_module(a) is np for a in arrays):
+        return None
+    from spa.em import cuda_kernels  # noqa: PLC0415 - only where the arrays are on a GPU
+
+    return cuda_kernels if cuda_kernels.available() else None
+
+
 def gather_slices(flat, rotations, jx, jy, pad_factor: float, padded: int):
-    """Interpolated values (R, F) complex64 of a half-grid transform ``flat`` at pad·Aᵀ(jx, jy, 0)."""
+    """Interpolated values (R, F) complex64 of a half-grid transform ``flat`` at pad·Aᵀ(jx, jy, 0).
+
+    NumPy: the fused loops of :mod:`spa.em.fused` (or whole-array passes without Numba); CuPy with
+    CUDA: one kernel launch (:mod:`spa.em.cuda_kernels`); otherwise CuPy's whole-array passes."""
     xp = array_module(flat)
     if xp is np and fused.available():
         return fused.project_slices(flat, rotations, jx, jy, pad_factor, padded)
+    ck = cuda_for(flat)
+    if ck is not None:
+        return ck.project3d(flat, 0, rotations, jx, jy, pad_factor, padded)
     rotations = xp.asarray(rotations)
     out = xp.empty((rotations.shape[0], jx.shape[0]), xp.complex64)
     for rows in _row_blocks(rotations.shape[0], jx.shape[0]):
@@ -162,6 +178,10 @@ def scatter_slices(be, data_flat, weight_flat, rotations, jx, jy, values, weight
     xp = be.xp
     if xp is np and fused.available():
         fused.insert_slices(data_flat, weight_flat, rotations, jx, jy, values, weights, pad_factor, padded)
+        return
+    ck = cuda_for(data_flat, weight_flat)
+    if ck is not None and ck.grids_supported(data_flat, weight_flat):  # deterministic fixed-point sums
+        ck.insert3d(data_flat, weight_flat, 0, rotations, jx, jy, values, weights, pad_factor, padded)
         return
     rotations = xp.asarray(rotations)
     n_rows, n_pixels = values.shape

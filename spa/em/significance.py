@@ -9,9 +9,10 @@ per element of the coarse pass's GEMM output.
 from __future__ import annotations
 
 from spa.backend import array_module
+from spa.em.projector import cuda_for
 
 
-def _top_m(sub, m: int, groups):
+def _top_m(sub, m: int, groups, col_max=None):
     """Indices and values of the m largest entries of each row, exactly, without sorting whole rows.
 
     A row is S blocks of G samples (shift-major).  Every one of the m best
@@ -19,16 +20,27 @@ def _top_m(sub, m: int, groups):
     best column maxima, so the search narrows to those m columns (S·m values,
     gathered in memory order), and within them to the values at least the
     m-th best column maximum (sorted when they are few — peaked posteriors —
-    else partitioned).  Returned best first.
+    else partitioned).  Returned best first.  ``col_max`` (n, G): the column
+    maxima, when the caller has them already.
     """
     xp = array_module(sub)
     n, width = sub.shape
     s, g = groups
+    ck = cuda_for(sub)
+    if ck is not None and m > ck.TOPK_MAX:
+        ck = None
     if s * g != width or g <= m:
+        if ck is not None:
+            return ck.topk_rows(sub, m)
         part = xp.argpartition(sub, width - m, axis=1)[:, width - m:]
         return part, xp.take_along_axis(sub, part, axis=1)
-    cube = sub.reshape(n, s, g)
-    col_max = cube.max(axis=1)
+    if col_max is None:
+        col_max = sub.reshape(n, s, g).max(axis=1)
+    if ck is not None:  # an exact top-m kernel per row (CuPy's partitions sort whole rows)
+        col = xp.sort(ck.topk_rows(col_max, m)[0], axis=1)
+        flat_index = (xp.arange(n)[:, None, None] * width + xp.arange(s)[None, :, None] * g) + col[:, None, :]
+        pos, v = ck.topk_rows(xp.take(sub.reshape(-1), flat_index).reshape(n, s * m), m)
+        return (pos // m) * g + xp.take_along_axis(col, pos % m, axis=1), v
     col = xp.argpartition(col_max, g - m, axis=1)[:, g - m:]  # (n, m) best columns
     # the m best column maxima are m values ≥ their smallest, so every one of the m best samples is too:
     # only the gathered values ≥ that threshold (typically a few m of the S·m) need ordering
@@ -70,7 +82,7 @@ def _count_needed(cum_top, cnt, mass, m: int, fraction: float):
     return xp.minimum(xp.minimum((cum_top < fraction * mass[:, None]).sum(axis=1) + 1, m), xp.minimum(cnt, m))
 
 
-def significant(flat, m: int, fraction: float, delta: float = 25.0, groups=None):
+def significant(flat, m: int, fraction: float, delta: float = 25.0, groups=None, col_max=None):
     """Per row of log posteriors: the best ≤ m samples holding ``fraction`` of the mass.
 
     One exact top-(m+1) search per row (:func:`_top_m`) gives the best m and
@@ -81,12 +93,12 @@ def significant(flat, m: int, fraction: float, delta: float = 25.0, groups=None)
     bounds give the same count (or the cap m) the count is exact, and only the
     other rows are read again for an exp-and-sum.  This runs once per GEMM
     output element, so whole rows are read as few times as possible.
-    Returns (index (n, m) best first, valid (n, m), count (n,)).
+    ``col_max``: see :func:`_top_m`.  Returns (index (n, m) best first, valid (n, m), count (n,)).
     """
     xp = array_module(flat)
     n, width = flat.shape
     m = int(min(m, width))
-    idx, val = _top_m(flat, min(m + 1, width), groups or (1, width))
+    idx, val = _top_m(flat, min(m + 1, width), groups or (1, width), col_max)
     order = xp.argsort(-val, axis=1)
     idx = xp.take_along_axis(idx, order, axis=1)
     val = xp.take_along_axis(val, order, axis=1)
@@ -110,11 +122,15 @@ def significant(flat, m: int, fraction: float, delta: float = 25.0, groups=None)
         k_sig = xp.where(broad, k_low, k_sig)
         unsure = xp.nonzero(broad & (k_low < m) & (k_high != k_low))[0]
         if int(unsure.shape[0]):  # exp-and-sum of those rows (float32 pairwise sums of terms ≤ 1)
-            e = flat[unsure]
-            e -= mx[unsure][:, None]
-            xp.exp(e, out=e)
-            k_sig[unsure] = _count_needed(cum_top[unsure], cnt[unsure], e.sum(axis=1).astype(xp.float64), m,
-                                          fraction)
+            ck = cuda_for(flat)
+            if ck is not None:  # read in place (on the GPU most rows of a block were copied here)
+                mass = ck.row_exp_sums(flat, unsure, mx[unsure])
+            else:
+                e = flat[unsure]
+                e -= mx[unsure][:, None]
+                xp.exp(e, out=e)
+                mass = e.sum(axis=1).astype(xp.float64)
+            k_sig[unsure] = _count_needed(cum_top[unsure], cnt[unsure], mass, m, fraction)
     valid = xp.arange(m)[None, :] < k_sig[:, None]
     return top_idx, valid, k_sig
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from spa.backend import OnBackend, array_module, backend_of
 from spa.em.gridding import crop_centered, gridding_factor, pad_centered, padded_size
-from spa.em.projector import gather_slices, scatter_slices
+from spa.em.projector import cuda_for, gather_slices, scatter_slices
 from spa.fourier import irfft_centered, radius_3d, rfft_centered, soft_spherical_mask
 from spa.geometry.euler import euler_to_matrix
 
@@ -78,13 +78,42 @@ class VolumeReferences(OnBackend):
         return gather_slices(self.fourier[class_index].reshape(-1), mats, active.jx, active.jy, self.pad,
                              self.padded)
 
+    def project_rows(self, classes, rotations, active):
+        """Row u: class ``classes[u]`` at Euler angles ``rotations[u]`` (U, 3), complex64 (U, F), in one
+        CUDA launch; None where the CUDA kernels do not run (the caller then calls :meth:`project` per
+        class)."""
+        ck = cuda_for(self.fourier)
+        if ck is None:
+            return None
+        return ck.project3d(self.fourier, classes, rotation_matrices(rotations, self.xp), active.jx, active.jy,
+                            self.pad, self.padded)
+
     # -- adjoint ----------------------------------------------------------------------
+    def insert_rows(self, sums: dict, classes, rotations, active, data, weight) -> bool:
+        """Row u of ``data`` / ``weight`` (U, F) into class ``classes[u]`` at Euler angles ``rotations[u]``
+        (every symmetry copy), all rows in one deterministic fixed-point accumulation on the GPU; False
+        (nothing done) where the CUDA kernels do not run or a subclass inserts its own way (the caller
+        then calls :meth:`insert` per class)."""
+        ck = cuda_for(sums["data"], sums["weight"])
+        if ck is None or type(self).insert is not VolumeReferences.insert \
+                or not ck.grids_supported(sums["data"], sums["weight"]):
+            return False
+        xp = self.xp
+        mats = rotation_matrices(rotations, xp)
+        syms = np.eye(3)[None] if self.symmetry is None else self.symmetry
+        sets = [mats @ xp.asarray(sym, dtype=xp.float32) for sym in syms]
+        ck.insert3d(sums["data"], sums["weight"], classes, sets, active.jx, active.jy, data, weight, self.pad,
+                    self.padded)
+        return True
+
     def new_sums(self) -> dict:
         shape = (self.n_classes, self.padded, self.padded, self.padded // 2 + 1)
         return {"data": self.xp.zeros(shape, self.xp.complex128), "weight": self.xp.zeros(shape, self.xp.float64)}
 
     def insert(self, sums: dict, class_index: int, rotations, active, data, weight) -> None:
         """Add per-pose sums (R, F) into class ``class_index`` (transpose of :meth:`project_all`)."""
+        if self.insert_rows(sums, int(class_index), rotations, active, data, weight):
+            return
         xp = self.xp
         be = backend_of(sums["data"])
         mats = rotation_matrices(rotations, xp)
