@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from spa.backend import get_backend
-from spa.em.engine import EStepContext, estep_chunk, particle_ctfs, run_chunks
+from spa.em.engine import EStepContext, estep_chunk, estep_over_chunks, particle_ctfs, run_chunks
 from spa.em.estep import ActivePixels, prepare_chunk
 from spa.em.model import WsumModel
 from spa.em.noise import group_power, initial_sigma2
@@ -224,9 +224,7 @@ def estep_chunk_3d(source, ctx: EStepContext, idx, particles):
 
 def run_estep_3d(ctx: EStepContext, source, particles: dict, chunks: list, client=None, lanes: int = DEFAULT_LANES):
     """E-step over ``chunks`` → (WsumModel, per-particle results concatenated in chunk order)."""
-    wsum, parts = run_chunks(estep_chunk_3d, source, particles, chunks, ctx, client, lanes=lanes)
-    results = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    return wsum, results
+    return estep_over_chunks(estep_chunk_3d, ctx, source, particles, chunks, client, lanes=lanes)
 
 
 # -- outputs ---------------------------------------------------------------------------------

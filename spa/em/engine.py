@@ -19,7 +19,7 @@ then the M-step (:mod:`spa.em.mstep`), writes its outputs and a checkpoint
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +170,9 @@ class EStepContext:
     backend: str = "numpy"
     balance_classes: bool = False
     significance_per_class: bool = False
+    #: keep a chunk's weighted sums where they were made (set by :func:`run_estep` in-process on a GPU:
+    #: the sums are then added on the device and copied to the host once per pass, not once per chunk)
+    device_sums: bool = False
 
 
 def estep_chunk(source, ctx: EStepContext, indices, particles: dict):
@@ -226,7 +229,7 @@ def estep_chunk(source, ctx: EStepContext, indices, particles: dict):
     }
     results = {k: be.to_numpy(v) for k, v in results.items()}
     wsum = WsumModel(sums, wsig, count, class_w, offset2, int(n), float(be.to_numpy(post.log_evidence).sum()))
-    return wsum.to_host(), results
+    return (wsum if ctx.device_sums else wsum.to_host()), results
 
 
 def _normalised_rows(p):
@@ -253,7 +256,20 @@ def run_estep(ctx: EStepContext, source, particles: dict, chunks: list, client=N
               lanes: int = DEFAULT_LANES):
     """E-step of every chunk and the sum of their weighted sums → (WsumModel, per-particle results in
     chunk order).  ``groups``: one WsumModel per group of chunks, as a list (see :func:`run_chunks`)."""
-    wsum, parts = run_chunks(estep_chunk, source, particles, chunks, ctx, client, groups, lanes=lanes)
+    return estep_over_chunks(estep_chunk, ctx, source, particles, chunks, client, groups, lanes)
+
+
+def estep_over_chunks(task, ctx: EStepContext, source, particles: dict, chunks: list, client=None, groups=None,
+                      lanes: int = DEFAULT_LANES):
+    """``task`` (:func:`estep_chunk` or a stage's wrapper of it) over the chunks → (sums on the host,
+    per-particle results concatenated in chunk order).  In-process on a GPU the sums stay on the
+    device until the pass is done."""
+    on_device = client is None and ctx.backend == "cupy"
+    if on_device:
+        ctx = replace(ctx, device_sums=True)
+    wsum, parts = run_chunks(task, source, particles, chunks, ctx, client, groups, lanes=lanes)
+    if on_device:
+        wsum = [w.to_host() for w in wsum] if isinstance(wsum, list) else wsum.to_host()
     results = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return wsum, results
 
