@@ -70,8 +70,9 @@ def padded_radius(padded: int, pad: float, ndim: int, xp):
 
     Shape (P, P, P//2+1) in 3D, (P, P//2+1) in 2D.
     """
-    k = (xp.fft.fftfreq(padded) * padded).astype(xp.float32)
-    kx = (xp.fft.rfftfreq(padded) * padded).astype(xp.float32)
+    # integer frequencies (FFT order), so that radii at exact half-integers round the same everywhere
+    k = ((xp.arange(padded) + padded // 2) % padded - padded // 2).astype(xp.float32)
+    kx = xp.arange(padded // 2 + 1).astype(xp.float32)
     if ndim == 2:
         r2 = k[:, None] ** 2 + kx[None, :] ** 2
     else:
@@ -195,6 +196,8 @@ def reconstruct(data, weight, box: int, ndim: int, *, tau2=None, tau2_fudge: flo
     single = data.ndim == ndim
     if single:
         data, weight = data[None], weight[None]
+        tau2 = None if tau2 is None else xp.asarray(tau2)[None]
+        ssnr = None if ssnr is None else xp.asarray(ssnr)[None]
     padded = int(data.shape[-2])
     pad = padded / box
     nsh = box // 2 + 1
