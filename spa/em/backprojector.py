@@ -16,8 +16,7 @@ from __future__ import annotations
 from spa.backend import backend_of, get_backend
 from spa.em.gridding import padded_size
 from spa.em.projector import image_frequencies, scatter_slices
-from spa.em.reconstruction import (DEFAULT_MIN_WEIGHT_FRACTION, complete_hermitian, padded_shells, reconstruct,
-                                   shell_means)
+from spa.em.reconstruction import DEFAULT_MIN_WEIGHT_FRACTION, reconstruct
 
 
 class BackProjector:
@@ -64,13 +63,6 @@ class BackProjector:
         return out
 
     # -- reconstruction -----------------------------------------------------------
-    def shell_weight(self, n_shells: int | None = None):
-        """Mean weight per shell (shells in Fourier pixels of the *original* box), kx = 0 plane completed."""
-        d, w = self.data.copy(), self.weight.copy()
-        complete_hermitian(d, w, 3)
-        shells = padded_shells(self.padded, self.pad, 3, self.xp)
-        return shell_means(w, shells, n_shells or self.box // 2 + 1)
-
     def reconstruct(self, ssnr=None, min_weight_fraction: float = DEFAULT_MIN_WEIGHT_FRACTION,
                     max_radius: float | None = None):
         """The map (B, B, B) float32, by the shared :func:`spa.em.reconstruction.reconstruct`.

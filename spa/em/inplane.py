@@ -22,7 +22,7 @@ import numpy as np
 
 from spa.backend import OnBackend, array_module, backend_of
 from spa.em.gridding import gridding_factor, pad_centered, padded_size
-from spa.em.reconstruction import padded_shells, reconstruct
+from spa.em.reconstruction import reconstruct
 from spa.fourier import radial_average, rfft_centered, shells_2d
 
 
@@ -230,10 +230,6 @@ class InplaneReferences(OnBackend):
         f = rfft_centered(self.images, 2)
         sh = shells_2d(self.box, xp)
         return radial_average((f.real**2 + f.imag**2) / 2, sh, self.box // 2 + 1).astype(xp.float64)
-
-    def shells_padded(self):
-        """Shell (in unpadded Fourier pixels) of every padded half-grid pixel."""
-        return padded_shells(self.padded, self.pad, 2, self.xp)
 
     def reconstruct(self, sums: dict, tau2, tau2_fudge: float, mask_radius_px: float | None = None,
                     mask_edge_px: float = 5.0, max_shell: int | None = None):

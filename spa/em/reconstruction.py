@@ -80,11 +80,6 @@ def padded_radius(padded: int, pad: float, ndim: int, xp):
     return xp.sqrt(r2) / np.float32(pad)
 
 
-def padded_shells(padded: int, pad: float, ndim: int, xp):
-    """Shell index rint(|k|) (unpadded Fourier pixels) of every voxel of the padded half grid (int32)."""
-    return xp.rint(padded_radius(padded, pad, ndim, xp)).astype(xp.int32)
-
-
 def shell_means(values, shells, n_shells: int):
     """Mean of real ``values`` (grid) over each shell 0 … n_shells−1 (float64, length n_shells).
 

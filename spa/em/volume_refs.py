@@ -17,7 +17,7 @@ import numpy as np
 from spa.backend import OnBackend, array_module, backend_of
 from spa.em.gridding import gridding_factor, pad_centered, padded_size
 from spa.em.projector import gather_slices, scatter_slices
-from spa.em.reconstruction import padded_shells, reconstruct
+from spa.em.reconstruction import reconstruct
 from spa.fourier import radius_3d, rfft_centered
 from spa.geometry.euler import euler_to_matrix
 
@@ -106,9 +106,6 @@ class VolumeReferences(OnBackend):
             cnt = xp.bincount(sh[keep], minlength=nsh)
             out.append(tot / xp.maximum(cnt, 1))
         return xp.stack(out).astype(xp.float64)
-
-    def shells_padded(self):
-        return padded_shells(self.padded, self.pad, 3, self.xp)
 
     def reconstruct(self, sums: dict, tau2, tau2_fudge: float, mask_radius_px: float | None = None,
                     mask_edge_px: float = 5.0, max_shell: int | None = None, ssnr=None):
