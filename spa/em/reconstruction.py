@@ -35,17 +35,18 @@ from the mathematics):
 5. **Outside the box's inscribed sphere** (circle in 2D), as RELION's
    ``softMaskOutsideMap``: a raised-cosine edge from radius B/2 to B/2 + 3 px, beyond it
    the mean of that region.  The corners hold no particle, only noise — noise that the
-   gridding correction amplifies most there (up to 1/0.53 at a corner of a 2× padded
-   box) — and they are ~48 % of a cube's volume: they were the main reason why a true-pose
-   reconstruction's FSC against the truth was 4–5 % worse in resolution than RELION's
+   gridding correction amplifies most there (÷ 0.53 at a corner of a 2× padded box) —
+   and they are ~48 % of a cube's volume: they were the main reason why a true-pose
+   reconstruction's FSC against the truth was 4–6 % worse in resolution than RELION's
    (see docs/performance.md, "Reconstruction vs the truth").
 6. Optionally a soft **particle mask** (``mask_radius_px``), as the EM stages use.
 
 No iterative density pre-weighting (Pipe & Menon 1999): RELION 5 skips it by default
 too (``relion_reconstruct`` and ``relion_refine`` only run it with
-``--dont_skip_gridding``), and measured here it changed the FSC against the truth by
-< 0.3 % in resolution with noise, and made noise-free reconstructions from a strongly
-non-uniform orientation distribution no better, for ten times the FFTs.
+``--dont_skip_gridding``, which measured slightly worse), and measured here it changed the
+FSC against the truth by < 0.3 % in resolution with noise, and made noise-free
+reconstructions from a strongly non-uniform orientation distribution no better, for ten
+times the FFTs.  A padding of 3 instead of 2 measured worse (thinner weights per voxel).
 
 All arrays stay on the backend of ``data`` (NumPy or CuPy, same code).
 """
