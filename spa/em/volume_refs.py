@@ -6,8 +6,9 @@ The 3D implementation of the reference-model protocol that the E-step uses
 psi) in degrees by Fourier-slice interpolation (:mod:`spa.em.projector`), and
 the exact transpose for the M-step sums (:mod:`spa.em.backprojector`).
 Sums live on the padded half grid; :meth:`VolumeReferences.reconstruct` is
-the MAP/Wiener update (:func:`spa.em.reconstruction.reconstruct`) with τ² per shell (classification: from the reference
-power; gold-standard refinement: from the half-map FSC via the SSNR).
+the MAP/Wiener update (:func:`spa.em.reconstruction.reconstruct`, shared with 2D)
+with τ² per shell (classification: from the reference power; gold-standard
+refinement: from the half-map FSC via the SSNR).
 """
 
 from __future__ import annotations
