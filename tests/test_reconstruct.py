@@ -25,7 +25,12 @@ def test_true_pose_reconstruction_reaches_0_8_nyquist(demo_particles, tmp_path):
     vol, px = read_mrc(out)
     assert px == pytest.approx(pixel)
     nyquist = 2 * px
-    assert resolution_at(fsc(vol, truth), 0.5, 64, px) <= nyquist / 0.8
+    curve = fsc(vol, truth)
+    assert resolution_at(curve, 0.5, 64, px) <= nyquist / 0.8
+    # what the data allow, and what the reconstruction before the shared one reached: FSC 0.5 at
+    # 4.05 Å (before: 4.13 Å), the outer quarter of the shells at 0.73 (before: 0.64)
+    assert resolution_at(curve, 0.5, 64, px) < 4.08
+    assert curve[24:33].mean() > 0.70
     # half maps: independent, and their FSC 0.143 agrees with the map-vs-truth FSC 0.5
     halves = []
     for subset in (1, 2):

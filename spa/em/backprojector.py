@@ -14,9 +14,9 @@ of them add (``+``) so Dask can tree-reduce per-chunk insertions.
 from __future__ import annotations
 
 from spa.backend import backend_of, get_backend
-from spa.em.gridding import crop_centered, gridding_factor, padded_size
+from spa.em.gridding import padded_size
 from spa.em.projector import image_frequencies, scatter_slices
-from spa.fourier import irfft_centered, radius_3d
+from spa.em.reconstruction import DEFAULT_MIN_WEIGHT_FRACTION, reconstruct
 
 
 class BackProjector:
@@ -68,54 +68,19 @@ class BackProjector:
         return self
 
     # -- reconstruction -----------------------------------------------------------
-    def _hermitian(self):
-        """Enforce V̂(0, −y, −z) = conj V̂(0, y, z) on the kx = 0 plane (both halves were filled)."""
-        xp = self.xp
-        p = self.padded
-        mirror = (-xp.arange(p)) % p
-        d0 = self.data[:, :, 0]
-        w0 = self.weight[:, :, 0]
-        d = self.data.copy()
-        w = self.weight.copy()
-        d[:, :, 0] = d0 + d0[mirror][:, mirror].conj()
-        w[:, :, 0] = w0 + w0[mirror][:, mirror]
-        return d, w
-
-    def shell_weight(self, n_shells: int | None = None):
-        """Mean weight per shell (shells in Fourier pixels of the *original* box)."""
-        xp = self.xp
-        _, w = self._hermitian()
-        shells = xp.rint(radius_3d(self.padded, xp) / self.pad).astype(xp.int64)
-        n = n_shells or self.box // 2 + 1
-        keep = shells < n
-        tot = xp.bincount(shells[keep], weights=w[keep], minlength=n)
-        cnt = xp.bincount(shells[keep], minlength=n)
-        return tot / xp.maximum(cnt, 1)
-
-    def reconstruct(self, ssnr=None, min_weight_fraction: float = 1e-3, max_radius: float | None = None):
-        """The map (B, B, B) float32.
+    def reconstruct(self, ssnr=None, min_weight_fraction: float = DEFAULT_MIN_WEIGHT_FRACTION,
+                    max_radius: float | None = None):
+        """The map (B, B, B) float32, by the shared :func:`spa.em.reconstruction.reconstruct`.
 
         ``ssnr``: per-shell spectral SNR (length ≥ B//2+1, shells of the original
         box) for the MAP/Wiener term W̄_shell/SSNR added to the weight (as
         RELION's 1/τ² with τ² = SSNR·σ²_recon); None: no prior, only a floor of
         ``min_weight_fraction`` × the shell-mean weight keeps empty voxels finite.
-        Frequencies beyond ``max_radius`` (default: the insertion radius) are zeroed.
+        Frequencies beyond ``max_radius`` (Fourier pixels; default: the insertion
+        radius) are zeroed; the corners outside the box's inscribed sphere are
+        flattened as RELION does.
         """
-        xp = self.xp
-        d, w = self._hermitian()
-        shells = xp.rint(radius_3d(self.padded, xp) / self.pad).astype(xp.int64)
-        n = self.box // 2 + 1
-        mean_w = self.shell_weight(n)
-        mean_w_vox = mean_w[xp.minimum(shells, n - 1)]
-        if ssnr is not None:
-            s = xp.asarray(ssnr, dtype=xp.float64)[:n]
-            reg = mean_w_vox / xp.maximum(s[xp.minimum(shells, n - 1)], 1e-6)
-        else:
-            reg = min_weight_fraction * mean_w_vox
-        denom = xp.maximum(w + reg, 1e-30)
-        f = xp.where(w + reg > 0, d / denom, 0)
         limit = self.max_radius if max_radius is None else max_radius
-        f = xp.where(shells <= limit, f, 0).astype(xp.complex64)
-        vol = irfft_centered(f, self.padded, ndim=3)
-        vol = crop_centered(vol, self.box)
-        return (vol / gridding_factor(self.box, self.padded, 3, xp)).astype(xp.float32)
+        vol, _ = reconstruct(self.data, self.weight, self.box, 3, ssnr=ssnr, min_weight_fraction=min_weight_fraction,
+                             max_radius=limit)
+        return vol

@@ -9,8 +9,9 @@ means the same thing as the ψ of a 3D pose.
 
 Interpolation is bilinear on a grid padded ``pad`` times (RELION's padding
 factor 2); the reference is divided by the bilinear gridding factor
-sinc²(πx/P)·sinc²(πy/P) before the transform, and reconstructions are divided
-by it after the inverse transform.  :meth:`InplaneReferences.insert` is the
+sinc²(πx/P)·sinc²(πy/P) before the transform; reconstructions are the shared
+:func:`spa.em.reconstruction.reconstruct` (the 3D maps' too), which divides by
+it after the inverse transform.  :meth:`InplaneReferences.insert` is the
 exact transpose of :meth:`InplaneReferences.project` (scatter-add with the same
 weights), so the M-step is the adjoint of the forward model.
 """
@@ -20,9 +21,10 @@ from __future__ import annotations
 import numpy as np
 
 from spa.backend import OnBackend, array_module, backend_of
-from spa.em.gridding import crop_centered, gridding_factor, pad_centered, padded_size
+from spa.em.gridding import gridding_factor, pad_centered, padded_size
 from spa.em.projector import cuda_for
-from spa.fourier import irfft_centered, radial_average, rfft_centered, shells_2d, soft_circular_mask
+from spa.em.reconstruction import reconstruct
+from spa.fourier import radial_average, rfft_centered, shells_2d
 
 
 def bilinear_setup(q, padded: int):
@@ -152,24 +154,6 @@ def _interpolate(flat, idx, w, conj):
     return xp.where(conj, vals.conj(), vals).astype(xp.complex64, copy=False)
 
 
-def enforce_hermitian_2d(data, weight=None):
-    """Make the kx = 0 column of half-grid sums Hermitian (adds the two mirrored halves).
-
-    Insertion near kx = 0 lands on one of the two mirrored copies (ky and −ky)
-    only; their sum is the true total for both.  Works on (…, P, P//2+1).
-    """
-    xp = array_module(data)
-    p = data.shape[-2]
-    col = data[..., :, 0]
-    mirror = xp.roll(col[..., ::-1], 1, axis=-1)  # value at −ky
-    data[..., :, 0] = col + mirror.conj()
-    if weight is not None:
-        wcol = weight[..., :, 0]
-        weight[..., :, 0] = wcol + xp.roll(wcol[..., ::-1], 1, axis=-1)
-    del p
-    return data, weight
-
-
 class InplaneReferences(OnBackend):
     """K 2D class references, ready for in-plane rotated "projections" and insertion.
 
@@ -279,47 +263,23 @@ class InplaneReferences(OnBackend):
         sh = shells_2d(self.box, xp)
         return radial_average((f.real**2 + f.imag**2) / 2, sh, self.box // 2 + 1).astype(xp.float64)
 
-    def shells_padded(self):
-        """Shell (in unpadded Fourier pixels) of every padded half-grid pixel."""
-        xp = self.xp
-        return xp.rint(shells_2d(self.padded, xp, True).astype(xp.float32) / self.pad).astype(xp.int32)
-
     def reconstruct(self, sums: dict, tau2, tau2_fudge: float, mask_radius_px: float | None = None,
                     mask_edge_px: float = 5.0, max_shell: int | None = None):
         """Wiener/MAP update V = Σ ΓCX/σ² ÷ (Σ ΓC²/σ² + 1/(T·τ²)) for every class.
 
         ``tau2`` (K, B//2+1) per-component signal power per shell; ``max_shell``
-        zeroes frequencies beyond it.  Returns (new :class:`InplaneReferences`,
-        data_vs_prior (K, B//2+1): mean of weight·T·τ² per shell, RELION's SSNR
-        estimate).  The padded weights are ``pad²`` times thinner than an
-        unpadded grid's, so the regulariser is scaled likewise (as RELION).
+        zeroes frequencies beyond it (radius ≥ max_shell + ½, what the E-step
+        inserted).  Returns (new :class:`InplaneReferences`, data_vs_prior
+        (K, B//2+1): mean of weight·T·τ² per shell, RELION's SSNR estimate).  The
+        padded weights are ``pad²`` times thinner than an unpadded grid's, so the
+        regulariser is scaled likewise (as RELION).  The same function as the 3D
+        maps' (:func:`spa.em.reconstruction.reconstruct`).
         """
-        xp = self.xp
         nsh = self.box // 2 + 1
         max_shell = nsh - 1 if max_shell is None else min(int(max_shell), nsh - 1)
-        data = sums["data"].copy()
-        weight = sums["weight"].copy()
-        enforce_hermitian_2d(data, weight)
-        sh = self.shells_padded()
-        inside = sh <= max_shell
-        shc = xp.minimum(sh, nsh - 1)
-        tau = xp.asarray(tau2, dtype=xp.float64)[:, shc]  # (K, P, P//2+1)
-        over = self.pad**2
-        with np.errstate(divide="ignore", invalid="ignore"):
-            reg = xp.where(tau > 0, 1.0 / (tau2_fudge * tau * over), np.inf)
-            vol = xp.where(inside[None] & (weight + reg > 0), data / (weight + reg), 0)
-        vol = xp.where(xp.isfinite(vol.real) & xp.isfinite(vol.imag), vol, 0).astype(xp.complex64)
-        g = gridding_factor(self.box, self.padded, 2, xp)
-        out = []
-        for k in range(self.n_classes):
-            real = irfft_centered(vol[k], self.padded, 2)
-            out.append(crop_centered(real, self.box) / g)
-        images = xp.stack(out).astype(xp.float32) if out else xp.zeros((0, self.box, self.box), xp.float32)
-        if mask_radius_px is not None:
-            images = images * soft_circular_mask(self.box, mask_radius_px, mask_edge_px, xp)
-        ones = xp.ones(sh.shape, xp.float32)
-        count = _shell_sum(ones[None], shc, nsh)
-        dvp = _shell_sum(weight * over * tau2_fudge * tau, shc, nsh) / xp.maximum(count, 1)
+        images, dvp = reconstruct(sums["data"], sums["weight"], self.box, 2, tau2=tau2, tau2_fudge=tau2_fudge,
+                                  max_radius=max_shell + 0.5, mask_radius_px=mask_radius_px,
+                                  mask_edge_px=mask_edge_px)
         return InplaneReferences(images, self.pad), dvp
 
     def with_images(self, images) -> "InplaneReferences":
@@ -330,18 +290,6 @@ class InplaneReferences(OnBackend):
 
     def __setstate__(self, state):
         self.__init__(state["images"], state["pad"])
-
-
-def _shell_sum(values, shells, n_shells: int):
-    """Σ over the last two axes per shell: (…, P, P') → (…, n_shells), float64."""
-    xp = array_module(values)
-    flat = shells.reshape(-1)
-    v = values.reshape(values.shape[:-2] + (-1,)).astype(xp.float64)
-    out = xp.zeros(v.shape[:-1] + (n_shells,), xp.float64)
-    for s in range(n_shells):  # n_shells ≤ B/2: a short loop over shells, not pixels
-        sel = flat == s
-        out[..., s] = v[..., sel].sum(axis=-1)
-    return out
 
 
 class InplaneSampling:

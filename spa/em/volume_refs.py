@@ -6,8 +6,9 @@ The 3D implementation of the reference-model protocol that the E-step uses
 psi) in degrees by Fourier-slice interpolation (:mod:`spa.em.projector`), and
 the exact transpose for the M-step sums (:mod:`spa.em.backprojector`).
 Sums live on the padded half grid; :meth:`VolumeReferences.reconstruct` is
-the MAP/Wiener update with τ² per shell (classification: from the reference
-power; gold-standard refinement: from the half-map FSC via the SSNR).
+the MAP/Wiener update (:func:`spa.em.reconstruction.reconstruct`, shared with 2D)
+with τ² per shell (classification: from the reference power; gold-standard
+refinement: from the half-map FSC via the SSNR).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from __future__ import annotations
 import numpy as np
 
 from spa.backend import OnBackend, array_module, backend_of
-from spa.em.gridding import crop_centered, gridding_factor, pad_centered, padded_size
+from spa.em.gridding import gridding_factor, pad_centered, padded_size
 from spa.em.projector import cuda_for, gather_slices, scatter_slices
-from spa.fourier import irfft_centered, radius_3d, rfft_centered, soft_spherical_mask
+from spa.em.reconstruction import reconstruct
+from spa.fourier import radius_3d, rfft_centered
 from spa.geometry.euler import euler_to_matrix
 
 
@@ -25,17 +27,6 @@ def rotation_matrices(rotations, xp):
     """(R, 3) Euler angles in degrees → (R, 3, 3) matrices on the backend (float32)."""
     r = np.asarray(backend_of(rotations).to_numpy(rotations) if not isinstance(rotations, np.ndarray) else rotations)
     return xp.asarray(euler_to_matrix(r[:, 0], r[:, 1], r[:, 2]), dtype=xp.float32)
-
-
-def _hermitian_plane(data, weight):
-    """Add the mirrored halves of the kx = 0 plane of (…, P, P, P//2+1) sums (in place)."""
-    xp = array_module(data)
-    p = data.shape[-2]
-    mirror = (-xp.arange(p)) % p
-    d0 = data[..., :, :, 0]
-    w0 = weight[..., :, :, 0]
-    data[..., :, :, 0] = d0 + d0[..., mirror, :][..., :, mirror].conj()
-    weight[..., :, :, 0] = w0 + w0[..., mirror, :][..., :, mirror]
 
 
 class VolumeReferences(OnBackend):
@@ -146,10 +137,6 @@ class VolumeReferences(OnBackend):
             out.append(tot / xp.maximum(cnt, 1))
         return xp.stack(out).astype(xp.float64)
 
-    def shells_padded(self):
-        xp = self.xp
-        return xp.rint(radius_3d(self.padded, xp) / self.pad).astype(xp.int32)
-
     def reconstruct(self, sums: dict, tau2, tau2_fudge: float, mask_radius_px: float | None = None,
                     mask_edge_px: float = 5.0, max_shell: int | None = None, ssnr=None):
         """MAP update V = Σ ΓCX/σ² ÷ (Σ ΓC²/σ² + 1/(T·τ²)) per class (τ² (K, B//2+1) per component).
@@ -159,47 +146,22 @@ class VolumeReferences(OnBackend):
         maps, which is RELION's τ² = SSNR·σ²_recon with σ²_recon = 1/W̄).
         ``tau2=None`` and ``ssnr=None``: the plain ratio with a small floor
         (like :meth:`spa.em.backprojector.BackProjector.reconstruct`).
-        Symmetry is imposed by the caller by inserting every pose once per
-        group element.  Returns (new references, data_vs_prior (K, B//2+1)).
+        ``max_shell``: the last shell kept (the E-step inserted pixels of rounded
+        shell ≤ max_shell, i.e. radius < max_shell + ½).  Symmetry is imposed by
+        the caller by inserting every pose once per group element.  The steps are
+        :func:`spa.em.reconstruction.reconstruct`'s, shared with 2D.
+        Returns (new references, data_vs_prior (K, B//2+1), zeros without τ²).
         """
         xp = self.xp
         nsh = self.box // 2 + 1
         max_shell = nsh - 1 if max_shell is None else min(int(max_shell), nsh - 1)
-        data = sums["data"].copy()
-        weight = sums["weight"].copy()
-        _hermitian_plane(data, weight)
-        sh = self.shells_padded()
-        shc = xp.minimum(sh, nsh - 1)
-        inside = sh <= max_shell
-        over = self.pad**3
-        out, dvp = [], []
-        g = gridding_factor(self.box, self.padded, 3, xp)
-        count = xp.bincount(shc.reshape(-1), minlength=nsh)
-        for k in range(self.n_classes):
-            w = weight[k]
-            mean_w = xp.bincount(shc.reshape(-1), weights=w.reshape(-1), minlength=nsh) / xp.maximum(count, 1)
-            tau_k = None
-            if ssnr is not None:
-                reg = mean_w[shc] / xp.maximum(xp.asarray(ssnr, dtype=xp.float64)[k][shc], 1e-6)
-            elif tau2 is None:
-                reg = 1e-3 * mean_w[shc]
-            else:
-                tau_k = xp.asarray(tau2, dtype=xp.float64)[k][shc]
-                with np.errstate(divide="ignore"):
-                    reg = xp.where(tau_k > 0, 1.0 / (tau2_fudge * tau_k * over), np.inf)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                vol = xp.where(inside & (w + reg > 0), data[k] / (w + reg), 0)
-            vol = xp.where(xp.isfinite(vol.real) & xp.isfinite(vol.imag), vol, 0).astype(xp.complex64)
-            real = crop_centered(irfft_centered(vol, self.padded, 3), self.box) / g
-            if mask_radius_px is not None:
-                real = real * soft_spherical_mask(self.box, mask_radius_px, mask_edge_px, xp)
-            out.append(real.astype(xp.float32))
-            if tau_k is not None:
-                d = xp.bincount(shc.reshape(-1), weights=(w * over * tau2_fudge * tau_k).reshape(-1), minlength=nsh)
-                dvp.append(d / xp.maximum(count, 1))
-            else:
-                dvp.append(xp.zeros(nsh))
-        return VolumeReferences(xp.stack(out), self.pad, self.symmetry), xp.stack(dvp)
+        use_tau2 = tau2 is not None and ssnr is None
+        vols, dvp = reconstruct(sums["data"], sums["weight"], self.box, 3, tau2=tau2 if use_tau2 else None,
+                                tau2_fudge=tau2_fudge, ssnr=ssnr, max_radius=max_shell + 0.5,
+                                mask_radius_px=mask_radius_px, mask_edge_px=mask_edge_px)
+        if dvp is None:
+            dvp = xp.zeros((self.n_classes, nsh), xp.float64)
+        return VolumeReferences(vols, self.pad, self.symmetry), dvp
 
     def with_images(self, volumes) -> "VolumeReferences":
         return VolumeReferences(volumes, self.pad, self.symmetry)
