@@ -169,15 +169,6 @@ class Class2D(EMRun):
                                 max(self.opts.offset_range / 2.0, self.opts.offset_step), window)
         return model, InplaneReferences(images), None
 
-    def iteration_of(self, state) -> int:
-        return state[0].iteration
-
-    def finished(self, state) -> bool:
-        return state[0].iteration >= self.opts.n_iter
-
-    def iterations_left(self, state) -> int:
-        return max(0, self.opts.n_iter - state[0].iteration)
-
     def checkpoint_arrays(self, state) -> dict:
         model, refs, results = state
         arr = model.to_arrays()

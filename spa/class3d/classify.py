@@ -300,15 +300,6 @@ class Class3D(d3.Run3D):
         model, refs, self._results, self._sampling = self._iterate(*state)
         return model, refs
 
-    def iteration_of(self, state) -> int:
-        return state[0].iteration
-
-    def finished(self, state) -> bool:
-        return state[0].iteration >= self.opts.n_iter
-
-    def iterations_left(self, state) -> int:
-        return max(0, self.opts.n_iter - state[0].iteration)
-
     def describe(self, state) -> str:
         model = state[0]
         frac = ", ".join(f"{p:.2f}" for p in model.pdf_class)

@@ -142,15 +142,16 @@ class EMRun:
         """One iteration → the next state."""
         raise NotImplementedError
 
+    # the defaults: a state whose first item is the model (MlModel), a fixed number ``opts.n_iter``
     def iteration_of(self, state) -> int:
-        raise NotImplementedError
+        return state[0].iteration
 
     def finished(self, state) -> bool:
-        raise NotImplementedError
+        return state[0].iteration >= self.opts.n_iter
 
     def iterations_left(self, state) -> int | None:
         """Iterations still to run (an upper bound where convergence decides; None when unknown)."""
-        return None
+        return max(0, self.opts.n_iter - state[0].iteration)
 
     def write_iteration(self, state) -> None:
         """The iteration's RELION-named files."""
