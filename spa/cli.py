@@ -43,6 +43,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                    help="resume from the last finished iteration (refused when its inputs or options differ)")
     g.add_argument("--restart", action="store_true",
                    help="start afresh, removing what an earlier run of the stage wrote in the output folder")
+    g.add_argument("--resume", action="store_true",
+                   help="continue when the last checkpoint belongs to this run (same inputs, options and code), "
+                        "else start afresh (what the workflow passes)")
 
 
 def _available() -> dict[str, tuple[str, str]]:

@@ -342,11 +342,11 @@ class Class2D(EMRun):
 
 
 def run_class2d(table, source, opts: Class2DOptions, output_dir, *, optics=None, client=None, provenance=None,
-                continue_: bool = False, restart: bool = False, log=print):
+                continue_: bool = False, restart: bool = False, resume: bool = False, log=print):
     """Convenience wrapper: ``Class2D(...).run(continue_, restart)`` → (MlModel, InplaneReferences, particle
     table)."""
     return Class2D(table, source, opts, output_dir, optics=optics, client=client, provenance=provenance,
-                   log=log).run(continue_, restart)
+                   log=log).run(continue_, restart, resume)
 
 
 __all__ = ["Class2DOptions", "Class2D", "run_class2d", "particle_ctfs"]

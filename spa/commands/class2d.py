@@ -104,7 +104,7 @@ def main(args) -> int:
     with dask_client(args, cfg) as client:
         run = Class2D(particles, source, opts, out, optics=optics, client=client, provenance=record,
                       log=lambda m: print(m, file=sys.stderr))
-        model, refs, table = run.run(continue_=args.continue_, restart=args.restart)
+        model, refs, table = run.run(continue_=args.continue_, restart=args.restart, resume=args.resume)
     import numpy as np
 
     write_gallery(out / "run_classes.png", np.asarray(refs.images), model.pdf_class, model.resolution_angstrom(),

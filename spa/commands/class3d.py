@@ -111,7 +111,7 @@ def main(args) -> int:
     with dask_client(args, cfg) as client:
         run = Class3D(table, source, reference, opts, args.output_dir, optics=optics, client=client,
                       provenance=record, log=log)
-        model, _, table = run.run(continue_=args.continue_, restart=args.restart)
+        model, _, table = run.run(continue_=args.continue_, restart=args.restart, resume=args.resume)
     sizes = table["rlnClassNumber"].value_counts().sort_index()
     print("class3d: particles per class " + ", ".join(f"{k}: {v}" for k, v in sizes.items()))
     return 0

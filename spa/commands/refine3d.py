@@ -94,6 +94,6 @@ def main(args) -> int:
     with dask_client(args, cfg) as client:
         run = Refine3D(table, source, reference, opts, args.output_dir, optics=optics, client=client,
                        provenance=record, log=log)
-        _, _, _, res = run.run(continue_=args.continue_, restart=args.restart)
+        _, _, _, res = run.run(continue_=args.continue_, restart=args.restart, resume=args.resume)
     print(f"refine3d: final resolution {res:.2f} Å -> {Path(args.output_dir) / 'run_class001.mrc'}")
     return 0

@@ -13,11 +13,13 @@ is done, what it writes and what a checkpoint holds.  The rest is here:
   left;
 * checkpoints that cannot mix two runs: each records a fingerprint of the
   inputs (the particle table's content, the image files' sizes and times,
-  references) and of the options that change results.  ``--continue`` with a
-  different fingerprint stops with a message naming what changed;
-  ``restart=True`` (``--restart``) starts afresh in a cleaned folder; a run
-  without either also starts afresh, after removing the files an earlier run
-  left there (a later ``--continue`` could otherwise pick up its checkpoints).
+  references), of the options that change results and of the code (a digest
+  of spa's own source).  ``--continue`` with a different fingerprint stops
+  with a message naming what changed; ``--resume`` (what the workflow's rules
+  pass) continues when the fingerprint matches and otherwise starts afresh,
+  saying why; ``--restart`` starts afresh in a cleaned folder; a run with none
+  of them also starts afresh, after removing the files an earlier run left
+  there (a later ``--continue`` could otherwise pick up its checkpoints).
 """
 
 from __future__ import annotations
@@ -75,6 +77,22 @@ def source_digest(source) -> dict:
     return {"source": type(source).__name__}
 
 
+_CODE_DIGEST: list = []
+
+
+def code_digest() -> str:
+    """Digest of spa's own source files (computed once per process): a checkpoint made by other code is
+    not continued."""
+    if not _CODE_DIGEST:
+        root = Path(__file__).resolve().parents[1]
+        h = hashlib.sha256()
+        for f in sorted(root.rglob("*.py")):
+            h.update(str(f.relative_to(root)).encode())
+            h.update(f.read_bytes())
+        _CODE_DIGEST.append(h.hexdigest()[:16])
+    return _CODE_DIGEST[0]
+
+
 def array_digest(a) -> str:
     return hashlib.sha256(np.ascontiguousarray(np.asarray(a, np.float32)).tobytes()).hexdigest()[:16]
 
@@ -93,6 +111,8 @@ def _differences(old: dict, new: dict) -> list[str]:
             out.append("the particle table differs" + (f" ({a['rows']} → {b['rows']} rows)"
                                                        if isinstance(a, dict) and isinstance(b, dict)
                                                        and a.get("rows") != b.get("rows") else ""))
+        elif key == "code":
+            out.append("spa's code changed")
         elif key == "images" and isinstance(a, dict) and isinstance(b, dict):
             changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             out.append("image files changed: " + ", ".join(changed[:3]) + (" …" if len(changed) > 3 else ""))
@@ -190,29 +210,36 @@ class EMRun:
 
     def fingerprint(self) -> dict:
         """What a checkpoint must match to be continued (JSON-serialisable)."""
-        return {"stage": self.stage, "options": self.opts.fingerprint(), "particles": self._input_digest,
-                "images": source_digest(self.source), **self.extra_inputs()}
+        return {"stage": self.stage, "code": code_digest(), "options": self.opts.fingerprint(),
+                "particles": self._input_digest, "images": source_digest(self.source), **self.extra_inputs()}
 
     def save(self, state) -> None:
         arrays = self.checkpoint_arrays(state)
         arrays["fingerprint"] = np.array(json.dumps(self.fingerprint(), sort_keys=True, default=str))
         save_checkpoint(self.output_dir, self.iteration_of(state), arrays, self.rootname)
 
-    def _resume(self):
-        """The state of the last checkpoint if it belongs to this run; None when there is none."""
+    def _resume(self, strict: bool = True):
+        """The state of the last checkpoint if it belongs to this run; None when there is none.
+
+        A checkpoint of another run (other inputs, options or code) is an error when ``strict``, else
+        reported and ignored (the run then starts afresh)."""
         found = last_checkpoint(self.output_dir, self.rootname)
         if found is None:
             return None
         arrays = load_checkpoint(found[1])
         if "fingerprint" not in arrays:
-            raise SpaInputError(found[1], "this checkpoint has no record of its inputs and options (an older "
-                                          "spa made it), so it cannot be continued safely: use --restart")
-        old = json.loads(str(arrays["fingerprint"]))
-        new = json.loads(json.dumps(self.fingerprint(), sort_keys=True, default=str))
-        diff = _differences(old, new)
+            diff = ["it has no record of its inputs and options (an older spa made it)"]
+        else:
+            old = json.loads(str(arrays["fingerprint"]))
+            new = json.loads(json.dumps(self.fingerprint(), sort_keys=True, default=str))
+            diff = _differences(old, new)
+        if diff and strict:
+            raise SpaInputError(found[1], "cannot continue: the checkpoint was made with other inputs, options "
+                                          "or code (" + "; ".join(diff) + "); use --restart to start afresh")
         if diff:
-            raise SpaInputError(found[1], "cannot continue: the checkpoint was made with other inputs or "
-                                          "options (" + "; ".join(diff) + "); use --restart to start afresh")
+            self.log(f"{self.stage}: starting afresh: the checkpoint in {self.output_dir} belongs to another run "
+                     f"({'; '.join(diff)})")
+            return None
         return self.restore(arrays)
 
     def clear_outputs(self) -> None:
@@ -227,9 +254,10 @@ class EMRun:
         """A fresh run's first state (and, where initialising is an iteration, its files)."""
         return self.initialise()
 
-    def run(self, continue_: bool = False, restart: bool = False):
-        """Run to the end, continuing from the last checkpoint with ``continue_`` (see the module docstring)."""
-        state = self._resume() if continue_ and not restart else None
+    def run(self, continue_: bool = False, restart: bool = False, resume: bool = False):
+        """Run to the end; ``continue_`` from the last checkpoint (an error if it belongs to another run),
+        ``resume`` from it when it belongs to this run, else afresh (see the module docstring)."""
+        state = self._resume(strict=not resume) if (continue_ or resume) and not restart else None
         if state is not None:
             self.log(f"{self.stage}: continuing after iteration {self.iteration_of(state)}")
         else:

@@ -115,3 +115,26 @@ def test_cli_continue_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("spa class2d: error:") and "option n_classes: 2 → 3" in err[-1]
     assert main(args + ["--classes", "3", "--restart"]) == 0
+
+
+def test_resume_continues_its_own_run_and_restarts_another(data, tmp_path):
+    """What the workflow's rules pass: continue an interrupted run, but never another run's checkpoint."""
+    lines = []
+    images, table = data
+    run_class2d(table, ArrayImages(images, PX), _opts(), tmp_path, log=None)
+    model, _, _ = run_class2d(table, ArrayImages(images, PX), _opts(n_iter=2), tmp_path, resume=True,
+                              log=lines.append)
+    assert model.iteration == 2 and any("continuing after iteration 1" in m for m in lines)
+    lines.clear()
+    model, _, _ = run_class2d(table, ArrayImages(images, PX), _opts(n_classes=3, n_iter=2), tmp_path, resume=True,
+                              log=lines.append)
+    assert model.n_classes == 3 and any("starting afresh" in m and "n_classes" in m for m in lines)
+
+
+def test_checkpoint_of_other_code_is_refused(data, tmp_path, monkeypatch):
+    import spa.em.run as em_run
+
+    _run(data, tmp_path, _opts())
+    monkeypatch.setattr(em_run, "_CODE_DIGEST", ["0123456789abcdef"])
+    with pytest.raises(SpaInputError, match="code changed"):
+        _run(data, tmp_path, _opts(n_iter=2), continue_=True)

@@ -26,7 +26,7 @@ rule class2d:
     shell:
         "spa class2d --particles {input.particles} --classes {params.classes} --iter {params.iters} "
         "{params.diameter} --output-dir {params.outdir} {params.common} --workers {threads} "
-        "--continue > {log} 2>&1"
+        "--resume > {log} 2>&1"
 
 
 rule select:

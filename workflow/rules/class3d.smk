@@ -33,7 +33,7 @@ rule class3d:
     shell:
         "spa class3d --particles {input.particles} --reference {input.reference} "
         "--classes {params.classes} --iter {params.iters} --offset-range {params.offsets} --consensus-iter {params.consensus} --sym {params.sym} {params.diameter} "
-        "--output-dir {params.outdir} {params.common} --workers {threads} --continue > {log} 2>&1"
+        "--output-dir {params.outdir} {params.common} --workers {threads} --resume > {log} 2>&1"
 
 
 rule class3d_consensus:

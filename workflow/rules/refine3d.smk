@@ -30,4 +30,4 @@ rule refine3d:
     shell:
         "spa refine3d --particles {input.particles} --reference {input.reference} --sym {params.sym} "
         "--max-iter {params.max_iter} --offset-range {params.offsets} --max-healpix-order {params.max_order} {params.diameter} "
-        "--output-dir {params.outdir} {params.common} --workers {threads} --continue > {log} 2>&1"
+        "--output-dir {params.outdir} {params.common} --workers {threads} --resume > {log} 2>&1"
