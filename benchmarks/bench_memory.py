@@ -16,8 +16,10 @@ Stages and what one run does (1–2 iterations each, as the issue asks):
 
 * ``reconstruct``: one back-projection of all N (true poses);
 * ``class2d``: ``--classes 10 --iter 1`` (the last iteration also scores the noise decoys);
-* ``refine3d``: ``--max-iter 1`` from the true map (one iteration of both halves);
-* ``class3d``: ``--classes 2 --iter 1`` from the true map (variability seeds from the input poses);
+* ``refine3d``: ``--max-iter 2`` from the true map, local searches around the input (true) poses: one
+  iteration of both halves and the final one to Nyquist (the largest sums a refinement holds);
+* ``class3d``: ``--classes 2 --iter 1 --sigma-ang 3`` from the true map: the 3D-variability seeds at
+  the input poses and one iteration of local searches;
 * ``initial-model``: a short SGD (``--iter 4 --initial-iter 2``) and its final pass over all N.
 
 Peak GPU memory is not measured here (no GPU on the development machine).
@@ -37,14 +39,18 @@ STAGE_ARGS = {
     "reconstruct": lambda star, ref, out: ["reconstruct", "--particles", star, "--output", f"{out}/map.mrc"],
     "class2d": lambda star, ref, out: ["class2d", "--particles", star, "--classes", "10", "--iter", "1",
                                        "--output-dir", out],
-    "refine3d": lambda star, ref, out: ["refine3d", "--particles", star, "--reference", ref, "--max-iter", "1",
+    # local searches around the (true) input poses from the first iteration, then the final iteration
+    # to Nyquist: the sums of the full window, as a converged refinement ends
+    "refine3d": lambda star, ref, out: ["refine3d", "--particles", star, "--reference", ref, "--max-iter", "2",
+                                        "--healpix-order", "4", "--auto-local-healpix-order", "4",
                                         "--output-dir", out],
     "class3d": lambda star, ref, out: ["class3d", "--particles", star, "--reference", ref, "--classes", "2",
-                                       "--iter", "1", "--output-dir", out],
+                                       "--iter", "1", "--sigma-ang", "3", "--healpix-order", "4",
+                                       "--output-dir", out],
     "initial-model": lambda star, ref, out: ["initial-model", "--particles", star, "--iter", "4", "--initial-iter",
                                              "2", "--output-dir", out],
 }
-ITERATIONS = {"reconstruct": 1, "class2d": 1, "refine3d": 1, "class3d": 1, "initial-model": 1}
+ITERATIONS = {"reconstruct": 1, "class2d": 1, "refine3d": 2, "class3d": 1, "initial-model": 1}
 
 # run in a fresh interpreter so ru_maxrss of RUSAGE_CHILDREN covers this one command alone
 _MEASURE = """
@@ -111,7 +117,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--work", default=None, help="working folder (kept; default a temporary one)")
     ap.add_argument("--json", default=None, help="write the rows here as JSON")
+    ap.add_argument("--plot", default=None, help="PNG of peak memory against N (with --before: beside those rows)")
+    ap.add_argument("--before", default=None, help="JSON rows of an earlier run (e.g. the code before a change)")
+    ap.add_argument("--plot-only", action="store_true", help="only plot --json (and --before); run nothing")
     a = ap.parse_args()
+    if a.plot_only:
+        plot(json.loads(Path(a.json).read_text()), a.before and json.loads(Path(a.before).read_text()), a.plot)
+        return
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="spa_mem_"))
     work.mkdir(parents=True, exist_ok=True)
     truth_star, ref = simulate(work, a.box, a.base)
@@ -134,6 +146,33 @@ def main() -> None:
             if a.json:
                 Path(a.json).write_text(json.dumps(rows, indent=1))
     print(f"work folder: {work}")
+    if a.plot:
+        plot(rows, a.before and json.loads(Path(a.before).read_text()), a.plot)
+
+
+def plot(rows, before, path) -> None:
+    """Peak resident memory against N per stage: this run solid, ``before`` dashed (if given)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    stages = sorted({r["stage"] for r in rows} | {r["stage"] for r in before or []})
+    colours = dict(zip(stages, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for label, data, style in (("after", rows, "-o"), ("before", before or [], "--x")):
+        for stage in stages:
+            pts = sorted((r["n"], r["peak_rss_mb"] / 1024) for r in data if r["stage"] == stage)
+            if pts:
+                ax.plot(*zip(*pts), style, color=colours[stage], label=f"{stage} ({label})")
+    ax.set_xscale("log")
+    ax.set_xlabel("particles N (box %d)" % rows[0]["box"])
+    ax.set_ylabel("peak resident memory (GB)")
+    ax.set_title("spa: peak memory against the number of particles")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

@@ -103,24 +103,26 @@ def first_peak_mask(p: dict, box: int, pixel_size: float):
 
 
 def particle_ctfs(p: dict, box: int, pixel_size: float, *, do_ctf: bool = True, ignore_first_peak: bool = False,
-                  premultiplied: bool = False) -> np.ndarray:
-    """CTFs (n, B, B//2+1) float32 for a chunk (ones without CTF information or with ``do_ctf`` off).
+                  premultiplied: bool = False, xp=np):
+    """CTFs (n, B, B//2+1) float32 for a chunk (ones without CTF information or with ``do_ctf`` off),
+    computed on the backend of ``xp`` (on a GPU, where the E-step uses them: no host transfer).
 
     ``premultiplied``: the images were already multiplied by their CTF
     (RELION's --ctf_multiplied), so the reference is modulated by CTF².
     """
     n = len(p["group"])
     if not (do_ctf and bool(p["has_ctf"])):
-        return np.ones((n, box, box // 2 + 1), np.float32)
-    out = np.empty((n, box, box // 2 + 1), np.float32)
+        return xp.ones((n, box, box // 2 + 1), xp.float32)
+    out = xp.empty((n, box, box // 2 + 1), xp.float32)
     keys = np.stack([p["voltage"], p["cs"], p["q"]], axis=1)
     uniq, inv = np.unique(keys, axis=0, return_inverse=True)
     for j, (volt, cs, q) in enumerate(uniq):
         sel = np.nonzero(inv.reshape(-1) == j)[0]
-        out[sel] = ctf_2d(box, pixel_size, p["defocus_u"][sel], p["defocus_v"][sel], p["defocus_angle"][sel],
-                          volt, cs, q, p["phase_shift"][sel], p["bfactor"][sel]).reshape(len(sel), box, -1)
+        out[xp.asarray(sel)] = ctf_2d(box, pixel_size, p["defocus_u"][sel], p["defocus_v"][sel],
+                                      p["defocus_angle"][sel], volt, cs, q, p["phase_shift"][sel], p["bfactor"][sel],
+                                      xp=xp).reshape(len(sel), box, -1)
     if ignore_first_peak:
-        out = np.where(first_peak_mask(p, box, pixel_size), np.float32(1.0), out)
+        out = xp.where(xp.asarray(first_peak_mask(p, box, pixel_size)), xp.float32(1.0), out)
     if premultiplied:
         out = out * out
     return out
@@ -191,7 +193,7 @@ def estep_chunk(source, ctx: EStepContext, indices, particles: dict):
     refs = ctx.refs.on(xp)
     box = refs.box
     images = xp.asarray(source.read(indices), dtype=xp.float32)
-    ctf = xp.asarray(particle_ctfs(particles, box, ctx.pixel_size, do_ctf=ctx.do_ctf,
+    ctf = xp.asarray(particle_ctfs(particles, box, ctx.pixel_size, xp=xp, do_ctf=ctx.do_ctf,
                                    ignore_first_peak=ctx.ignore_first_peak, premultiplied=ctx.ctf_premultiplied))
     active = ActivePixels.make(box, ctx.fine_shells, xp)
     n_groups = ctx.sigma2.shape[0]
