@@ -18,7 +18,8 @@ from spa.backend import get_backend
 from spa.class2d.classify import coarse_shells_for
 from spa.class2d.synthetic import make_particles, make_views
 from spa.ctf import ctf_2d
-from spa.em.estep import ActivePixels, coarse_pass, expectation, prepare_chunk
+from spa.em.estep import ActivePixels, coarse_pass, prepare_chunk
+from spa.em.expectation import expectation
 from spa.em.inplane import InplaneReferences, InplaneSampling
 from spa.em.noise import initial_sigma2, group_power
 
@@ -76,9 +77,8 @@ def bench(k, box, psi_step, offset_range, be, n=512, window_frac=0.25, max_sig=6
     data, refs, samp, lp, coarse, act = setup(k, box, psi_step, offset_range, be, n, window_frac)
 
     def full():
-        post, fine = expectation(data, refs, samp, lp, offset_range / 2, coarse, max_significant=max_sig)
-        sums = refs.new_sums()
-        fine.accumulate(post.weight, refs, sums, xp.zeros((1, act.size)))
+        post, _ = expectation(data, refs, samp, lp, offset_range / 2, coarse, max_significant=max_sig,
+                              sums=refs.new_sums(), resid=xp.zeros((1, act.size)))
         return post
 
     def pass1():
@@ -144,7 +144,8 @@ def _timed(be, targets):
 def profile(k, box, psi_step, offset_range, be, n=512, max_sig=64, repeat=3):
     """Seconds per phase of one E-step (synchronised; the best of ``repeat``): where the time goes; then
     one more E-step with the functions of DETAIL timed one by one."""
-    from spa.em.estep import FinePass, fine_candidates
+    from spa.em.estep import fine_candidates
+    from spa.em.finepass import FinePass
 
     xp = be.xp
     data, refs, samp, lp, coarse, act = setup(k, box, psi_step, offset_range, be, n)

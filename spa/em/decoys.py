@@ -5,7 +5,7 @@ matched-filter statistic of the E-step (``signal_z``: Re Σ X·C·conj(A)/σ²
 over √Σ C²|A|²/σ², centred with about unit variance at any one pose for an
 image of pure noise — a little more, ≈ 1.2 for compact references, as the
 rfft half grid holds both conjugate halves of its kx = 0 column; see
-:meth:`spa.em.estep.FinePass.score`).  Maximised over classes, rotations and
+:meth:`spa.em.finepass.FinePass.score`).  Maximised over classes, rotations and
 shifts, noise alone reaches z ≈ 4–6, depending on the number of poses, the
 window and the references, so no fixed threshold separates particles from
 noise.  Instead decoys, images of Gaussian noise with the run's noise

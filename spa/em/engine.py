@@ -26,7 +26,8 @@ import numpy as np
 
 from spa.backend import get_backend
 from spa.ctf import ctf_2d, ctf_phase
-from spa.em.estep import ActivePixels, expectation, prepare_chunk
+from spa.em.estep import ActivePixels, prepare_chunk
+from spa.em.expectation import expectation
 from spa.em.model import ReferenceModel, Sampling, WsumModel
 from spa.em.noise import sigma2_sums
 from spa.io.atomic import atomic_path
@@ -199,13 +200,12 @@ def estep_chunk(source, ctx: EStepContext, indices, particles: dict):
     n_groups = ctx.sigma2.shape[0]
     data = prepare_chunk(images, ctf, particles["group"], particles["centres"], ctx.sigma2, active,
                          ctx.mask_radius_px)
+    sums = refs.new_sums()
+    resid = xp.zeros((n_groups, active.size), xp.float64)
     post, fine = expectation(data, refs, ctx.sampling, ctx.log_class_prior, ctx.sigma_offset_px,
                              min(ctx.coarse_shells, ctx.fine_shells), ctx.significant_fraction, ctx.max_significant,
                              priors=particles.get("angles"), balance=ctx.balance_classes,
-                             per_class=ctx.significance_per_class)
-    sums = refs.new_sums()
-    resid = xp.zeros((n_groups, active.size), xp.float64)
-    fine.accumulate(post.weight, refs, sums, resid)
+                             per_class=ctx.significance_per_class, sums=sums, resid=resid)
     wsig, count = sigma2_sums(resid, active.shell, active.n_shells, data.power, data.group, n_groups, box)
     n = images.shape[0]
     shifts = xp.asarray(ctx.sampling.fine_translations, dtype=xp.float32)[post.shift]

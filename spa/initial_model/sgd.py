@@ -44,7 +44,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from spa.backend import get_backend
-from spa.em.estep import ActivePixels, expectation, prepare_chunk
+from spa.em.estep import ActivePixels, prepare_chunk
+from spa.em.expectation import expectation
 from spa.em.noise import initial_sigma2, sigma2_sums, update_sigma2
 from spa.em.sampling3d import Sampling3D
 from spa.fourier import real_radius, shells_to, soft_spherical_mask
@@ -250,11 +251,10 @@ class SGDRun:
         sampling = self.sampling(order)
         data = self._batch_data(idx, shells, rows)
         log_prior = np.log(np.maximum(self.class_weight, 1e-8))
-        post, fine = expectation(data, self.refs, sampling, log_prior, self.sigma_offset_px, shells,
-                                 0.999, max_significant)
         sums = self.refs.new_sums()
         resid = xp.zeros((self.ws.n_groups, data.active.size), xp.float64)
-        fine.accumulate(post.weight, self.refs, sums, resid)
+        post, _ = expectation(data, self.refs, sampling, log_prior, self.sigma_offset_px, shells, 0.999,
+                              max_significant, sums=sums, resid=resid)
         wsig, count = sigma2_sums(resid, data.active.shell, data.active.n_shells, data.power, data.group,
                                   self.ws.n_groups, self.ws.box)
         class_w = np.bincount(self.be.to_numpy(post.cls), weights=self.be.to_numpy(post.weight),

@@ -7,8 +7,9 @@ import pytest
 
 from spa.class2d.synthetic import make_views, rotate_shift
 from spa.ctf import ctf_2d
-from spa.em.estep import (ActivePixels, FinePass, balance_classes, coarse_pass, expectation, fine_candidates,
-                          phase_factors, prepare_chunk)
+from spa.em.estep import ActivePixels, balance_classes, coarse_pass, fine_candidates, phase_factors, prepare_chunk
+from spa.em.expectation import expectation
+from spa.em.finepass import FinePass
 from spa.em.inplane import InplaneReferences, InplaneSampling
 from spa.fourier import irfft_centered, rfft_centered
 

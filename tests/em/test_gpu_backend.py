@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from spa.backend import cupy_available, get_backend
-from spa.em.estep import ActivePixels, expectation, prepare_chunk
+from spa.em.estep import ActivePixels, prepare_chunk
+from spa.em.expectation import expectation
 from spa.em.inplane import InplaneReferences, InplaneSampling
 from spa.em.sampling3d import LocalSampling, Sampling3D
 from spa.em.volume_refs import VolumeReferences
@@ -30,11 +31,10 @@ def _run(be, images, refs_data, refs_cls, sampling, sigma2, coarse, priors=None,
     data = prepare_chunk(xp.asarray(images), xp.ones((n, BOX, BOX // 2 + 1), xp.float32), np.zeros(n, int),
                          np.zeros((n, 2)), sigma2, act, mask_radius_px=BOX / 2 - 2)
     refs = refs_cls(xp.asarray(refs_data))
-    post, fine = expectation(data, refs, sampling, np.log(np.full(n_classes, 1.0 / n_classes)), 2.0, coarse,
-                             priors=priors)
     sums = refs.new_sums()
     wsig = xp.zeros((1, act.size), xp.float64)
-    fine.accumulate(post.weight, refs, sums, wsig)
+    post, _ = expectation(data, refs, sampling, np.log(np.full(n_classes, 1.0 / n_classes)), 2.0, coarse,
+                          priors=priors, sums=sums, resid=wsig)
     host = {k: be.to_numpy(getattr(post, k)) for k in ("img", "cls", "rot", "shift", "weight", "log_evidence")}
     host["sums"] = {k: be.to_numpy(v) for k, v in sums.items()}
     host["wsum_sigma2"] = be.to_numpy(wsig)

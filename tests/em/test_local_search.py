@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spa.em.estep import ActivePixels, expectation, prepare_chunk
+from spa.em.estep import ActivePixels, prepare_chunk
+from spa.em.expectation import expectation
 from spa.em.projector import Projector
 from spa.em.sampling3d import LocalSampling, Sampling3D
 from spa.em.volume_refs import VolumeReferences

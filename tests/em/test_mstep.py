@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spa.em.estep import FinePass
+from spa.em.finepass import FinePass
 from spa.em.inplane import InplaneReferences
 from spa.em.model import MlModel, WsumModel
 from spa.em.mstep import maximize, next_window, resolution_shells
