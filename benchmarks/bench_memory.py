@@ -18,6 +18,8 @@ Stages and what one run does (1–2 iterations each, as the issue asks):
 * ``class2d``: ``--classes 10 --iter 1`` (the last iteration also scores the noise decoys);
 * ``refine3d``: ``--max-iter 2`` from the true map, local searches around the input (true) poses: one
   iteration of both halves and the final one to Nyquist (the largest sums a refinement holds);
+  ``--max-significant 64`` (default 512) keeps the 2-core machine's time reasonable: the fine pass's
+  memory is bounded by its batch budget either way;
 * ``class3d``: ``--classes 2 --iter 1 --sigma-ang 3`` from the true map: the 3D-variability seeds at
   the input poses and one iteration of local searches;
 * ``initial-model``: a short SGD (``--iter 4 --initial-iter 2``) and its final pass over all N.
@@ -43,7 +45,7 @@ STAGE_ARGS = {
     # to Nyquist: the sums of the full window, as a converged refinement ends
     "refine3d": lambda star, ref, out: ["refine3d", "--particles", star, "--reference", ref, "--max-iter", "2",
                                         "--healpix-order", "4", "--auto-local-healpix-order", "4",
-                                        "--output-dir", out],
+                                        "--max-significant", "64", "--output-dir", out],
     "class3d": lambda star, ref, out: ["class3d", "--particles", star, "--reference", ref, "--classes", "2",
                                        "--iter", "1", "--sigma-ang", "3", "--healpix-order", "4",
                                        "--output-dir", out],
