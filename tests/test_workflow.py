@@ -172,3 +172,59 @@ def test_demo_pipeline_end_to_end_on_tiny_preset(tmp_path):
     again = snakemake(tmp_path, "--dry-run", "--cores", "2", "--configfile", str(example))
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def _user_config(tmp_path, particles, **extra) -> Path:
+    tiny = yaml.safe_load((REPO / "config" / "examples" / "tiny.yaml").read_text())
+    cfg = {**tiny, "results": "results_user", "input": {"particles": str(particles), **extra}}
+    cfg.pop("simulate")
+    return write_config(tmp_path / "user.yaml", cfg)
+
+
+def test_dag_starts_from_the_users_particles(tmp_path):
+    """input.particles: no simulation; without a truth no truth comparisons, with one they come back."""
+    star = tmp_path / "mine.star"
+    star.write_text("data_particles\nloop_\n_rlnImageName\n1@x.mrcs\n")
+    run = snakemake(tmp_path, "--dry-run", "--cores", "2", "--printshellcmds", "--configfile",
+                    str(_user_config(tmp_path, star)))
+    assert run.returncode == 0, run.stderr
+    counts = job_counts(run.stdout + run.stderr)
+    assert "simulate" not in counts and "reconstruct" not in counts and counts["fsc"] == 1
+    assert f"--particles {star}" in run.stdout
+    truth = tmp_path / "truth.mrc"
+    truth.write_bytes(b"")
+    cfg = _user_config(tmp_path, star, truth_map=str(truth), truth_particles=str(star))
+    run = snakemake(tmp_path, "--dry-run", "--cores", "2", "--configfile", str(cfg))
+    assert run.returncode == 0, run.stderr
+    counts = job_counts(run.stdout + run.stderr)
+    assert counts["fsc"] == 3 and counts["reconstruct"] == 1 and "simulate" not in counts
+
+
+def test_starting_from_micrographs_says_it_is_not_available(tmp_path):
+    cfg = write_config(tmp_path / "m.yaml", {"input": {"micrographs": "mics/*.mrc"}})
+    run = snakemake(tmp_path, "--dry-run", "--cores", "1", "--configfile", str(cfg))
+    assert run.returncode != 0
+    assert "input.micrographs" in run.stdout + run.stderr
+
+
+@pytest.mark.slow
+def test_pipeline_on_a_relion_particle_stack(tmp_path):
+    """The user's own data: a RELION 3.1 STAR with an .mrcs stack (made here from spa's simulator and
+    converted; no poses), processed end to end; the summary has no truth to compare with."""
+    from spa.cli import main
+
+    assert main(["simulate", "--kind", "particles", "--preset", "tiny", "--n-particles", "600", "--snr", "1.0",
+                 "--output-dir", str(tmp_path / "sim"), "--seed", "1"]) == 0
+    assert main(["convert", "--particles", str(tmp_path / "sim" / "particles.star"), "--to", "mrcs",
+                 "--output-dir", str(tmp_path / "relion")]) == 0
+    star = tmp_path / "relion" / "particles.star"
+    assert (tmp_path / "relion" / "particles.mrcs").is_file()
+    cfg = _user_config(tmp_path, star)
+    run = snakemake(tmp_path, "--cores", "2", "--configfile", str(cfg), timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = tmp_path / "results_user"
+    assert not (results / "simulate").exists()
+    summary = json.loads((results / "summary.json").read_text())
+    assert "truth" not in summary and summary["halves"]["resolution_fsc0143_A"] <= TINY_RESOLUTION_LIMIT_A
+    again = snakemake(tmp_path, "--dry-run", "--cores", "2", "--configfile", str(cfg))
+    assert "Nothing to be done" in again.stdout + again.stderr

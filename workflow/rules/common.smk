@@ -50,15 +50,25 @@ def spa_common(seed=None):
 
 
 # ---------------------------------------------------------------- stage wiring
-# simulate -> class2d -> select -> initial_model -> class3d (x runs, consensus)
-# -> refine3d; the refined map is validated against its own halves (gold
-# standard), against the simulated truth, and against a reconstruction from
-# the TRUE poses of the same particles (the best the data allow).
+# (simulate or the user's particles) -> class2d -> select -> initial_model ->
+# class3d (x runs, consensus) -> refine3d; the refined map is validated against
+# its own halves (gold standard) and, where a truth is known (the demo's, or
+# the config's input.truth_map / input.truth_particles), against the truth and
+# against a reconstruction from the TRUE poses of the same particles (the best
+# the data allow).
+
+INPUT = config["input"]
+for _key in ("micrographs", "movies"):
+    if INPUT.get(_key):
+        raise ValueError(f"config input.{_key}: starting from {_key} needs the preprocessing stages, which "
+                         "spa does not have yet; give input.particles (a RELION particles STAR) instead")
+USER_PARTICLES = bool(INPUT.get("particles"))
 
 
 def input_particles():
-    """The particle STAR the processing starts from (the simulated data without poses)."""
-    return result("simulate", "particles.star")
+    """The particle STAR the processing starts from: the config's input.particles, or the simulated data
+    (without poses)."""
+    return INPUT["particles"] if USER_PARTICLES else result("simulate", "particles.star")
 
 
 def refine3d_particles():
@@ -69,8 +79,8 @@ def refine3d_particles():
 
 
 def particles_with_poses():
-    """STAR file with the TRUE poses (reconstruction of the ideal map)."""
-    return result("simulate", "truth", "particles.star")
+    """STAR file with the TRUE poses (reconstruction of the ideal map); None when there is none."""
+    return INPUT.get("truth_particles") if USER_PARTICLES else result("simulate", "truth", "particles.star")
 
 
 def half_maps():
@@ -86,15 +96,17 @@ def ideal_map():
 
 
 def truth_map():
-    return result("simulate", "truth", "class001.mrc")
+    """The true map (None when there is none)."""
+    return INPUT.get("truth_map") if USER_PARTICLES else result("simulate", "truth", "class001.mrc")
 
 
-# FSC comparisons: name -> (map1, map2). Each gives results/fsc/<name>/fsc.star.
-FSC_PAIRS = {
-    "halves": half_maps,
-    "truth": lambda: [final_map(), truth_map()],
-    "ideal": lambda: [ideal_map(), truth_map()],
-}
+# FSC comparisons: name -> (map1, map2). Each gives results/fsc/<name>/fsc.star; those against a truth
+# only where there is one.
+FSC_PAIRS = {"halves": half_maps}
+if truth_map():
+    FSC_PAIRS["truth"] = lambda: [final_map(), truth_map()]
+    if particles_with_poses():
+        FSC_PAIRS["ideal"] = lambda: [ideal_map(), truth_map()]
 
 
 def fsc_table(pair):
@@ -105,3 +117,8 @@ def final_targets():
     """The final targets (inputs of the `all` target): the summary and the maps it describes."""
     runs = [result("class3d", "consensus", "consensus_classes.star")] if config["class3d"]["runs"] >= 2 else []
     return [result("summary.json"), final_map(), *half_maps(), *runs]
+
+
+def summary_inputs(wildcards=None):
+    """The FSC tables the summary reads: the halves always, the truth comparisons where there is a truth."""
+    return {pair: fsc_table(pair) for pair in FSC_PAIRS}

@@ -2,26 +2,28 @@
 # gold-standard halves (rlnRandomSubset 1 and 2) and the full set.
 
 
-rule reconstruct:
-    input:
-        particles=particles_with_poses(),
-    output:
-        map=result("reconstruct", "{part}.mrc"),
-    log:
-        log_file("reconstruct_{part}"),
-    benchmark:
-        benchmark_file("reconstruct_{part}")
-    threads: config["workers"]
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    params:
-        subset=lambda w: {"half1": "--subset 1", "half2": "--subset 2", "full": ""}[w.part],
-        sym=config["reconstruct"]["sym"],
-        ctf="" if config["reconstruct"]["ctf"] else "--no-ctf",
-        maxres=option("--maxres", config["reconstruct"]["maxres"]),
-        common=spa_common(),
-    shell:
-        "spa reconstruct --particles {input.particles} --output {output.map} "
-        "{params.subset} --sym {params.sym} {params.ctf} {params.maxres} "
-        "{params.common} --workers {threads} > {log} 2>&1"
+if particles_with_poses():  # only where the true poses are known (the demo, or input.truth_particles)
+
+    rule reconstruct:
+        input:
+            particles=particles_with_poses(),
+        output:
+            map=result("reconstruct", "{part}.mrc"),
+        log:
+            log_file("reconstruct_{part}"),
+        benchmark:
+            benchmark_file("reconstruct_{part}")
+        threads: config["workers"]
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        params:
+            subset=lambda w: {"half1": "--subset 1", "half2": "--subset 2", "full": ""}[w.part],
+            sym=config["reconstruct"]["sym"],
+            ctf="" if config["reconstruct"]["ctf"] else "--no-ctf",
+            maxres=option("--maxres", config["reconstruct"]["maxres"]),
+            common=spa_common(),
+        shell:
+            "spa reconstruct --particles {input.particles} --output {output.map} "
+            "{params.subset} --sym {params.sym} {params.ctf} {params.maxres} "
+            "{params.common} --workers {threads} > {log} 2>&1"

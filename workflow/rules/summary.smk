@@ -3,9 +3,7 @@
 
 rule summary:
     input:
-        halves=fsc_table("halves"),
-        truth=fsc_table("truth"),
-        ideal=fsc_table("ideal"),
+        unpack(summary_inputs),
         map=final_map(),
     output:
         result("summary.json"),

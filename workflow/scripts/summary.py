@@ -28,15 +28,13 @@ def read_fsc(path: str) -> dict:
     }
 
 
-def summarise(halves_star: str, truth_star: str, final_map: str, ideal_star: str | None = None) -> dict:
-    """``ideal_star``: FSC of the reconstruction from the TRUE poses against the truth (the data's limit)."""
-    halves, truth = read_fsc(halves_star), read_fsc(truth_star)
-    out = {
-        "final_map": final_map,
-        "nyquist_A": halves.pop("nyquist_A"),
-        "halves": halves,
-        "truth": {k: v for k, v in truth.items() if k != "nyquist_A"},
-    }
+def summarise(halves_star: str, truth_star: str | None, final_map: str, ideal_star: str | None = None) -> dict:
+    """``truth_star``: FSC of the final map against the truth (None: no truth known); ``ideal_star``: FSC
+    of the reconstruction from the TRUE poses against the truth (the data's limit)."""
+    halves = read_fsc(halves_star)
+    out = {"final_map": final_map, "nyquist_A": halves.pop("nyquist_A"), "halves": halves}
+    if truth_star:
+        out["truth"] = {k: v for k, v in read_fsc(truth_star).items() if k != "nyquist_A"}
     if ideal_star:
         out["true_poses"] = {k: v for k, v in read_fsc(ideal_star).items() if k != "nyquist_A"}
     return out
@@ -48,11 +46,11 @@ def write_summary(summary: dict, path: str) -> None:
 
 
 def describe(summary: dict) -> str:
-    text = (
-        f"final map {summary['final_map']}: gold-standard FSC 0.143 at "
-        f"{summary['halves']['resolution_fsc0143_A']} Å; FSC 0.5 against the truth at "
-        f"{summary['truth']['resolution_fsc05_A']} Å (Nyquist {summary['nyquist_A']} Å)"
-    )
+    text = (f"final map {summary['final_map']}: gold-standard FSC 0.143 at "
+            f"{summary['halves']['resolution_fsc0143_A']} Å")
+    if "truth" in summary:
+        text += f"; FSC 0.5 against the truth at {summary['truth']['resolution_fsc05_A']} Å"
+    text += f" (Nyquist {summary['nyquist_A']} Å)"
     if "true_poses" in summary:
         text += f"; from the true poses: {summary['true_poses']['resolution_fsc05_A']} Å"
     return text
@@ -61,7 +59,8 @@ def describe(summary: dict) -> str:
 if "snakemake" in globals():
     sm = snakemake  # noqa: F821 - injected by Snakemake's script directive
     ideal = str(sm.input.ideal) if "ideal" in sm.input.keys() else None
-    result = summarise(str(sm.input.halves), str(sm.input.truth), str(sm.input.map), ideal)
+    truth = str(sm.input.truth) if "truth" in sm.input.keys() else None
+    result = summarise(str(sm.input.halves), truth, str(sm.input.map), ideal)
     write_summary(result, str(sm.output[0]))
     with open(str(sm.log[0]), "w") as log:
         print(describe(result), file=log)
