@@ -13,11 +13,13 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 import yaml
 
@@ -228,3 +230,72 @@ def test_pipeline_on_a_relion_particle_stack(tmp_path):
     assert "truth" not in summary and summary["halves"]["resolution_fsc0143_A"] <= TINY_RESOLUTION_LIMIT_A
     again = snakemake(tmp_path, "--dry-run", "--cores", "2", "--configfile", str(cfg))
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def _class2d_outputs(results: Path):
+    """(class averages, class numbers) of a workflow's class2d stage."""
+    from spa.io.mrc import read_mrc
+    from spa.io.star import read_particles
+
+    averages, _ = read_mrc(results / "class2d" / "run_classes.mrcs")
+    table, _ = read_particles(results / "class2d" / "run_data.star")
+    return averages, table["rlnClassNumber"].to_numpy()
+
+
+@pytest.mark.slow
+def test_a_rerun_after_a_change_equals_a_clean_run(tmp_path):
+    """Snakemake reruns a stage whose params or inputs changed; the stage then starts afresh (its
+    checkpoint belongs to another run), so the result is that of a clean run with the new config."""
+    base = {"results": "res", "simulate": {"preset": "tiny", "n_particles": 300, "snr": 1.0},
+            "class2d": {"classes": 3, "iter": 3}}
+    target = "res/class2d/run_data.star"
+    work, clean = tmp_path / "work", tmp_path / "clean"
+    work.mkdir()
+    clean.mkdir()
+
+    def run(where, cfg):
+        out = snakemake(where, target, "--cores", "2", "--configfile", str(write_config(where / "c.yaml", cfg)),
+                        timeout=600)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        return out.stdout + out.stderr
+
+    run(work, base)
+    for change in ({"class2d": {"classes": 4, "iter": 3}},
+                   {"simulate": {"preset": "tiny", "n_particles": 300, "snr": 0.5}}):
+        cfg = {**base, **change}
+        log = run(work, cfg)
+        assert "class2d" in job_counts(log)  # the changed config reran the stage
+        shutil.rmtree(clean / "res", ignore_errors=True)
+        run(clean, cfg)
+        (a_avg, a_cls), (b_avg, b_cls) = _class2d_outputs(work / "res"), _class2d_outputs(clean / "res")
+        assert np.array_equal(a_avg, b_avg) and np.array_equal(a_cls, b_cls)
+        base = cfg
+
+
+@pytest.mark.slow
+def test_replaced_particles_rerun_from_scratch(tmp_path):
+    """The user's particle STAR replaced by another set: class2d reruns and gives the new set's result."""
+    from spa.cli import main
+
+    for name, seed in (("a", 1), ("b", 2)):
+        assert main(["simulate", "--kind", "particles", "--preset", "tiny", "--n-particles", "200", "--seed",
+                     str(seed), "--output-dir", str(tmp_path / name)]) == 0
+    star = tmp_path / "mine" / "particles.star"
+    cfg = {"results": "res", "input": {"particles": str(star)}, "class2d": {"classes": 3, "iter": 2}}
+
+    def run(where):
+        out = snakemake(where, "res/class2d/run_data.star", "--cores", "2", "--configfile",
+                        str(write_config(where / "c.yaml", cfg)), timeout=600)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+    shutil.copytree(tmp_path / "a", tmp_path / "mine")
+    (tmp_path / "w").mkdir()
+    run(tmp_path / "w")
+    shutil.rmtree(tmp_path / "mine")
+    # a newer STAR (written now, as a user replacing the file does): Snakemake reruns what depends on it
+    shutil.copytree(tmp_path / "b", tmp_path / "mine", copy_function=shutil.copy)
+    run(tmp_path / "w")
+    (tmp_path / "c").mkdir()
+    run(tmp_path / "c")
+    (a_avg, a_cls), (b_avg, b_cls) = _class2d_outputs(tmp_path / "w" / "res"), _class2d_outputs(tmp_path / "c" / "res")
+    assert np.array_equal(a_avg, b_avg) and np.array_equal(a_cls, b_cls)
