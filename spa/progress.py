@@ -5,7 +5,8 @@
 terminal it rewrites one line (``\\r``) at most a few times a second; to
 anything else (a log file, a pipe: what Snakemake's ``> log 2>&1`` gives) it
 writes whole lines, one each time another tenth of the pass is done or a
-minute has gone by, and one at the end — never a ``\\r``.  Each line says
+minute has gone by (once the pass has taken a few seconds: a short pass
+gives one line), and one at the end — never a ``\\r``.  Each line says
 how far the pass is, the time it has taken and an estimate of the time left.
 """
 
@@ -34,14 +35,15 @@ def _isatty(stream) -> bool:
 
 
 def progress_printer(label: str, *, stream=None, write: Callable[[str], None] | None = None,
-                     fraction: float = 0.1, seconds: float = 60.0, refresh: float = 0.2,
+                     fraction: float = 0.1, seconds: float = 60.0, quiet: float = 5.0, refresh: float = 0.2,
                      clock: Callable[[], float] = time.monotonic) -> Callable[[int, int], None]:
     """A ``progress(done, total)`` callback that reports a pass as ``label: done/total (p %), t, about t' left``.
 
     ``stream`` (default: stderr): a terminal gets one line updated in place
     (at most every ``refresh`` s, and always at the end); other streams get a
     line each time ``done`` crosses another ``fraction`` of ``total`` or
-    ``seconds`` have passed since the last line, and at the end.  ``write``
+    ``seconds`` have passed since the last line, once the pass has run for
+    ``quiet`` seconds, and always one at the end.  ``write``
     (e.g. a stage's log function) takes those plain lines instead of a
     stream.
     """
@@ -72,9 +74,11 @@ def progress_printer(label: str, *, stream=None, write: Callable[[str], None] | 
             return
         frac = done / total if total else 1.0
         since = now - (start if state["last"] is None else state["last"])
-        if finished or frac >= state["next"] - 1e-9 or since >= seconds:
+        due = frac >= state["next"] - 1e-9 or since >= seconds
+        if finished or (due and now - start >= quiet):
             write(text(done, total, now))
             state["last"] = now
+        if finished or due:
             state["next"] = (math.floor(frac / fraction + 1e-9) + 1) * fraction
 
     return progress

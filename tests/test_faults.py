@@ -46,6 +46,17 @@ def runs(log_path) -> list[int]:
     return [int(x) for x in open(log_path).read().split()]
 
 
+def test_an_input_error_travels_between_processes():
+    """A SpaInputError raised on a worker process reaches the client whole (it is pickled on the way)."""
+    import pickle
+
+    from spa.errors import SpaInputError
+
+    err = pickle.loads(pickle.dumps(SpaInputError("/data/particles.mrcs", "image 7 has NaN/Inf pixels")))
+    assert isinstance(err, SpaInputError) and err.path == "/data/particles.mrcs"
+    assert str(err) == "/data/particles.mrcs: image 7 has NaN/Inf pixels"
+
+
 GROUPS = [list(range(0, N_TASKS, 2)), list(range(1, N_TASKS, 2))]
 
 
@@ -59,7 +70,6 @@ def cluster_client():
     close_client(client)
 
 
-@pytest.mark.slow
 def test_a_worker_killed_during_a_pass_changes_nothing(cluster_client, tmp_path):
     client = cluster_client
     tasks = [(i,) for i in range(N_TASKS)]
@@ -96,7 +106,6 @@ def test_a_worker_killed_during_a_pass_changes_nothing(cluster_client, tmp_path)
     client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed worker
 
 
-@pytest.mark.slow
 def test_a_task_that_raises_once_is_retried(cluster_client, tmp_path):
     tasks = [(i,) for i in range(12)]
     log = tmp_path / "flaky.txt"
@@ -145,7 +154,6 @@ class DyingImages:
         return self.inner.read(indices)
 
 
-@pytest.mark.slow
 def test_a_worker_killed_during_an_estep_gives_the_same_iteration(cluster_client, tmp_path):
     """A 2D-classification iteration on two worker processes, one of which dies in the middle of the
     E-step: the class averages, model and poses equal those of an undisturbed run, bit for bit."""
