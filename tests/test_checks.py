@@ -130,7 +130,7 @@ def test_a_read_only_output_folder_is_named(sim, tmp_path, capsys, command):
         _fails(argv, capsys, f"{out}: cannot write in the ", "folder")
         # a folder still to be made in it: the folder that cannot be written is named
         argv = _commands(star, sim / "sim" / "truth" / "class001.mrc", str(deeper))[command]
-        _fails(argv, capsys, f"{out}: cannot write in the folder in which the ")
+        _fails(argv, capsys, f"{out}: cannot make the ", str(deeper), "in this folder")
     assert sorted(p.name for p in out.iterdir()) == ["earlier.txt"]
 
 
@@ -177,3 +177,39 @@ def test_a_folder_that_was_there_before_stays(sim, tmp_path, capsys):
     out.mkdir()
     _fails(_commands(star, "r.mrc", str(out))["class2d"], capsys, "image 1", "NaN")
     assert out.is_dir() and not any(out.iterdir())
+
+
+def test_a_write_into_a_read_only_folder_names_the_folder_not_a_temporary(tmp_path):
+    import pandas as pd
+
+    from spa.errors import SpaInputError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with read_only(out), pytest.raises(SpaInputError) as err:
+        write_star(out / "table.star", {"t": pd.DataFrame({"rlnClassNumber": [1]})})
+    assert str(err.value).startswith(f"{out}: cannot write in the folder of table.star")
+    assert ".tmp" not in str(err.value)
+    # a write that fails leaves no folder it made behind
+    with pytest.raises(TypeError):
+        write_star(tmp_path / "new" / "deeper" / "t.star", {"t": object()})
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_resumed_run_removes_what_a_killed_write_left(tmp_path):
+    """A run killed while it wrote a checkpoint leaves the temporary beside it; the next run removes it."""
+    from spa.class2d.classify import Class2DOptions, run_class2d
+    from spa.class2d.synthetic import make_particles, make_views
+    from spa.em.engine import ArrayImages
+
+    images, table = make_particles(make_views(2, 24, 4.0, 70, 1), 40, 4.0, snr=0.5, rng=2)
+    opts = Class2DOptions(n_classes=2, n_iter=1, noise_decoys=0, seed=1)
+    run_class2d(table, ArrayImages(images, 4.0), opts, tmp_path, log=None)
+    stale = tmp_path / ".run_it002_optimiser.npz.k3x_9q0a.tmp.npz"
+    stale.write_bytes(b"half a checkpoint")
+    lines = []
+    opts.n_iter = 2
+    model, _, _ = run_class2d(table, ArrayImages(images, 4.0), opts, tmp_path, log=lines.append, resume=True)
+    assert model.iteration == 2 and not stale.exists()
+    assert "class2d: continuing after iteration 1" in lines
+    assert any(stale.name in line for line in lines)

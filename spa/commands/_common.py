@@ -81,5 +81,5 @@ def checked_outputs(args):
         if file:
             if Path(file).is_dir():
                 raise SpaInputError(file, "is a folder: --output names the file to write")
-            stack.enter_context(output_folder(Path(file).parent, f"folder of {Path(file).name}"))
+            stack.enter_context(output_folder(Path(file).parent, f"output folder of {Path(file).name}"))
         yield

@@ -37,6 +37,7 @@ import pandas as pd
 from spa.backend import get_backend
 from spa.em.engine import EStepContext, last_checkpoint, load_checkpoint, particle_arrays, save_checkpoint
 from spa.errors import SpaInputError
+from spa.io.atomic import remove_stale_temporaries
 from spa.io.star import has_ctf
 from spa.progress import duration, progress_printer
 
@@ -269,6 +270,8 @@ class EMRun:
     def run(self, continue_: bool = False, restart: bool = False, resume: bool = False):
         """Run to the end; ``continue_`` from the last checkpoint (an error if it belongs to another run),
         ``resume`` from it when it belongs to this run, else afresh (see the module docstring)."""
+        for p in remove_stale_temporaries(self.output_dir):  # left by a run that was killed mid-write
+            self.log(f"{self.stage}: removed {p.name}, left by an earlier run that was stopped")
         state = self._resume(strict=not resume) if (continue_ or resume) and not restart else None
         if state is not None:
             self.log(f"{self.stage}: continuing after iteration {self.iteration_of(state)}")

@@ -156,9 +156,9 @@ def prepare_inputs(particles_path, sgd: SGDOptions, *, working_box: int | None =
         raise SpaInputError(particles_path, f"{len(particles)} particles are too few for an initial model")
     if max_held < max(10, sgd.n_classes):
         raise SpaInputError(None, f"max_sgd_particles {max_held} is too small")
-    source = ParticleImages(particles, particles_path)
     if not has_ctf(particles, particles_path):
         log("initial-model: no CTF columns (rlnDefocusU/V/Angle): running without CTF correction")
+    source = ParticleImages(particles, particles_path)
     box, pixel = source.box, source.pixel_size
     wb = working_box or choose_working_box(box, pixel, sgd.final_resolution)
     if not 16 <= wb <= box:

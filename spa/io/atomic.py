@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -58,8 +59,10 @@ def check_output_folder(folder: str | os.PathLike, what: str = "output folder") 
     try:
         fd, probe = tempfile.mkstemp(prefix=".spa-write-check.", dir=base)
     except OSError as exc:
-        where = f"the {what}" if base == folder else f"the folder in which the {what} {folder} would be made"
-        raise SpaInputError(base, f"cannot write in {where} ({exc.strerror or exc})") from None
+        why = exc.strerror or exc
+        if base == folder:
+            raise SpaInputError(base, f"cannot write in the {what} ({why})") from None
+        raise SpaInputError(base, f"cannot make the {what} {folder} in this folder ({why})") from None
     os.close(fd)
     os.unlink(probe)
     return missing
@@ -76,6 +79,28 @@ def output_folder(folder: str | os.PathLike, what: str = "output folder"):
     except BaseException:
         _remove_empty(missing)
         raise
+
+
+#: the name :func:`atomic_path` gives its temporary: ``.<final name>.<8 random characters>.tmp<suffix>``
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries :func:`atomic_path` left in ``folder`` when its process was killed (``kill -9``
+    cannot be cleaned up after); returns what was removed.  Only for a folder no other process is
+    writing in at the time (a stage's own output folder, when the stage starts)."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        if _TEMPORARY.match(p.name):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 @contextlib.contextmanager
