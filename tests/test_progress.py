@@ -89,8 +89,8 @@ def spa_logged(log_path, *argv):
 
 
 def test_log_files_have_progress_lines_and_no_carriage_return(particles, tmp_path):
-    text = spa_logged(tmp_path / "reconstruct.log", "reconstruct", "--particles", particles / "truth" / "particles.star",
-                      "--output", tmp_path / "map.mrc", "--chunk-size", "10")
+    text = spa_logged(tmp_path / "reconstruct.log", "reconstruct", "--particles",
+                      particles / "truth" / "particles.star", "--output", tmp_path / "map.mrc", "--chunk-size", "10")
     assert "\r" not in text
     # a pass of a few seconds gives one line (a long one a line each tenth, as above)
     assert re.search(r"^reconstruct: chunks: 12/12 \(100 %\), \d+ s$", text, flags=re.MULTILINE)

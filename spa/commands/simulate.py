@@ -145,7 +145,8 @@ def main(args) -> int:
         print(f"simulated {spec.n} particles of {spec.box} px at {spec.pixel_size} Å/px -> {result.particles_star}",
               file=sys.stderr)
     elif kind == "micrographs":
-        star = simulate_micrographs(out, spec, seed, provenance=record, progress=progress_printer("simulate: micrographs"))
+        star = simulate_micrographs(out, spec, seed, provenance=record,
+                                    progress=progress_printer("simulate: micrographs"))
         print(f"simulated {spec.n} micrographs of {spec.size} px -> {star}", file=sys.stderr)
     else:
         star = simulate_movies(out, spec, seed, provenance=record, progress=progress_printer("simulate: movies"))
