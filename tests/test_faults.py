@@ -47,7 +47,8 @@ def runs(log_path) -> list[int]:
 
 
 def test_an_input_error_travels_between_processes():
-    """A SpaInputError raised on a worker process reaches the client whole (it is pickled on the way)."""
+    """A SpaInputError survives a pickle round trip (raised in another process, it is pickled on its way
+    back; Dask copes with exceptions that do not, plain pickle — a process pool — does not)."""
     import pickle
 
     from spa.errors import SpaInputError
