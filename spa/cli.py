@@ -4,7 +4,10 @@ Each stage lives in ``spa/commands/<name>.py`` with a module docstring (its
 ``--help`` text), ``add_args(parser)`` and ``main(args) -> int``.  Modules are
 imported only when their command runs, so ``spa --help`` is instant.
 
-Every error that a user can cause is a :class:`spa.errors.SpaInputError`
+Every command runs inside :func:`spa.commands._common.checked_outputs`: its
+output folder is checked (makeable, writable) before it reads or computes
+anything, and a folder it made is removed again when it fails and leaves it
+empty.  Every error that a user can cause is a :class:`spa.errors.SpaInputError`
 (or ``FileNotFoundError``/``ValueError`` from validation) and is printed as one
 line on stderr with a non-zero exit status.
 """
@@ -91,8 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     from spa.backend import keep_heap_top
 
     keep_heap_top()
+    from spa.commands._common import checked_outputs
+
     try:
-        return int(args._module.main(args) or 0)
+        with checked_outputs(args):
+            return int(args._module.main(args) or 0)
     except SpaInputError as exc:
         print(f"spa {args.command}: error: {exc}", file=sys.stderr)
         return 1

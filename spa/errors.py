@@ -16,3 +16,7 @@ class SpaInputError(Exception):
         self.path = None if path is None else os.fspath(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+    def __reduce__(self):
+        # raised on a Dask worker process, it travels to the client pickled: rebuild it from its parts
+        return (type(self), (self.path, self.problem))

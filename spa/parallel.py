@@ -22,6 +22,16 @@ memory does not grow with the number of chunks:
   cluster adds in parallel: more lanes for more workers (the results then
   differ at the level of float rounding, and equal each other for any
   number of workers with the same lanes).
+
+Faults on a cluster: a task that raises is run again, up to ``retries``
+times (the chunk tasks and the additions alike), and a task whose worker
+dies — running, or holding a finished partial or lane sum — is run again by
+Dask from the task graph.  Neither can count a chunk twice: a task's
+partial is a new object, every addition ``a + b`` makes a new sum and never
+changes its inputs, and the client adds each task's partial once, into the
+one addition that follows it in its lane; a task run again gives the same
+bits.  (Bad input, e.g. an image with NaN pixels, fails each retry as fast
+as the first try: images are checked as they are read.)
 """
 
 from __future__ import annotations
@@ -36,6 +46,9 @@ import numpy as np
 #: fewest sums alive in-process (the total and the partial being made); a cluster of more than a
 #: few tens of workers wants more (see docs/performance.md)
 DEFAULT_LANES = 1
+
+#: times a task that raised is run again on a cluster (a worker that dies is handled by Dask itself)
+DEFAULT_RETRIES = 3
 
 
 def make_chunks(rows, chunk_size: int) -> list[np.ndarray]:
@@ -64,6 +77,7 @@ def map_reduce(
     lanes: int = DEFAULT_LANES,
     window: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    retries: int = DEFAULT_RETRIES,
 ):
     """``func(*broadcast, *task) -> (partial, result)`` for every task; the partials added per group.
 
@@ -74,13 +88,15 @@ def map_reduce(
     of None adds nothing.  ``broadcast`` arguments are sent to each Dask worker
     once.  ``window``: tasks outstanding at a time on a cluster (default
     twice the workers, at least 4).  ``progress(done, total)`` after each task.
+    ``retries``: on a cluster, times a task that raised is run again before
+    its error is raised here.
     """
     grouped = groups is not None
     groups = [list(g) for g in groups] if grouped else [list(range(len(tasks)))]
     if client is None:
         sums, results = _in_process(func, tasks, broadcast, groups, lanes, progress)
     else:
-        sums, results = _on_cluster(func, tasks, broadcast, groups, lanes, window, client, progress)
+        sums, results = _on_cluster(func, tasks, broadcast, groups, lanes, window, client, progress, retries)
     return (sums if grouped else sums[0]), results
 
 
@@ -113,7 +129,7 @@ def _in_process(func, tasks, broadcast, groups, lanes, progress):
     return sums, results
 
 
-def _on_cluster(func, tasks, broadcast, groups, lanes, window, client, progress):
+def _on_cluster(func, tasks, broadcast, groups, lanes, window, client, progress, retries):
     """The same folds as :func:`_in_process`, as futures: partials are added into their lane in task order
     as they arrive (a partial that finished early waits, within the window, for its predecessors)."""
     from distributed import as_completed, wait
@@ -145,7 +161,7 @@ def _on_cluster(func, tasks, broadcast, groups, lanes, window, client, progress)
         nonlocal submit_at, outstanding
         t = order[submit_at]
         submit_at += 1
-        fut = client.submit(func, *shared, *tasks[t], pure=False)
+        fut = client.submit(func, *shared, *tasks[t], pure=False, retries=retries)
         key_task[fut.key] = t
         pending.add(fut)
         outstanding += 1
@@ -157,8 +173,8 @@ def _on_cluster(func, tasks, broadcast, groups, lanes, window, client, progress)
         t = key_task.pop(fut.key)
         if fut.status == "error":
             fut.result()  # raises the task's exception here
-        ready[t] = client.submit(operator.getitem, fut, 0, pure=False)
-        result_futures[t] = client.submit(operator.getitem, fut, 1, pure=False)
+        ready[t] = client.submit(operator.getitem, fut, 0, pure=False, retries=retries)
+        result_futures[t] = client.submit(operator.getitem, fut, 1, pure=False, retries=retries)
         del fut
         done += 1
         if progress:
@@ -169,7 +185,7 @@ def _on_cluster(func, tasks, broadcast, groups, lanes, window, client, progress)
             part = ready.pop(lane_tasks[lane][next_pos[lane]])
             next_pos[lane] += 1
             lane_acc[lane] = part if lane_acc[lane] is None else \
-                client.submit(_add, lane_acc[lane], part, False, pure=False)
+                client.submit(_add, lane_acc[lane], part, False, pure=False, retries=retries)
             lane_adds[lane].append(lane_acc[lane])
             outstanding -= 1
         # keep each lane's chain of pending additions short (bounded memory on the workers)
@@ -183,7 +199,8 @@ def _on_cluster(func, tasks, broadcast, groups, lanes, window, client, progress)
         total = None
         for gl, acc in zip(lane_group, lane_acc):
             if gl == g:
-                total = acc if total is None else client.submit(_add, total, acc, False, pure=False)
+                total = acc if total is None else client.submit(_add, total, acc, False, pure=False,
+                                                                retries=retries)
         sums.append(None if total is None else total.result())
     keys = sorted(result_futures)
     gathered = client.gather([result_futures[t] for t in keys])

@@ -116,7 +116,7 @@ def _init_chunk(source, shared: _InitShared, idx, particles):
     return w.to_host(), None
 
 
-def initial_references(source, particles, opts, box, pixel_size, n_groups, client=None):
+def initial_references(source, particles, opts, box, pixel_size, n_groups, client=None, progress=None):
     """K random-subset averages (random ψ per image), low-passed to ``ini_high`` and masked; plus σ²."""
     rng = np.random.default_rng(opts.seed)
     n = len(particles["group"])
@@ -128,7 +128,7 @@ def initial_references(source, particles, opts, box, pixel_size, n_groups, clien
     empty = InplaneReferences(np.zeros((opts.n_classes, box, box), np.float32))
     shared = _InitShared(empty, radius, n_groups, get_backend(opts.backend).name)
     wsum, _ = run_chunks(_init_chunk, source, parts, make_chunks(n, opts.chunk_size), shared, client,
-                         lanes=opts.reduction_lanes)
+                         lanes=opts.reduction_lanes, progress=progress)
     flat_tau = np.full((opts.n_classes, box // 2 + 1), 1e30)
     refs, _ = empty.reconstruct(wsum.sums, flat_tau, 1.0)
     images = lowpass(np.asarray(refs.images), pixel_size, opts.ini_high) * soft_circular_mask(box, radius, 5.0)
@@ -145,9 +145,9 @@ class Class2D(EMRun):
     stage = "class2d"
 
     def __init__(self, table, source, opts: Class2DOptions, output_dir, *, optics=None, client=None,
-                 provenance=None, log=print):
+                 provenance=None, log=print, progress=None):
         super().__init__(table, source, opts, output_dir, optics=optics, client=client, provenance=provenance,
-                         log=log)
+                         log=log, progress=progress)
         # chunks of each random half, summed per half (the same order every iteration, so a run
         # continued with more iterations repeats the sums of a shorter one): the last iteration's
         # half averages give cross-validated noise scores (_noise_scores)
@@ -163,7 +163,8 @@ class Class2D(EMRun):
     # state: (model (MlModel), refs (InplaneReferences), results (per particle)) --------------
     def initialise(self):
         images, sigma2 = initial_references(self.source, self.particles, self.opts, self.box, self.pixel_size,
-                                            self.n_groups, self.client)
+                                            self.n_groups, self.client,
+                                            progress=self.pass_progress("initial class averages"))
         window = min(self.max_shells, max(8, shells_to(self.opts.ini_high, self.box, self.pixel_size, minimum=2)))
         model = MlModel.initial(self.box, self.pixel_size, self.opts.n_classes, sigma2,
                                 max(self.opts.offset_range / 2.0, self.opts.offset_step), window)

@@ -79,9 +79,9 @@ class Class3D(d3.Run3D):
     stage = "class3d"
 
     def __init__(self, table, source, reference, opts: Class3DOptions, output_dir, *, optics=None, client=None,
-                 provenance=None, log=print):
+                 provenance=None, log=print, progress=None):
         super().__init__(table, source, reference, opts, output_dir, optics=optics, client=client,
-                         provenance=provenance, log=log)
+                         provenance=provenance, log=log, progress=progress)
         if opts.skip_align or opts.sigma_ang:
             from spa.errors import SpaInputError
 
@@ -150,7 +150,7 @@ class Class3D(d3.Run3D):
         o = self.opts
         stats = d3.data_statistics(self.source, self.particles, self.chunks, self.box, self.pixel_size,
                                    self.n_groups, self.radius, o.do_ctf, self.client, self.backend,
-                                   lanes=o.reduction_lanes)
+                                   lanes=o.reduction_lanes, progress=self.pass_progress("image statistics"))
         if np.ndim(self.reference) == 4:
             return self._initialise_from_references(stats, self.reference, o.ini_high)
         if self.starts_from == "variability":
@@ -234,15 +234,10 @@ class Class3D(d3.Run3D):
             self.log(f"class3d: 3D variability on a random subset of {len(rows)} of {len(self.table)} particles")
         angles = self.table[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float)[rows]
         resolution = max(o.variability_resolution, 3.0 * self.pixel_size)
-        step = max(1, len(rows) // 10)
-
-        def progress(done, total):  # the one pass over the images, logged every ~10 %
-            if done == total or done % step < o.chunk_size:
-                self.log(f"class3d: 3D variability: read {done}/{total} particles")
-
         data = variability.window_data(self.source, self.particles, rows, angles, self.particles["centres"][rows],
                                        self.box, self.pixel_size, resolution, self.radius, do_ctf=o.do_ctf,
-                                       chunk_size=o.chunk_size, progress=progress)
+                                       chunk_size=o.chunk_size,
+                                       progress=self.pass_progress("3D variability: particles read"))
         # with a reference mask (focused classification) the components are confined to it
         mask = None if self.mask is None else variability.small_mask(self.mask, data)
         label, _, _ = variability.seed_labels(data, o.n_classes, seed=o.seed, mask=mask)

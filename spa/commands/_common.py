@@ -1,14 +1,14 @@
-"""Plumbing shared by stage commands: config loading, seed, Dask client, progress."""
+"""Plumbing shared by stage commands: config loading, seed, Dask client, outputs checked first, progress."""
 
 from __future__ import annotations
 
 import contextlib
-import sys
 from pathlib import Path
 
 import yaml
 
 from spa.errors import SpaInputError
+from spa.progress import progress_printer  # noqa: F401  (the commands' progress callbacks)
 
 
 def load_config(args, section: str | None = None) -> dict:
@@ -64,11 +64,21 @@ def dask_client(args, config: dict | None = None):
             cluster.close()
 
 
-def progress_printer(label: str):
-    """A ``progress(done, total)`` callback that prints a one-line status to stderr."""
+@contextlib.contextmanager
+def checked_outputs(args):
+    """Around a command (``spa.cli.main`` puts every command in it): before anything is read or
+    computed, its output folder (``--output-dir``) or the folder of its output file (``--output``) must
+    exist or be makeable, and be writable — else a one-line error naming that folder; when the command
+    then fails, the folders it made and left empty are removed (no empty output folder behind)."""
+    from spa.io.atomic import output_folder
 
-    def progress(done: int, total: int) -> None:
-        end = "\n" if done == total else "\r"
-        print(f"{label}: {done}/{total}", end=end, file=sys.stderr, flush=True)
-
-    return progress
+    with contextlib.ExitStack() as stack:
+        folder = getattr(args, "output_dir", None)
+        if folder:
+            stack.enter_context(output_folder(folder))
+        file = getattr(args, "output", None)
+        if file:
+            if Path(file).is_dir():
+                raise SpaInputError(file, "is a folder: --output names the file to write")
+            stack.enter_context(output_folder(Path(file).parent, f"output folder of {Path(file).name}"))
+        yield

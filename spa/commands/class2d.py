@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from spa.commands._common import dask_client, load_config, option, seed_of
+from spa.commands._common import dask_client, load_config, option, progress_printer, seed_of
 
 
 def add_args(p):
@@ -84,7 +84,7 @@ def main(args) -> int:
     from spa.class2d.gallery import write_gallery
     from spa.errors import SpaInputError
     from spa.io.images import ParticleImages
-    from spa.io.star import read_particles
+    from spa.io.star import has_ctf, read_particles
     from spa.provenance import make_record
 
     cfg = load_config(args, "class2d")
@@ -94,8 +94,8 @@ def main(args) -> int:
     particles, optics = read_particles(args.particles, require=("rlnImageName",))
     if len(particles) < opts.n_classes:
         raise SpaInputError(args.particles, f"{len(particles)} particles cannot make {opts.n_classes} classes")
-    if opts.do_ctf and "rlnDefocusU" not in particles:
-        print("class2d: no rlnDefocusU column: running without CTF correction", file=sys.stderr)
+    if opts.do_ctf and not has_ctf(particles, args.particles):
+        print("class2d: no CTF columns (rlnDefocusU/V/Angle): running without CTF correction", file=sys.stderr)
         opts.do_ctf = False
     source = ParticleImages(particles, args.particles)
     record = make_record(args.argv, {**cfg, **{k: v for k, v in vars(opts).items()}}, opts.seed)
@@ -103,7 +103,7 @@ def main(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with dask_client(args, cfg) as client:
         run = Class2D(particles, source, opts, out, optics=optics, client=client, provenance=record,
-                      log=lambda m: print(m, file=sys.stderr))
+                      log=lambda m: print(m, file=sys.stderr, flush=True), progress=progress_printer)
         model, refs, table = run.run(continue_=args.continue_, restart=args.restart, resume=args.resume)
     import numpy as np
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import sys
 from dataclasses import fields
 
-from spa.commands._common import dask_client, load_config, option, seed_of
+from spa.commands._common import dask_client, load_config, option, progress_printer, seed_of
 
 OPTIONS = {
     "iter": (int, "number of iterations (default 25)"),
@@ -110,7 +110,7 @@ def main(args) -> int:
 
     with dask_client(args, cfg) as client:
         run = Class3D(table, source, reference, opts, args.output_dir, optics=optics, client=client,
-                      provenance=record, log=log)
+                      provenance=record, log=log, progress=progress_printer)
         model, _, table = run.run(continue_=args.continue_, restart=args.restart, resume=args.resume)
     sizes = table["rlnClassNumber"].value_counts().sort_index()
     print("class3d: particles per class " + ", ".join(f"{k}: {v}" for k, v in sizes.items()))

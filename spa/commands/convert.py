@@ -14,6 +14,7 @@ MRC mode 12).
 
 from __future__ import annotations
 
+from spa.commands._common import progress_printer
 from spa.errors import SpaInputError
 from spa.io.convert import FORMATS, convert_particles
 from spa.io.zarrstack import DEFAULT_CHUNK
@@ -39,7 +40,8 @@ def main(args) -> int:
     options = {"to": args.to, "chunk": args.chunk, "float16": bool(args.float16)}
     record = make_record(command=args.argv, config=options, seed=args.seed)
     out = convert_particles(
-        args.particles, args.output_dir, args.to, chunk=args.chunk, float16=args.float16, provenance=record
+        args.particles, args.output_dir, args.to, chunk=args.chunk, float16=args.float16, provenance=record,
+        progress=progress_printer("convert: images"),
     )
     print(f"spa convert: wrote {out}")
     return 0

@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 from dataclasses import fields
 
-from spa.commands._common import dask_client, load_config, option, seed_of
+from spa.commands._common import dask_client, load_config, option, progress_printer, seed_of
 
 OPTIONS = {
     # cli name: (type, help)
@@ -93,7 +93,7 @@ def main(args) -> int:
 
     with dask_client(args, cfg) as client:
         run = Refine3D(table, source, reference, opts, args.output_dir, optics=optics, client=client,
-                       provenance=record, log=log)
+                       provenance=record, log=log, progress=progress_printer)
         _, _, _, res = run.run(continue_=args.continue_, restart=args.restart, resume=args.resume)
     print(f"refine3d: final resolution {res:.2f} Å -> {Path(args.output_dir) / 'run_class001.mrc'}")
     return 0

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import sys
 
-from spa.commands._common import load_config, option, seed_of
+from spa.commands._common import load_config, option, progress_printer, seed_of
 from spa.errors import SpaInputError
 
 PRESETS = {
@@ -140,13 +140,15 @@ def main(args) -> int:
     record = make_record(args.argv, {"kind": kind, "preset": preset, **spec_kw}, seed)
     out = args.output_dir
     if kind == "particles":
-        result = simulate_particles(out, spec, seed, provenance=record, workers=workers)
+        result = simulate_particles(out, spec, seed, provenance=record, workers=workers,
+                                    progress=progress_printer("simulate: particle images"))
         print(f"simulated {spec.n} particles of {spec.box} px at {spec.pixel_size} Å/px -> {result.particles_star}",
               file=sys.stderr)
     elif kind == "micrographs":
-        star = simulate_micrographs(out, spec, seed, provenance=record)
+        star = simulate_micrographs(out, spec, seed, provenance=record,
+                                    progress=progress_printer("simulate: micrographs"))
         print(f"simulated {spec.n} micrographs of {spec.size} px -> {star}", file=sys.stderr)
     else:
-        star = simulate_movies(out, spec, seed, provenance=record)
+        star = simulate_movies(out, spec, seed, provenance=record, progress=progress_printer("simulate: movies"))
         print(f"simulated {spec.n} movies of {spec.n_frames} frames -> {star}", file=sys.stderr)
     return 0

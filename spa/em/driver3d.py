@@ -50,11 +50,11 @@ class Run3D(EMRun):
     """A 3D stage's run: :class:`EMRun` plus the starting map(s) and the point group."""
 
     def __init__(self, table, source, reference, opts, output_dir, *, optics=None, client=None, provenance=None,
-                 log=print):
+                 log=print, progress=None):
         from spa.geometry.symmetry import symmetry_matrices
 
         super().__init__(table, source, opts, output_dir, optics=optics, client=client, provenance=provenance,
-                         log=log)
+                         log=log, progress=progress)
         self.reference = reference
         self.sym = symmetry_matrices(opts.symmetry)
 
@@ -75,10 +75,12 @@ class Run3D(EMRun):
 def load_particles(star_path, *, need_ctf: bool = True):
     """(table, optics, image source, pixel size Å, box px) of a RELION-format particle STAR."""
     from spa.io.images import ParticleImages
-    from spa.io.star import CTF_COLUMNS, read_particles
+    from spa.io.star import CTF_COLUMNS, has_ctf, read_particles
 
-    require = ("rlnImageName",) + (tuple(CTF_COLUMNS) if need_ctf else ())
-    table, optics = read_particles(star_path, require=require)
+    table, optics = read_particles(star_path, require=("rlnImageName",))
+    if need_ctf and not has_ctf(table, star_path):
+        raise SpaInputError(star_path, f"has no CTF columns ({', '.join(CTF_COLUMNS)}); give them, or run with "
+                                       "--no-ctf")
     if len(table) == 0:
         raise SpaInputError(star_path, "the particle table is empty")
     source = ParticleImages(table, star_path)
@@ -168,7 +170,7 @@ class DataStatistics:
 
 
 def data_statistics(source, particles, chunks, box, pixel_size, n_groups, radius_px, do_ctf=True, client=None,
-                    backend: str | None = None, lanes: int = DEFAULT_LANES) -> DataStatistics:
+                    backend: str | None = None, lanes: int = DEFAULT_LANES, progress=None) -> DataStatistics:
     """Image power → σ² (as RELION: the first M-step corrects it) and an estimate of the signal power.
 
     The signal power per shell is (power inside the mask − the outside-mask
@@ -176,7 +178,7 @@ def data_statistics(source, particles, chunks, box, pixel_size, n_groups, radius
     projections must carry to be on the data's grey scale.
     """
     shared = _PowerShared(box, pixel_size, n_groups, radius_px, do_ctf, get_backend(backend).name)
-    wsum, _ = run_chunks(_power_chunk, source, particles, chunks, shared, client, lanes=lanes)
+    wsum, _ = run_chunks(_power_chunk, source, particles, chunks, shared, client, lanes=lanes, progress=progress)
     sigma2 = initial_sigma2(wsum.sigma2, wsum.sigma2_count, box)
     mask = soft_circular_mask(box, radius_px, 5.0)
     area_in, area_out = float((mask**2).sum()), float(((1 - mask) ** 2).sum())

@@ -37,6 +37,9 @@ import pandas as pd
 from spa.backend import get_backend
 from spa.em.engine import EStepContext, last_checkpoint, load_checkpoint, particle_arrays, save_checkpoint
 from spa.errors import SpaInputError
+from spa.io.atomic import remove_stale_temporaries
+from spa.io.star import has_ctf
+from spa.progress import duration, progress_printer
 
 
 def mask_radius_px(particle_diameter: float | None, box: int, pixel_size: float) -> float:
@@ -129,7 +132,8 @@ class EMRun:
     rootname = "run"
     converges = False  # True where convergence, not a fixed count, ends the run (the count is a bound)
 
-    def __init__(self, table, source, opts, output_dir, *, optics=None, client=None, provenance=None, log=print):
+    def __init__(self, table, source, opts, output_dir, *, optics=None, client=None, provenance=None, log=print,
+                 progress=None):
         self.opts = opts.check()
         self.table = table.reset_index(drop=True)
         self.source = source
@@ -137,6 +141,7 @@ class EMRun:
         self.client = client
         self.provenance = provenance
         self.log = log or (lambda *a: None)
+        self.progress = progress  # label → progress(done, total) callback (e.g. spa.progress.progress_printer)
         self.box = int(source.box)
         px = self.table["rlnImagePixelSize"].iloc[0] if "rlnImagePixelSize" in self.table else source.pixel_size
         self.pixel_size = float(px)
@@ -146,6 +151,8 @@ class EMRun:
             optics = optics_from_table(self.table, self.pixel_size, self.box)
         self.optics = optics
         self.backend = get_backend(opts.backend).name
+        if getattr(opts, "do_ctf", False):
+            has_ctf(self.table)  # some CTF columns but not all: an error, not a run without CTF
         self.particles = particle_arrays(self.table, self.pixel_size)
         og = self.table["rlnOpticsGroup"].to_numpy() if "rlnOpticsGroup" in self.table else np.ones(len(self.table))
         self.group_ids = np.unique(og)
@@ -208,6 +215,12 @@ class EMRun:
             max_significant=o.max_significant, backend=self.backend, **extra,
         )
 
+    def pass_progress(self, what: str):
+        """The ``progress(done, total)`` callback of one long pass of this run (``what``): the run's own
+        (``progress``, given by the command: an updating line on a terminal), else plain lines to its log."""
+        label = f"{self.stage}: {what}"
+        return self.progress(label) if self.progress else progress_printer(label, write=self.log)
+
     def fingerprint(self) -> dict:
         """What a checkpoint must match to be continued (JSON-serialisable)."""
         return {"stage": self.stage, "code": code_digest(), "options": self.opts.fingerprint(),
@@ -257,6 +270,8 @@ class EMRun:
     def run(self, continue_: bool = False, restart: bool = False, resume: bool = False):
         """Run to the end; ``continue_`` from the last checkpoint (an error if it belongs to another run),
         ``resume`` from it when it belongs to this run, else afresh (see the module docstring)."""
+        for p in remove_stale_temporaries(self.output_dir):  # left by a run that was killed mid-write
+            self.log(f"{self.stage}: removed {p.name}, left by an earlier run that was stopped")
         state = self._resume(strict=not resume) if (continue_ or resume) and not restart else None
         if state is not None:
             self.log(f"{self.stage}: continuing after iteration {self.iteration_of(state)}")
@@ -283,14 +298,8 @@ class EMRun:
         text = self.describe(state)
         line = head + (f": {text}" if text else "") + f"; {times[-1]:.0f} s"
         if left:
-            eta = _duration(float(np.mean(times[-3:])) * left)
+            eta = duration(float(np.mean(times[-3:])) * left)
             line += f", {'at most ' if self.converges else ''}about {eta} left"
         return line
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

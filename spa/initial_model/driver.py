@@ -139,7 +139,8 @@ def prepare_inputs(particles_path, sgd: SGDOptions, *, working_box: int | None =
                    class_averages=None, seed: int = 0, log=print, progress=None):
     """The stage's inputs: the particles at the working box and, when given, the class averages on its grid.
 
-    Reads the particle STAR (CTF optional: without rlnDefocusU the run has no CTF correction), chooses the
+    Reads the particle STAR (CTF optional: without rlnDefocusU/V/Angle the run has no CTF correction; some
+    of them but not all is an error), chooses the
     working box (pixel ≈ final resolution / 3 unless ``working_box`` px is given; ``sgd.final_resolution``
     is raised to what that box allows), holds up to ``max_held`` particles for SGD
     (:func:`spa.initial_model.working.load_working_set`) and crops the class averages (an MRC stack;
@@ -148,16 +149,16 @@ def prepare_inputs(particles_path, sgd: SGDOptions, *, working_box: int | None =
     from spa.errors import SpaInputError
     from spa.io.images import ParticleImages
     from spa.io.mrc import read_mrc
-    from spa.io.star import read_particles
+    from spa.io.star import has_ctf, read_particles
 
     particles, optics = read_particles(particles_path, require=("rlnImageName",))
     if len(particles) < max(10, sgd.n_classes):
         raise SpaInputError(particles_path, f"{len(particles)} particles are too few for an initial model")
     if max_held < max(10, sgd.n_classes):
         raise SpaInputError(None, f"max_sgd_particles {max_held} is too small")
+    if not has_ctf(particles, particles_path):
+        log("initial-model: no CTF columns (rlnDefocusU/V/Angle): running without CTF correction")
     source = ParticleImages(particles, particles_path)
-    if "rlnDefocusU" not in particles:
-        log("initial-model: no rlnDefocusU column: running without CTF correction")
     box, pixel = source.box, source.pixel_size
     wb = working_box or choose_working_box(box, pixel, sgd.final_resolution)
     if not 16 <= wb <= box:

@@ -42,13 +42,14 @@ def convert_particles(
     chunk: int = zarrstack.DEFAULT_CHUNK,
     float16: bool = False,
     provenance: dict | None = None,
+    progress=None,
 ) -> Path:
     """Rewrite the particles of ``star`` into one ``.zarr`` or ``.mrcs`` stack in ``output_dir``.
 
     ``chunk`` is the Zarr chunk length along N (also the batch size of the
     copy); ``float16`` stores the images as float16 (Zarr dtype / MRC mode 12),
     otherwise float32 images are copied bit for bit.  Returns the path of the
-    written STAR file.
+    written STAR file.  ``progress(done, total)`` (images) after each batch.
     """
     if to not in FORMATS:
         raise ValueError(f"unknown stack format {to!r}; choose one of {FORMATS}")
@@ -81,11 +82,15 @@ def convert_particles(
                 for start in range(0, n, step):
                     stop = min(start + step, n)
                     zarrstack.write_images(tmp_stack, start, images.read(np.arange(start, stop)))
+                    if progress:
+                        progress(stop, n)
             else:
                 with new_mrcs(tmp_stack, n, box, pixel, provenance=provenance, dtype=dtype) as data:
                     for start in range(0, n, step):
                         stop = min(start + step, n)
                         data[start:stop] = images.read(np.arange(start, stop))
+                        if progress:
+                            progress(stop, n)
             # written before either rename, so a failure here leaves no output at all;
             # the STAR that points at the stack is renamed last
             write_particles(tmp_star, table, optics, provenance)

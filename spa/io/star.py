@@ -369,6 +369,24 @@ def read_particles(
     return relocate_image_names(particles, path), optics
 
 
+def has_ctf(particles: pd.DataFrame, path: str | os.PathLike | None = None) -> bool:
+    """True when the table has every per-particle CTF column (:data:`CTF_COLUMNS`), False when it has none.
+
+    Some but not all of them is a :class:`SpaInputError` naming ``path`` and
+    the missing columns: a stage would otherwise run without CTF correction
+    without saying so (the optics columns, rlnVoltage etc., are checked when
+    the table is read).
+    """
+    present = [c for c in CTF_COLUMNS if c in particles.columns]
+    if present and len(present) < len(CTF_COLUMNS):
+        missing = [c for c in CTF_COLUMNS if c not in present]
+        where = "" if path is not None else "the particle table "
+        raise SpaInputError(path, f"{where}has {', '.join(present)} but lacks {', '.join(missing)}: the CTF needs "
+                                  f"all of {', '.join(CTF_COLUMNS)} (with none of them a stage runs without CTF "
+                                  "correction)")
+    return bool(present)
+
+
 def write_particles(
     path: str | os.PathLike, particles: pd.DataFrame, optics: pd.DataFrame, provenance: dict | None = None
 ) -> None:

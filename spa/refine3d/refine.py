@@ -66,9 +66,9 @@ class Refine3D(d3.Run3D):
     converges = True
 
     def __init__(self, table, source, reference, opts: Refine3DOptions, output_dir, *, optics=None, client=None,
-                 provenance=None, log=print):
+                 provenance=None, log=print, progress=None):
         super().__init__(table, source, reference, opts, output_dir, optics=optics, client=client,
-                         provenance=provenance, log=log)
+                         provenance=provenance, log=log, progress=progress)
         self.diameter = 2 * self.radius * self.pixel_size
         self.halves = self._split_halves()
         self.chunks = [self.chunks_of(h) for h in self.halves]
@@ -97,7 +97,8 @@ class Refine3D(d3.Run3D):
         o = self.opts
         all_chunks = self.chunks[0] + self.chunks[1]
         stats = d3.data_statistics(self.source, self.particles, all_chunks, self.box, self.pixel_size, self.n_groups,
-                                   self.radius, o.do_ctf, self.client, self.backend, lanes=o.reduction_lanes)
+                                   self.radius, o.do_ctf, self.client, self.backend, lanes=o.reduction_lanes,
+                                   progress=self.pass_progress("image statistics"))
         ref = d3.prepare_reference(self.reference, self.pixel_size, o.ini_high, self.radius)
         scale = d3.grey_scale(ref, stats, self.pixel_size, low_res=max(2 * o.ini_high, 60.0), high_res=o.ini_high)
         ref = ref * scale

@@ -290,8 +290,10 @@ def write_truth(out: Path, spec, names: list[str], scenes_info: list[tuple], mol
         write_pdb(truth / f"class{k:03d}.pdb", mol)
 
 
-def simulate_micrographs(output_dir, spec: MicrographSpec, seed: int = 0, *, provenance: dict | None = None) -> Path:
-    """Write micrographs, ``micrographs.star`` and the truth (see the module docstring); returns the STAR path."""
+def simulate_micrographs(output_dir, spec: MicrographSpec, seed: int = 0, *, provenance: dict | None = None,
+                         progress=None) -> Path:
+    """Write micrographs, ``micrographs.star`` and the truth (see the module docstring); returns the STAR path.
+    ``progress(done, total)`` after each micrograph."""
     from spa.io.mrc import write_mrc  # noqa: PLC0415
     from spa.io.star import write_micrographs  # noqa: PLC0415
 
@@ -306,6 +308,8 @@ def simulate_micrographs(output_dir, spec: MicrographSpec, seed: int = 0, *, pro
         write_mrc(out / name, counts, spec.pixel_size, provenance)
         names.append(name)
         info.append((scene.coordinates, scene.defocus, scene.carbon))
+        if progress:
+            progress(m + 1, spec.n)
     write_truth(out, spec, names, info, molecules, provenance)
     star = out / "micrographs.star"
     write_micrographs(star, pd.DataFrame({"rlnMicrographName": names, "rlnOpticsGroup": 1}), optics_table(spec), provenance)

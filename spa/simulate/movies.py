@@ -198,8 +198,10 @@ class _FrameWriter:
                 self._ctx.__exit__(type(exc), exc, None)
 
 
-def simulate_movies(output_dir, spec: MovieSpec, seed: int = 0, *, provenance: dict | None = None) -> Path:
-    """Write movies, ``gain.mrc``, ``movies.star`` and the truth; returns the STAR path."""
+def simulate_movies(output_dir, spec: MovieSpec, seed: int = 0, *, provenance: dict | None = None,
+                    progress=None) -> Path:
+    """Write movies, ``gain.mrc``, ``movies.star`` and the truth; returns the STAR path.  ``progress(done,
+    total)`` after each movie."""
     from spa.io.mrc import write_mrc  # noqa: PLC0415
     from spa.io.star import write_optics_table, write_star  # noqa: PLC0415
 
@@ -251,6 +253,8 @@ def simulate_movies(output_dir, spec: MovieSpec, seed: int = 0, *, provenance: d
         names.append(name)
         truth_names.append(f"truth/micrographs/{stem}.mrc")
         info.append((scene.coordinates, scene.defocus, scene.carbon))
+        if progress:
+            progress(m + 1, spec.n)
     write_truth(out, spec, truth_names, info, molecules, provenance, {"rlnMicrographMovieName": names})
     star = out / "movies.star"
     write_optics_table(star, "movies", pd.DataFrame({"rlnMicrographMovieName": names, "rlnOpticsGroup": 1}),

@@ -260,7 +260,8 @@ class SimulatedParticles:
 
 
 def simulate_particles(
-    output_dir, spec: ParticleSpec, seed: int = 0, *, provenance: dict | None = None, workers: int = 1
+    output_dir, spec: ParticleSpec, seed: int = 0, *, provenance: dict | None = None, workers: int = 1,
+    progress=None,
 ) -> SimulatedParticles:
     """Simulate a particle data set into ``output_dir`` (see the module docstring for the files).
 
@@ -268,6 +269,7 @@ def simulate_particles(
     ``workers`` threads); memory stays at a few chunks.  Every file appears at
     its final path only when complete; the STAR files are written last.
     Same ``seed`` and ``spec`` → identical images, whatever ``workers``.
+    ``progress(done, total)`` (images) after each chunk is written.
     """
     from spa.io.atomic import atomic_path  # noqa: PLC0415
     from spa.io.star import write_particles  # noqa: PLC0415
@@ -307,6 +309,8 @@ def simulate_particles(
                 if nxt < len(starts):
                     futures[nxt] = pool.submit(task, nxt)
                 write_images(tmp, starts[c], images)
+                if progress:
+                    progress(min(starts[c] + CHUNK, spec.n), spec.n)
 
     optics = optics_table(spec)
     pipeline_cols = ["rlnImageName", "rlnMicrographName", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle",
