@@ -188,10 +188,13 @@ def _on_cluster(func, tasks, broadcast, groups, lanes, window, client, progress,
                 client.submit(_add, lane_acc[lane], part, False, pure=False, retries=retries)
             lane_adds[lane].append(lane_acc[lane])
             outstanding -= 1
-        # keep each lane's chain of pending additions short (bounded memory on the workers)
+        # keep each lane's chain of pending additions short (bounded memory on the workers), and hold no
+        # finished intermediate sum: only the lane's newest sum is needed further
         for chain in lane_adds:
             while len(chain) > 2:
                 wait(chain.popleft())
+            while len(chain) > 1 and chain[1].done():
+                chain.popleft()
         while submit_at < len(order) and outstanding < window:
             submit_next()
     sums = []
