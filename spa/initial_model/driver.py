@@ -221,7 +221,12 @@ def run_initial_model(ws: WorkingSet, opts: InitialModelOptions, *, class_averag
         log(f"initial-model: {notes[-1]}")
     images, ctfs, what = chooser_images(ws, class_averages, opts.sgd.seed)
     scores = _score_sets(candidates, images, ctfs, ws, opts, mask_r, log)
-    chosen = choose_candidate(scores)
+    chosen = choose_candidate(scores, [c.method for c in candidates])
+    top = int(np.argmax([np.median(s) for s in scores]))
+    if chosen != top:
+        notes.append(f"{candidates[top].name} scored a higher median than {candidates[chosen].name} but not image by "
+                     "image (sign test, p ≥ 0.05): the SGD map, fitted to the particles at a finer resolution, is kept")
+        log(f"initial-model: {notes[-1]}")
     log(f"initial-model: chose candidate {candidates[chosen].name} ({candidates[chosen].method})")
     # full pass over every particle with the chosen maps
     seed = candidates[chosen].seed if candidates[chosen].seed is not None else opts.sgd.seed

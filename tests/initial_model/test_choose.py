@@ -89,3 +89,17 @@ def test_prepared_images_ignore_a_constant_background():
     a = match_images(vol, img, PIXEL, resolution=15.0, mask_radius_px=10, offset_range_px=0.0, grid_order=2)
     b = match_images(vol, img + 5.0, PIXEL, resolution=15.0, mask_radius_px=10, offset_range_px=0.0, grid_order=2)
     assert np.allclose(a.scores, b.scores, atol=1e-4)
+
+
+def test_a_common_lines_map_wins_only_when_better_image_by_image():
+    rng = np.random.default_rng(0)
+    sgd = rng.uniform(0.90, 0.99, 12)
+    # a slightly higher median but worse on half of the images: a tie, the SGD map (fitted to particles) stays
+    mixed = sgd + np.where(np.arange(12) % 2 == 0, 0.02, -0.01)
+    assert np.median(mixed) > np.median(sgd)
+    assert choose_candidate([sgd, mixed], ["sgd", "commonlines"]) == 0
+    assert choose_candidate([sgd, mixed]) == 1  # without methods: the plain best median
+    # better on every image: common lines wins
+    assert choose_candidate([sgd, sgd + 0.01], ["sgd", "commonlines"]) == 1
+    # among SGD candidates the best median wins as before
+    assert choose_candidate([sgd, sgd + 0.001, mixed], ["sgd", "sgd", "commonlines"]) == 1
