@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "initial-model": ("spa.commands.initial_model", "ab-initio 3D initial model by stochastic gradient descent"),
     "class3d": ("spa.commands.class3d", "3D classification"),
     "refine3d": ("spa.commands.refine3d", "gold-standard 3D auto-refinement"),
+    "mask": ("spa.commands.mask", "solvent mask from a map (threshold, extension, soft edge)"),
+    "postprocess": ("spa.commands.postprocess", "masked FSC with phase randomisation, B-factor, sharpened map"),
     "consensus": ("spa.commands.consensus", "keep what repeated runs agree on (classes, poses)"),
     "provenance": ("spa.commands.provenance", "print what made an output file"),
 }

@@ -16,6 +16,25 @@ def _pyplot():
     return plt
 
 
+def angstrom_axis(ax, box_angstrom: float) -> None:
+    """A top axis labelled in Å over an x axis in 1/Å: ticks at round resolutions (a secondary axis
+    with 1/x labels overlapped at low frequency and showed an offset)."""
+    lo, hi = ax.get_xlim()
+    hi = max(hi, 1e-6)
+    candidates = [100, 50, 30, 20, 15, 10, 8, 6, 5, 4, 3.5, 3, 2.5, 2, 1.5, 1.2, 1]
+    ticks = [d for d in candidates if lo < 1.0 / d <= hi]
+    # keep ticks at least 6 % of the axis apart
+    kept: list[float] = []
+    for d in ticks:
+        if not kept or (1.0 / d - 1.0 / kept[-1]) > 0.06 * (hi - lo):
+            kept.append(d)
+    top = ax.twiny()
+    top.set_xlim(lo, hi)
+    top.set_xticks([1.0 / d for d in kept])
+    top.set_xticklabels([f"{d:g}" for d in kept])
+    top.set_xlabel("resolution (Å)")
+
+
 def plot_fsc(path, curves, box: int, pixel_size: float, thresholds=(0.143, 0.5)) -> None:
     """FSC curves against resolution (1/Å) with threshold lines; ``curves`` = [(values, label), …]."""
     plt = _pyplot()
@@ -29,9 +48,41 @@ def plot_fsc(path, curves, box: int, pixel_size: float, thresholds=(0.143, 0.5))
     ax.set_ylabel("FSC")
     ax.set_ylim(-0.1, 1.05)
     ax.legend(fontsize=8)
-    top = ax.secondary_xaxis("top", functions=(lambda x: 1 / np.maximum(x, 1e-6), lambda x: 1 / np.maximum(x, 1e-6)))
-    top.set_xlabel("Å")
+    angstrom_axis(ax, box * pixel_size)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def plot_guinier(path, s2, curves, fit=None, resolution: float | None = None) -> None:
+    """Guinier plot: ln(amplitude) against s² (Å⁻²); ``curves`` = [(values, label), …]; ``fit`` =
+    (slope, intercept, fitted mask) drawn as a line over the fitted range."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    s2 = np.asarray(s2)
+    for values, label in curves:
+        ax.plot(s2, values, label=label)
+    if fit is not None:
+        slope, intercept, used = fit
+        x = s2[np.asarray(used, bool)]
+        if x.size:
+            ax.plot(x, intercept + slope * x, "k--", lw=1.2, label=f"fit: B = {-4 * slope:.0f} Å²")
+    if resolution:
+        ax.axvline(1.0 / resolution**2, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("s² (Å⁻²)")
+    ax.set_ylabel("ln amplitude")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def write_figures_index(folder, entries) -> None:
+    """``figures.json`` in ``folder``: [{"file", "title", "caption"}, …] for the report (atomic)."""
+    import json
+    from pathlib import Path
+
+    with atomic_path(Path(folder) / "figures.json") as tmp:
+        Path(tmp).write_text(json.dumps(list(entries), indent=1, ensure_ascii=False))

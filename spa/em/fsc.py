@@ -60,6 +60,19 @@ def resolution_at(curve, threshold: float, box: int, pixel_size: float) -> float
     return float(box * pixel_size / shell)
 
 
+def reaches_threshold_at_nyquist(curve, threshold: float = 0.143) -> bool:
+    """True when the curve never drops below ``threshold`` up to Nyquist: the resolution is then
+    "≥ Nyquist" — a bound set by the pixel size, not a measurement (:func:`resolution_at` returns
+    Nyquist for it)."""
+    return not bool(np.any(np.asarray(curve, dtype=np.float64)[1:] < threshold))
+
+
+def resolution_text(curve, threshold: float, box: int, pixel_size: float) -> str:
+    """The resolution at ``threshold`` for people: '5.23 Å' or '≥ Nyquist (4.00 Å)'."""
+    res = resolution_at(curve, threshold, box, pixel_size)
+    return f"≥ Nyquist ({res:.2f} Å)" if reaches_threshold_at_nyquist(curve, threshold) else f"{res:.2f} Å"
+
+
 def fsc_table(curve, box: int, pixel_size: float):
     """A RELION-style ``data_fsc`` table (pandas DataFrame)."""
     import pandas as pd
