@@ -28,6 +28,7 @@ include: "workflow/rules/initial_model.smk"
 include: "workflow/rules/class3d.smk"
 include: "workflow/rules/refine3d.smk"
 include: "workflow/rules/fsc.smk"
+include: "workflow/rules/postprocess.smk"
 include: "workflow/rules/summary.smk"
 
 

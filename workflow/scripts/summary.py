@@ -18,17 +18,24 @@ from spa.io.star import read_star
 
 def read_fsc(path: str) -> dict:
     """Resolutions (Å) at FSC 0.143 and 0.5 and the Nyquist limit of one fsc.star."""
+    from spa.em.fsc import reaches_threshold_at_nyquist
+
     blocks = read_star(path)
     general, table = blocks["general"], blocks["fsc"]
+    curve = table["rlnFourierShellCorrelation"].to_numpy(float)
     return {
         "fsc_star": path,
         "resolution_fsc0143_A": round(float(general["rlnFinalResolution"]), 3),
         "resolution_fsc05_A": round(float(general["rlnSpaResolutionFsc05"]), 3),
+        # True: the curve never drops below the threshold — the resolution is "≥ Nyquist", a bound
+        "fsc0143_at_nyquist": reaches_threshold_at_nyquist(curve, 0.143),
+        "fsc05_at_nyquist": reaches_threshold_at_nyquist(curve, 0.5),
         "nyquist_A": round(float(table["rlnAngstromResolution"].iloc[-1]), 3),
     }
 
 
-def summarise(halves_star: str, truth_star: str | None, final_map: str, ideal_star: str | None = None) -> dict:
+def summarise(halves_star: str, truth_star: str | None, final_map: str, ideal_star: str | None = None,
+              postprocess_json: str | None = None, locres_json: str | None = None) -> dict:
     """``truth_star``: FSC of the final map against the truth (None: no truth known); ``ideal_star``: FSC
     of the reconstruction from the TRUE poses against the truth (the data's limit)."""
     halves = read_fsc(halves_star)
@@ -37,6 +44,12 @@ def summarise(halves_star: str, truth_star: str | None, final_map: str, ideal_st
         out["truth"] = {k: v for k, v in read_fsc(truth_star).items() if k != "nyquist_A"}
     if ideal_star:
         out["true_poses"] = {k: v for k, v in read_fsc(ideal_star).items() if k != "nyquist_A"}
+    if postprocess_json:
+        with open(postprocess_json) as fh:
+            out["postprocess"] = json.load(fh)
+    if locres_json:
+        with open(locres_json) as fh:
+            out["local_resolution"] = json.load(fh)
     return out
 
 
@@ -51,6 +64,9 @@ def describe(summary: dict) -> str:
     if "truth" in summary:
         text += f"; FSC 0.5 against the truth at {summary['truth']['resolution_fsc05_A']} Å"
     text += f" (Nyquist {summary['nyquist_A']} Å)"
+    if "postprocess" in summary:
+        text += (f"; postprocess: {summary['postprocess']['resolution']}, B-factor "
+                 f"{summary['postprocess']['bfactor_used_A2']} Å²")
     if "true_poses" in summary:
         text += f"; from the true poses: {summary['true_poses']['resolution_fsc05_A']} Å"
     return text
@@ -60,7 +76,9 @@ if "snakemake" in globals():
     sm = snakemake  # noqa: F821 - injected by Snakemake's script directive
     ideal = str(sm.input.ideal) if "ideal" in sm.input.keys() else None
     truth = str(sm.input.truth) if "truth" in sm.input.keys() else None
-    result = summarise(str(sm.input.halves), truth, str(sm.input.map), ideal)
+    post = str(sm.input.postprocess) if "postprocess" in sm.input.keys() else None
+    locres = str(sm.input.locres) if "locres" in sm.input.keys() else None
+    result = summarise(str(sm.input.halves), truth, str(sm.input.map), ideal, post, locres)
     write_summary(result, str(sm.output[0]))
     with open(str(sm.log[0]), "w") as log:
         print(describe(result), file=log)
