@@ -1,24 +1,39 @@
 """The Dask client every distributed stage uses: in-process, a local cluster, SLURM, or an existing scheduler.
 
-``make_client(workers=None, scheduler=None, config=None)``:
+``make_client(workers=None, scheduler=None, config=None)`` with ``config`` the
+``cluster`` section of the workflow config (config/schema.yaml):
 
-* ``scheduler`` (an address such as ``tcp://host:8786``): connect to it;
-* ``config["cluster"]["kind"] == "slurm"``: start workers as SLURM jobs with
-  ``dask_jobqueue.SLURMCluster`` (cores, memory, walltime, queue, interface,
-  job_extra_directives from the config) and scale to ``workers`` jobs;
-* ``workers`` > 1 (or ``kind: local``): a ``LocalCluster`` of that many worker
+* ``kind: scheduler`` (or ``scheduler``/``address`` given): connect to that
+  scheduler (e.g. ``tcp://host:8786``);
+* ``kind: slurm``: start workers as SLURM jobs with ``dask_jobqueue.SLURMCluster``
+  and scale to ``workers`` jobs (or adapt between ``adaptive.minimum`` and
+  ``adaptive.maximum``).  Only the keys the config *sets* are passed: anything
+  it leaves out comes from the site's own dask-jobqueue configuration
+  (``~/.config/dask/jobqueue.yaml``, ``jobqueue.slurm.*``), as an admin set it;
+* ``kind: local`` with ``workers`` > 1: a ``LocalCluster`` of that many worker
   processes with one thread each (BLAS inside a task stays single-threaded,
   so N workers use N cores);
-* ``workers`` None or 1: no cluster — callers run in-process (``None`` is
-  returned), through the same code path.
+* ``workers`` None or 1 (local): no cluster — callers run in-process (``None``
+  is returned), through the same code path.
 
-Results do not depend on the choice: the EM engine sums chunk results in a
-fixed tree order (see :mod:`spa.em.engine`).
+When a cluster starts, its dashboard address is printed (stderr).  The client
+owns its cluster: :func:`close_client` (or leaving :func:`client_from_args`,
+also on an error) shuts down the workers, so no SLURM job outlives its stage.
+
+Results do not depend on the choice: the reduction adds chunk results in a
+fixed order whatever the workers (see :mod:`spa.parallel`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
+
+# cluster-section key -> SLURMCluster keyword (same name unless listed)
+_SLURM_KEYS = {"cores": "cores", "processes": "processes", "memory": "memory", "walltime": "walltime",
+               "partition": "queue", "queue": "queue", "account": "account", "interface": "interface",
+               "job_extra_directives": "job_extra_directives", "local_directory": "local_directory",
+               "log_directory": "log_directory", "python": "python", "job_script_prologue": "job_script_prologue"}
 
 
 def cluster_config(config: dict | None) -> dict:
@@ -29,42 +44,72 @@ def cluster_config(config: dict | None) -> dict:
     return dict(config)
 
 
+def slurm_kwargs(cfg: dict) -> dict:
+    """``SLURMCluster`` keywords for the keys the cluster section sets (None and absent keys are left to the
+    site's dask-jobqueue configuration).  ``gpus: N`` adds ``--gres=gpu:N`` to the job directives."""
+    kwargs: dict = {}
+    for key, name in _SLURM_KEYS.items():
+        value = cfg.get(key)
+        if value is not None:
+            kwargs[name] = list(value) if name == "job_extra_directives" else value
+    gpus = cfg.get("gpus")
+    if gpus:
+        kwargs.setdefault("job_extra_directives", [])
+        kwargs["job_extra_directives"] = [*kwargs["job_extra_directives"], f"--gres=gpu:{int(gpus)}"]
+    return kwargs
+
+
+def _announce(cluster, what: str) -> None:
+    link = getattr(cluster, "dashboard_link", None)
+    print(f"dask: {what}; dashboard {link or '(none)'}", file=sys.stderr, flush=True)
+
+
 def make_client(workers: int | None = None, scheduler: str | None = None, config: dict | None = None,
                 processes: bool = True):
-    """A ``distributed.Client`` as described in the module docstring, or None for in-process runs.
-
-    The client owns its cluster: ``close_client(client)`` shuts both down.
-    """
+    """A ``distributed.Client`` as described in the module docstring, or None for in-process runs."""
     cfg = cluster_config(config)
-    scheduler = scheduler or cfg.get("scheduler")
-    kind = str(cfg.get("kind", "local")).lower()
+    scheduler = scheduler or cfg.get("scheduler") or cfg.get("address")
+    kind = str(cfg.get("kind") or "local").lower()
     if workers is None:
         workers = cfg.get("workers")
+    if kind == "scheduler" and not scheduler:
+        from spa.errors import SpaInputError
+
+        raise SpaInputError("cluster", "kind: scheduler needs cluster.address (e.g. tcp://host:8786)")
     if scheduler:
         from distributed import Client  # noqa: PLC0415
 
-        return Client(scheduler)
+        client = Client(scheduler)
+        print(f"dask: connected to {scheduler}; dashboard {client.dashboard_link}", file=sys.stderr, flush=True)
+        return client
     if kind == "slurm":
         from dask_jobqueue import SLURMCluster  # noqa: PLC0415
         from distributed import Client  # noqa: PLC0415
 
-        extra = list(cfg.get("job_extra_directives", []))
-        cluster = SLURMCluster(
-            cores=int(cfg.get("cores", 1)), processes=int(cfg.get("processes", 1)),
-            memory=str(cfg.get("memory", "4GB")), walltime=str(cfg.get("walltime", "01:00:00")),
-            queue=cfg.get("queue"), interface=cfg.get("interface"), job_extra_directives=extra,
-        )
-        cluster.scale(jobs=int(workers or 1))
-        client = Client(cluster)
-        client.wait_for_workers(int(workers or 1), timeout=float(cfg.get("start_timeout", 300)))
+        cluster = SLURMCluster(**slurm_kwargs(cfg))
+        try:
+            adaptive = cfg.get("adaptive") or {}
+            n = int(workers or 1)
+            if adaptive.get("maximum"):
+                cluster.adapt(minimum_jobs=int(adaptive.get("minimum") or 0), maximum_jobs=int(adaptive["maximum"]))
+                n = max(1, int(adaptive.get("minimum") or 1))
+            else:
+                cluster.scale(jobs=n)
+            _announce(cluster, f"SLURM cluster, {n} worker job(s)")
+            client = Client(cluster)
+            client.wait_for_workers(n, timeout=float(cfg.get("start_timeout") or 300))
+        except BaseException:
+            cluster.close()
+            raise
         return client
     if workers is None or int(workers) <= 1:
         return None
     from distributed import Client, LocalCluster  # noqa: PLC0415
 
     cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=processes,
-                           dashboard_address=None)
+                           dashboard_address=cfg.get("dashboard_address", ":0"))
     client = Client(cluster)
+    _announce(cluster, f"local cluster, {int(workers)} worker process(es)")
     if processes:
         from spa.backend import keep_heap_top  # noqa: PLC0415
 

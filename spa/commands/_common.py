@@ -24,11 +24,33 @@ def load_config(args, section: str | None = None) -> dict:
         raise SpaInputError(path, f"not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(cfg, dict):
         raise SpaInputError(path, "config must be a mapping of keys to values")
+    validate_config(cfg, path)
     if section and isinstance(cfg.get(section), dict):
-        merged = {k: v for k, v in cfg.items() if not isinstance(v, dict)}
+        merged = {k: v for k, v in cfg.items() if not isinstance(v, dict) or k == "cluster"}
         merged.update(cfg[section])
         return merged
     return cfg
+
+
+def validate_config(cfg: dict, path) -> None:
+    """Check a ``--config`` file against the workflow's schema (spa/schema.yaml, the same file as
+    config/schema.yaml): an unknown key or a bad value is a :class:`SpaInputError` naming the key.  The
+    file may hold any subset of the keys (defaults are not required)."""
+    import jsonschema
+
+    schema_path = Path(__file__).resolve().parent.parent / "schema.yaml"
+    schema = yaml.safe_load(schema_path.read_text())
+    schema.pop("required", None)
+    validator = jsonschema.Draft7Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        key = ".".join(str(p) for p in err.absolute_path)
+        if err.validator == "additionalProperties":
+            extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+            key = ".".join([*map(str, err.absolute_path), extra[0]]) if extra else key
+            raise SpaInputError(path, f"unknown config key '{key}'")
+        raise SpaInputError(path, f"config key '{key or '(top level)'}': {err.message}")
 
 
 def option(args, name: str, config: dict, default=None):
@@ -45,23 +67,23 @@ def seed_of(args, config: dict) -> int:
 
 @contextlib.contextmanager
 def dask_client(args, config: dict | None = None):
-    """A Dask client for ``--workers N`` (N > 1) or ``--scheduler ADDR``; None means run in-process."""
+    """A Dask client for ``--workers N`` (N > 1), ``--scheduler ADDR`` or a config whose ``cluster.kind`` is
+    slurm or scheduler; None means run in-process.  Workers are closed when the stage ends or fails."""
+    from spa.cluster import close_client, cluster_config, make_client
+
     config = config or {}
-    workers = option(args, "workers", config, 1)
+    cluster = cluster_config(config.get("cluster"))
+    workers = option(args, "workers", config, None) or cluster.get("workers") or 1
     scheduler = option(args, "scheduler", config, None)
-    if (not workers or int(workers) <= 1) and not scheduler:
+    kind = str(cluster.get("kind") or "local").lower()
+    if int(workers) <= 1 and not scheduler and kind == "local":
         yield None
         return
-    from spa.cluster import make_client
-
-    client = make_client(workers=int(workers or 1), scheduler=scheduler, config=config.get("cluster"))
+    client = make_client(workers=int(workers), scheduler=scheduler, config=cluster)
     try:
         yield client
     finally:
-        client.close()
-        cluster = getattr(client, "cluster", None)
-        if cluster is not None:
-            cluster.close()
+        close_client(client)
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@
 
 rule class2d:
     input:
+        cluster=cluster_file(),
         particles=input_particles(),
     output:
         data=result("class2d", "run_data.star"),
@@ -22,7 +23,7 @@ rule class2d:
         classes=config["class2d"]["classes"],
         iters=config["class2d"]["iter"],
         diameter=option("--particle-diameter", config["particle_diameter"]),
-        common=spa_common(),
+        common=spa_common(em=True),
     shell:
         "spa class2d --particles {input.particles} --classes {params.classes} --iter {params.iters} "
         "{params.diameter} --output-dir {params.outdir} {params.common} --workers {threads} "

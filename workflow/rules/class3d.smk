@@ -6,6 +6,7 @@ CLASS3D_RUNS = [f"run{i + 1}" for i in range(config["class3d"]["runs"])]
 
 rule class3d:
     input:
+        cluster=cluster_file(),
         particles=rules.select.output.particles,
         reference=rules.initial_model.output.model,
     output:
@@ -29,7 +30,7 @@ rule class3d:
         consensus=config["class3d"]["consensus_iter"],
         sym=config["symmetry"],
         diameter=option("--particle-diameter", config["particle_diameter"]),
-        common=lambda w: spa_common(seed=config["seed"] + 1000 * int(w.run[3:])),
+        common=lambda w: spa_common(seed=config["seed"] + 1000 * int(w.run[3:]), em=True),
     shell:
         "spa class3d --particles {input.particles} --reference {input.reference} "
         "--classes {params.classes} --iter {params.iters} --offset-range {params.offsets} --consensus-iter {params.consensus} --sym {params.sym} {params.diameter} "

@@ -39,14 +39,26 @@ def selection_thresholds():
                     if k != "remove_duplicates" and v is not None)
 
 
-def spa_common(seed=None):
-    """Options every `spa` stage takes (CLI.md): seed and array backend.
+CLUSTER = config.get("cluster", {}) or {}
+REMOTE_WORKERS = str(CLUSTER.get("kind") or "local") != "local"
+
+
+def cluster_file():
+    """The cluster section as a `spa --config` file, for the EM rules, when workers run elsewhere (SLURM
+    jobs or a running scheduler); none for local runs."""
+    return [result("cluster.yaml")] if REMOTE_WORKERS else []
+
+
+def spa_common(seed=None, em=False):
+    """Options every `spa` stage takes (CLI.md): seed and array backend; for the EM stages (``em``) the
+    cluster section (`--config results/cluster.yaml`) when workers are not local.
 
     The Dask worker count is `--workers {threads}` in each rule, so that
     Snakemake's core accounting and Dask agree.
     """
     seed = config["seed"] if seed is None else seed
-    return f"--seed {seed} --backend {config['backend']}"
+    cluster = f" --config {cluster_file()[0]}" if em and REMOTE_WORKERS else ""
+    return f"--seed {seed} --backend {config['backend']}{cluster}"
 
 
 # ---------------------------------------------------------------- stage wiring
@@ -116,9 +128,27 @@ def fsc_table(pair):
 def final_targets():
     """The final targets (inputs of the `all` target): the summary and the maps it describes."""
     runs = [result("class3d", "consensus", "consensus_classes.star")] if config["class3d"]["runs"] >= 2 else []
-    return [result("summary.json"), final_map(), *half_maps(), *runs]
+    post = [result("postprocess", "postprocess.json"), result("locres", "locres.json")]
+    return [result("summary.json"), final_map(), *half_maps(), *runs, *post]
 
 
 def summary_inputs(wildcards=None):
     """The FSC tables the summary reads: the halves always, the truth comparisons where there is a truth."""
-    return {pair: fsc_table(pair) for pair in FSC_PAIRS}
+    return {**{pair: fsc_table(pair) for pair in FSC_PAIRS},
+            "postprocess": result("postprocess", "postprocess.json"), "locres": result("locres", "locres.json")}
+
+
+rule cluster_config:
+    """The config's cluster section as a file the EM commands read (`--config`); rewritten when it changes."""
+    output:
+        result("cluster.yaml"),
+    params:
+        cluster=CLUSTER,
+    localrule: True
+    run:
+        import yaml
+
+        from spa.io.atomic import atomic_path
+
+        with atomic_path(output[0]) as tmp:
+            tmp.write_text(yaml.safe_dump({"cluster": dict(params.cluster)}, sort_keys=True))

@@ -4,6 +4,7 @@
 
 rule initial_model:
     input:
+        cluster=cluster_file(),
         particles=rules.select.output.particles,
         averages=rules.class2d.output.classes,
     output:
@@ -23,7 +24,7 @@ rule initial_model:
         candidates=config["initial_model"]["candidates"],
         sym=config["symmetry"],
         diameter=option("--particle-diameter", config["particle_diameter"]),
-        common=spa_common(),
+        common=spa_common(em=True),
     shell:
         "spa initial-model --particles {input.particles} --class-averages {input.averages} "
         "--iter {params.iters} --candidates {params.candidates} --sym {params.sym} {params.diameter} "

@@ -6,6 +6,7 @@ if particles_with_poses():  # only where the true poses are known (the demo, or 
 
     rule reconstruct:
         input:
+            cluster=cluster_file(),
             particles=particles_with_poses(),
         output:
             map=result("reconstruct", "{part}.mrc"),
@@ -22,7 +23,7 @@ if particles_with_poses():  # only where the true poses are known (the demo, or 
             sym=config["reconstruct"]["sym"],
             ctf="" if config["reconstruct"]["ctf"] else "--no-ctf",
             maxres=option("--maxres", config["reconstruct"]["maxres"]),
-            common=spa_common(),
+            common=spa_common(em=True),
         shell:
             "spa reconstruct --particles {input.particles} --output {output.map} "
             "{params.subset} --sym {params.sym} {params.ctf} {params.maxres} "

@@ -3,6 +3,7 @@
 
 rule refine3d:
     input:
+        cluster=cluster_file(),
         particles=refine3d_particles(),
         reference=rules.initial_model.output.model,
     output:
@@ -26,7 +27,7 @@ rule refine3d:
         offsets=config["refine3d"]["offset_range"],
         max_order=config["refine3d"]["max_healpix_order"],
         diameter=option("--particle-diameter", config["particle_diameter"]),
-        common=spa_common(),
+        common=spa_common(em=True),
     shell:
         "spa refine3d --particles {input.particles} --reference {input.reference} --sym {params.sym} "
         "--max-iter {params.max_iter} --offset-range {params.offsets} --max-healpix-order {params.max_order} {params.diameter} "
