@@ -32,6 +32,13 @@ include: "workflow/rules/postprocess.smk"
 include: "workflow/rules/summary.smk"
 
 
+# tiny steps run where snakemake runs, not as cluster jobs
+localrules:
+    all,
+    summary,
+    cluster_config,
+
+
 rule all:
     input:
         final_targets(),
