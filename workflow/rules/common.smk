@@ -137,18 +137,3 @@ def summary_inputs(wildcards=None):
     return {**{pair: fsc_table(pair) for pair in FSC_PAIRS},
             "postprocess": result("postprocess", "postprocess.json"), "locres": result("locres", "locres.json")}
 
-
-rule cluster_config:
-    """The config's cluster section as a file the EM commands read (`--config`); rewritten when it changes."""
-    output:
-        result("cluster.yaml"),
-    params:
-        cluster=CLUSTER,
-    localrule: True
-    run:
-        import yaml
-
-        from spa.io.atomic import atomic_path
-
-        with atomic_path(output[0]) as tmp:
-            tmp.write_text(yaml.safe_dump({"cluster": dict(params.cluster)}, sort_keys=True))
