@@ -13,5 +13,5 @@ rule validate:
         sym=config["symmetry"],
         common=spa_common(),
     shell:
-        "spa validate --particles {input.particles} --sym {params.sym} --output-dir {params.outdir} "
+        "spa validate --particles {input.particles} --sym {params.sym} --reslog --output-dir {params.outdir} "
         "{params.common} > {log} 2>&1"
