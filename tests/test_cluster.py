@@ -144,3 +144,45 @@ def test_a_sigterm_lost_in_a_finaliser_is_raised_again():
             time.sleep(5)  # the signal comes again (a sleep is cut short by it)
     assert reached  # the finaliser did swallow the first one
     assert signal.getsignal(signal.SIGTERM) == previous  # and the handler is put back
+
+
+def test_workflow_passes_the_cluster_section_and_a_change_reruns_no_stage(tmp_path):
+    """With workers on SLURM the EM rules read results/cluster.yaml and start cluster.workers workers (the
+    job itself takes one core); changing the section remakes the file but reruns no stage."""
+    import os
+    import re
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+
+    def snakemake(*args, cfg):
+        cfg_file = tmp_path / "config.yaml"
+        cfg_file.write_text(yaml.safe_dump({"workers": 1, "cluster": {"kind": "slurm", "workers": 6, **cfg}}))
+        run = subprocess.run([sys.executable, "-m", "snakemake", *args, "--snakefile", str(repo / "Snakefile"),
+                              "--directory", str(tmp_path), "--cores", "2", "--configfile", str(cfg_file)],
+                             capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-3000:]
+        return run.stdout + run.stderr
+
+    out = snakemake("results/class2d/run_data.star", "--dry-run", "--printshellcmds", cfg={"memory": "2GB"})
+    shell = next(line for line in out.splitlines() if "spa class2d" in line)
+    assert "--config results/cluster.yaml" in shell and "--workers 6 " in shell
+    snakemake("results/cluster.yaml", cfg={"memory": "2GB"})
+    written = yaml.safe_load((tmp_path / "results" / "cluster.yaml").read_text())["cluster"]
+    assert written["memory"] == "2GB" and written["kind"] == "slurm"
+    # class2d's inputs and outputs as if it had run after that
+    for name in ("simulate/particles.star", "simulate/truth/particles.star", "simulate/truth/class001.mrc"):
+        (tmp_path / "results" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "results" / name).touch()
+    (tmp_path / "results" / "simulate" / "particles.zarr").mkdir()
+    time.sleep(1.1)
+    (tmp_path / "results" / "class2d").mkdir()
+    for name in ("run_data.star", "run_model.star", "run_classes.mrcs"):
+        (tmp_path / "results" / "class2d" / name).touch()
+    target = "results/class2d/run_data.star"
+    assert "Nothing to be done" in snakemake(target, "--dry-run", cfg={"memory": "2GB"})
+    out = snakemake(target, "--dry-run", cfg={"memory": "8GB"})
+    assert re.findall(r"^rule (\w+):", out, flags=re.MULTILINE) == ["cluster_config"]
