@@ -21,6 +21,7 @@ validate(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/cluster.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/reconstruct.smk"
 include: "workflow/rules/class2d.smk"
@@ -38,6 +39,9 @@ localrules:
     all,
     summary,
     cluster_config,
+    select,
+    fsc,
+    class3d_consensus,
 
 
 rule all:

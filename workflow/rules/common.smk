@@ -45,19 +45,33 @@ REMOTE_WORKERS = str(CLUSTER.get("kind") or "local") != "local"
 
 def cluster_file():
     """The cluster section as a `spa --config` file, for the EM rules, when workers run elsewhere (SLURM
-    jobs or a running scheduler); none for local runs."""
-    return [result("cluster.yaml")] if REMOTE_WORKERS else []
+    jobs or a running scheduler); none for local runs. `ancient`: the file is remade when the section
+    changes, but that reruns no stage (where the workers run does not change the results)."""
+    return [ancient(result("cluster.yaml"))] if REMOTE_WORKERS else []
+
+
+def em_threads():
+    """Cores of an EM job: its Dask workers when they run inside it (cluster.kind local); 1 when the job
+    only drives workers that run elsewhere (SLURM jobs, a running scheduler)."""
+    return 1 if REMOTE_WORKERS else config["workers"]
+
+
+def dask_workers():
+    """Dask workers of an EM stage (`--workers {resources.dask_workers}`): the top-level `workers`, or for
+    workers elsewhere cluster.workers when set. A resource, not a param: changing it reruns nothing (the
+    results do not depend on it)."""
+    return (CLUSTER.get("workers") or config["workers"]) if REMOTE_WORKERS else config["workers"]
 
 
 def spa_common(seed=None, em=False):
     """Options every `spa` stage takes (CLI.md): seed and array backend; for the EM stages (``em``) the
     cluster section (`--config results/cluster.yaml`) when workers are not local.
 
-    The Dask worker count is `--workers {threads}` in each rule, so that
-    Snakemake's core accounting and Dask agree.
+    An EM rule's Dask worker count is `--workers {resources.dask_workers}` (see `dask_workers`), its
+    threads `em_threads()`, so that Snakemake's core accounting and Dask agree.
     """
     seed = config["seed"] if seed is None else seed
-    cluster = f" --config {cluster_file()[0]}" if em and REMOTE_WORKERS else ""
+    cluster = f" --config {result('cluster.yaml')}" if em and REMOTE_WORKERS else ""
     return f"--seed {seed} --backend {config['backend']}{cluster}"
 
 
@@ -139,18 +153,3 @@ def summary_inputs(wildcards=None):
             "postprocess": result("postprocess", "postprocess.json"), "locres": result("locres", "locres.json"),
             "validation": result("validate", "validation.json")}
 
-
-rule cluster_config:
-    """The config's cluster section as a file the EM commands read (`--config`); rewritten when it changes."""
-    output:
-        result("cluster.yaml"),
-    params:
-        cluster=CLUSTER,
-    localrule: True
-    run:
-        import yaml
-
-        from spa.io.atomic import atomic_path
-
-        with atomic_path(output[0]) as tmp:
-            tmp.write_text(yaml.safe_dump({"cluster": dict(params.cluster)}, sort_keys=True))
