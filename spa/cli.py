@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reconstruct": ("spa.commands.reconstruct", "reconstruct a map from particles with known poses"),
     "fsc": ("spa.commands.fsc", "Fourier shell correlation between two maps"),
     "convert": ("spa.commands.convert", "convert particle stacks between RELION .mrcs and spa .zarr"),
+    "ctf": ("spa.commands.ctf", "estimate the CTF of micrographs (CTFFIND-like or sector zeros)"),
     "pick": ("spa.commands.pick", "pick particles on micrographs (LoG), RELION coordinate files"),
     "extract": ("spa.commands.extract", "extract particle images from micrographs at picked coordinates"),
     "class2d": ("spa.commands.class2d", "2D classification (regularised likelihood)"),
