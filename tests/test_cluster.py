@@ -60,7 +60,13 @@ def test_local_cluster_prints_its_dashboard_and_closes(capsys):
         cluster = client.cluster
         client.close()
         cluster.close()
-    assert "dashboard" in capsys.readouterr().err
+    import importlib.util
+    import re
+
+    err = capsys.readouterr().err
+    assert re.search(r"dashboard http://[\w.]+:\d+/status", err), err  # where to watch the stage
+    # without bokeh that address only says bokeh is missing: the line says so, and how to get it
+    assert ("needs bokeh" in err) == (importlib.util.find_spec("bokeh") is None)
 
 
 def test_workers_closed_when_a_stage_fails(tmp_path):
