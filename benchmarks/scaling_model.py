@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--net-gbs", type=float, default=12.5, help="GB/s into one node (100 Gb/s InfiniBand: 12.5)")
     ap.add_argument("--fs-gbs", type=float, default=10.0, help="aggregate GB/s of the shared file system")
     ap.add_argument("--task-ms", type=float, default=1.0, help="scheduler time per task")
-    ap.add_argument("--cases", nargs="+", default=["256:1", "256:32", "1024:32"],
+    ap.add_argument("--cases", nargs="+", default=["256:1", "256:32", "512:32", "1024:32"],
                     help="CHUNK:LANES (particles per task, running sums per half); spa's defaults are 256:1")
     a = ap.parse_args()
     m = json.loads(Path(a.measured).read_text())

@@ -60,7 +60,13 @@ def test_local_cluster_prints_its_dashboard_and_closes(capsys):
         cluster = client.cluster
         client.close()
         cluster.close()
-    assert "dashboard" in capsys.readouterr().err
+    import importlib.util
+    import re
+
+    err = capsys.readouterr().err
+    assert re.search(r"dashboard http://[\w.]+:\d+/status", err), err  # where to watch the stage
+    # without bokeh that address only says bokeh is missing: the line says so, and how to get it
+    assert ("needs bokeh" in err) == (importlib.util.find_spec("bokeh") is None)
 
 
 def test_workers_closed_when_a_stage_fails(tmp_path):
@@ -186,3 +192,32 @@ def test_workflow_passes_the_cluster_section_and_a_change_reruns_no_stage(tmp_pa
     assert "Nothing to be done" in snakemake(target, "--dry-run", cfg={"memory": "2GB"})
     out = snakemake(target, "--dry-run", cfg={"memory": "8GB"})
     assert re.findall(r"^rule (\w+):", out, flags=re.MULTILINE) == ["cluster_config"]
+
+
+def test_workflow_passes_chunk_size_and_lanes_only_where_set(tmp_path):
+    """config chunk_size / reduction_lanes reach the commands that take them (docs/scaling.md); the default
+    config's commands carry neither (their defaults apply)."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+
+    def commands(cfg):
+        cfg_file = tmp_path / "config.yaml"
+        cfg_file.write_text(yaml.safe_dump(cfg))
+        run = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"), "--directory",
+                              str(tmp_path), "--cores", "2", "--dry-run", "--printshellcmds", "--configfile",
+                              str(cfg_file)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-3000:]
+        lines = [line for line in run.stdout.splitlines() if line.lstrip().startswith("spa ") or "Shell command: spa" in line]
+        return {line.split("spa ", 1)[1].split()[0]: line for line in lines}
+
+    default = commands({})
+    assert not any("--chunk-size" in c or "--reduction-lanes" in c for c in default.values())
+    tuned = commands({"chunk_size": 1024, "reduction_lanes": 32})
+    for stage in ("class2d", "class3d", "refine3d"):
+        assert "--chunk-size 1024" in tuned[stage] and "--reduction-lanes 32" in tuned[stage], tuned[stage]
+    assert "--chunk-size 1024" in tuned["reconstruct"] and "--reduction-lanes" not in tuned["reconstruct"]
+    assert "--chunk-size" not in tuned["initial-model"]

@@ -25,9 +25,10 @@ rule class2d:
         iters=config["class2d"]["iter"],
         diameter=option("--particle-diameter", config["particle_diameter"]),
         common=spa_common(em=True),
+        split=em_split(),
     shell:
         "spa class2d --particles {input.particles} --classes {params.classes} --iter {params.iters} "
-        "{params.diameter} --output-dir {params.outdir} {params.common} --workers {resources.dask_workers} "
+        "{params.diameter} --output-dir {params.outdir} {params.split} {params.common} --workers {resources.dask_workers} "
         "--resume > {log} 2>&1"
 
 

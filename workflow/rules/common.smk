@@ -63,6 +63,15 @@ def dask_workers():
     return (CLUSTER.get("workers") or config["workers"]) if REMOTE_WORKERS else config["workers"]
 
 
+def em_split(lanes=True):
+    """`--chunk-size` and (``lanes``) `--reduction-lanes` where the config sets them away from the commands'
+    defaults; nothing otherwise, so that the default config's commands (and their params) stay as they were."""
+    out = option("--chunk-size", config.get("chunk_size"))
+    if lanes and config.get("reduction_lanes", 1) != 1:
+        out += f" --reduction-lanes {config['reduction_lanes']}"
+    return out.strip()
+
+
 def spa_common(seed=None, em=False):
     """Options every `spa` stage takes (CLI.md): seed and array backend; for the EM stages (``em``) the
     cluster section (`--config results/cluster.yaml`) when workers are not local.

@@ -25,7 +25,8 @@ if particles_with_poses():  # only where the true poses are known (the demo, or 
             ctf="" if config["reconstruct"]["ctf"] else "--no-ctf",
             maxres=option("--maxres", config["reconstruct"]["maxres"]),
             common=spa_common(em=True),
+            split=em_split(lanes=False),
         shell:
             "spa reconstruct --particles {input.particles} --output {output.map} "
             "{params.subset} --sym {params.sym} {params.ctf} {params.maxres} "
-            "{params.common} --workers {resources.dask_workers} > {log} 2>&1"
+            "{params.split} {params.common} --workers {resources.dask_workers} > {log} 2>&1"
