@@ -37,7 +37,7 @@ def add_args(p):
     p.add_argument("--output-dir", required=True, help="output folder")
     g = p.add_argument_group("alignment")
     g.add_argument("--binning", type=float, default=None, help="Fourier binning factor (default 1; 2 for super-resolution)")
-    g.add_argument("--bfactor", type=float, default=None, help="B-factor of the whole-frame correlations, Å² (default 150)")
+    g.add_argument("--bfactor", type=float, default=None, help="B-factor of the whole-frame correlations, Å² (default 500)")
     g.add_argument("--patch-bfactor", type=float, default=None, help="B-factor of the patch correlations, Å² (default 500)")
     g.add_argument("--patches-x", type=int, default=None, help="patches along x for local motion (default 5; 1 with --patches-y 1: none)")
     g.add_argument("--patches-y", type=int, default=None, help="patches along y (default 5)")

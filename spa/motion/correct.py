@@ -34,7 +34,7 @@ class MotionOptions:
     """Options of ``spa motion`` (units in the names' docs; RELION's MotionCorr options where they exist)."""
 
     binning: float = 1.0  # Fourier binning factor (2 for super-resolution movies)
-    bfactor: float = 150.0  # Å², low-pass of the whole-frame correlations
+    bfactor: float = 500.0  # Å², low-pass of the whole-frame correlations (MotionCor2's default)
     patch_bfactor: float = 500.0  # Å², low-pass of the patch correlations
     patches_x: int = 5  # patches along x (0 or 1 with patches_y ≤ 1: whole-frame alignment only)
     patches_y: int = 5
