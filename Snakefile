@@ -29,6 +29,7 @@ include: "workflow/rules/class3d.smk"
 include: "workflow/rules/refine3d.smk"
 include: "workflow/rules/fsc.smk"
 include: "workflow/rules/postprocess.smk"
+include: "workflow/rules/validate.smk"
 include: "workflow/rules/summary.smk"
 
 

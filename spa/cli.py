@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reconstruct": ("spa.commands.reconstruct", "reconstruct a map from particles with known poses"),
     "fsc": ("spa.commands.fsc", "Fourier shell correlation between two maps"),
     "convert": ("spa.commands.convert", "convert particle stacks between RELION .mrcs and spa .zarr"),
+    "pick": ("spa.commands.pick", "pick particles on micrographs (LoG), RELION coordinate files"),
+    "extract": ("spa.commands.extract", "extract particle images from micrographs at picked coordinates"),
     "class2d": ("spa.commands.class2d", "2D classification (regularised likelihood)"),
     "select": ("spa.commands.select", "select 2D classes (by hand or automatically), recentre, remove duplicates"),
     "initial-model": ("spa.commands.initial_model", "ab-initio 3D initial model by stochastic gradient descent"),
@@ -34,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mask": ("spa.commands.mask", "solvent mask from a map (threshold, extension, soft edge)"),
     "postprocess": ("spa.commands.postprocess", "masked FSC with phase randomisation, B-factor, sharpened map"),
     "locres": ("spa.commands.locres", "local resolution of two half maps and the locally filtered map"),
+    "validate": ("spa.commands.validate", "validate a refinement (angular distribution, Fourier sampling)"),
     "consensus": ("spa.commands.consensus", "keep what repeated runs agree on (classes, poses)"),
     "provenance": ("spa.commands.provenance", "print what made an output file"),
 }

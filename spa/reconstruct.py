@@ -111,7 +111,15 @@ def reconstruct_star(
     boxes = table["rlnImageSize"].unique() if "rlnImageSize" in table else []
     if len(pixel_sizes) > 1 or len(boxes) > 1:
         raise SpaInputError(star_path, "particles from optics groups with different pixel or box sizes")
-    pixel_size = float(pixel_sizes[0])
+    return reconstruct_table(table, star_path, symmetry=symmetry, use_ctf=use_ctf, maxres=maxres,
+                             chunk_size=chunk_size, client=client, backend=backend, progress=progress)
+
+
+def reconstruct_table(table, star_path, *, symmetry: str = "C1", use_ctf: bool = True, maxres: float | None = None,
+                      chunk_size: int = 512, client=None, backend: str | None = None, progress=None):
+    """:func:`reconstruct_star` on rows already read (e.g. a subset): ``table`` from
+    :func:`spa.io.star.read_particles` of ``star_path`` (image names resolve from it), one pixel and box size."""
+    pixel_size = float(table["rlnImagePixelSize"].iloc[0])
     from spa.io.images import ParticleImages
 
     source = ParticleImages(table, star_path)

@@ -175,8 +175,13 @@ class Refine3D(d3.Run3D):
         u1, u2 = d3.join_low_resolution(*unregularised, self.pixel_size, self.opts.low_resol_join_halves)
         if self.solvent_mask is not None:
             h1, h2 = h1 * self.solvent_mask, h2 * self.solvent_mask
-            u1, u2 = u1 * self.solvent_mask, u2 * self.solvent_mask
-        fsc = fsc_curve(u1, u2, self.sphere if self.solvent_mask is None else None)
+            # a solvent mask correlates the halves by itself (the tighter, the more): the masked FSC is
+            # corrected by phase randomisation (Chen et al. 2013), as postprocess does
+            from spa.postprocess.phase_randomisation import corrected_fsc
+
+            fsc = corrected_fsc(u1, u2, self.solvent_mask, seed=self.opts.seed).corrected
+        else:
+            fsc = fsc_curve(u1, u2, self.sphere)
         # beyond the window the halves hold no data, only what masking leaked there from below
         fsc[max_shell + 1:] = 0.0
         self.fsc = fsc

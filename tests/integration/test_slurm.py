@@ -54,7 +54,9 @@ def test_demo_workflow_runs_every_job_through_sbatch(slurm, tmp_path):
     start = time.strftime("%Y-%m-%dT%H:%M:%S")
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
            "--profile", str(REPO / "profiles" / "slurm"), "--configfile", str(REPO / "config/examples/tiny.yaml"),
-           "--config", "results=results", *SMALL]
+           "--config", "results=results", *SMALL,
+           # the test cluster answers at once: poll it every 2 s, not the plugin's 40 s (a busy site's pace)
+           "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "2"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=_env(), cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-4000:]
     assert (tmp_path / "results" / "summary.json").exists()

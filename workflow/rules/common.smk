@@ -128,14 +128,16 @@ def fsc_table(pair):
 def final_targets():
     """The final targets (inputs of the `all` target): the summary and the maps it describes."""
     runs = [result("class3d", "consensus", "consensus_classes.star")] if config["class3d"]["runs"] >= 2 else []
-    post = [result("postprocess", "postprocess.json"), result("locres", "locres.json")]
+    post = [result("postprocess", "postprocess.json"), result("locres", "locres.json"),
+            result("validate", "validation.json")]
     return [result("summary.json"), final_map(), *half_maps(), *runs, *post]
 
 
 def summary_inputs(wildcards=None):
     """The FSC tables the summary reads: the halves always, the truth comparisons where there is a truth."""
     return {**{pair: fsc_table(pair) for pair in FSC_PAIRS},
-            "postprocess": result("postprocess", "postprocess.json"), "locres": result("locres", "locres.json")}
+            "postprocess": result("postprocess", "postprocess.json"), "locres": result("locres", "locres.json"),
+            "validation": result("validate", "validation.json")}
 
 
 rule cluster_config:

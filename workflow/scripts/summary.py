@@ -79,6 +79,9 @@ if "snakemake" in globals():
     post = str(sm.input.postprocess) if "postprocess" in sm.input.keys() else None
     locres = str(sm.input.locres) if "locres" in sm.input.keys() else None
     result = summarise(str(sm.input.halves), truth, str(sm.input.map), ideal, post, locres)
+    if "validation" in sm.input.keys():
+        with open(str(sm.input.validation)) as fh:
+            result["validation"] = json.load(fh)
     write_summary(result, str(sm.output[0]))
     with open(str(sm.log[0]), "w") as log:
         print(describe(result), file=log)

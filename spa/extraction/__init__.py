@@ -1,0 +1,1 @@
+"""Particle extraction from micrographs (RELION's Extract job): :mod:`spa.extraction.extract`."""

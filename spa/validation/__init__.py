@@ -1,0 +1,2 @@
+"""Validation of a refinement: :mod:`spa.validation.angular` (angular distribution and how well it samples
+Fourier space)."""
