@@ -29,6 +29,9 @@ def add_args(p):
     g = p.add_mutually_exclusive_group()
     g.add_argument("--movies", action="append", default=None, metavar="GLOB",
                    help="movie files (a glob, quoted); repeat for several optics groups")
+    g.add_argument("--movie-groups", default=None, metavar="JSON",
+                   help="optics groups as JSON: a list of globs or of {\"glob\": ..., \"pixel_size\": ..., \"gain\": ...} "
+                        "(what the workflow passes; keys override the options below)")
     g.add_argument("--micrographs", default=None, metavar="GLOB|STAR",
                    help="motion-corrected micrographs: a glob of MRC files or a micrographs STAR")
     p.add_argument("--output-dir", required=True, help="output folder")
@@ -62,6 +65,13 @@ def main(args) -> int:
             section[name] = getattr(args, name)
     inputs = cfg.get("input") or {}
     record = make_record(args.argv, {"import": section, "input": inputs}, None)
+    if args.movie_groups:
+        import json
+
+        try:
+            args.movies = json.loads(args.movie_groups)
+        except json.JSONDecodeError as exc:
+            raise SpaInputError(None, f"--movie-groups is not valid JSON ({exc})") from None
     micrographs = args.micrographs or (None if args.movies else inputs.get("micrographs"))
     if micrographs:
         group = Group(micrographs, "opticsGroup1", section.get("pixel_size"), float(section.get("voltage") or 300.0),
