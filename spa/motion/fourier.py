@@ -27,11 +27,16 @@ def bfactor_filter(ny: int, nx: int, pixel_size: float, bfactor: float, xp=np):
 
 
 def phase_ramp(ny: int, nx: int, shift_x, shift_y, xp=np):
-    """exp(−2πi (kx·sx + ky·sy)) for shifts in pixels (arrays (n,) give (n, ny, nx//2+1))."""
+    """exp(−2πi (kx·sx + ky·sy)) for shifts in pixels (arrays (n,) give (n, ny, nx//2+1)).
+
+    Separable: the product of a ramp along y and one along x, so only 1D exponentials are computed.
+    """
     ky, kx = frequencies(ny, nx, xp)
-    sx = xp.asarray(shift_x, dtype=xp.float32)[..., None, None]
-    sy = xp.asarray(shift_y, dtype=xp.float32)[..., None, None]
-    return xp.exp((-2j * np.pi) * (kx * sx + ky * sy)).astype(xp.complex64)
+    sx = xp.asarray(np.asarray(shift_x, dtype=np.float64)[..., None, None])
+    sy = xp.asarray(np.asarray(shift_y, dtype=np.float64)[..., None, None])
+    ramp_x = xp.exp((-2j * np.pi) * (kx.astype(xp.float64) * sx)).astype(xp.complex64)
+    ramp_y = xp.exp((-2j * np.pi) * (ky.astype(xp.float64) * sy)).astype(xp.complex64)
+    return ramp_y * ramp_x
 
 
 def crop_spectrum(f, ny: int, nx: int, new_ny: int, new_nx: int):
@@ -59,12 +64,17 @@ def subpixel_peak(cc, center_y: float, center_x: float, radius: float):
     neighbours along each axis; returns (dy, dx, height) with dy, dx signed lags in pixels."""
     xp = array_module(cc)
     ny, nx = cc.shape
-    ly = xp.asarray(np.fft.fftfreq(ny, 1.0 / ny), dtype=xp.float32)[:, None]
-    lx = xp.asarray(np.fft.fftfreq(nx, 1.0 / nx), dtype=xp.float32)[None, :]
-    inside = (ly - center_y) ** 2 + (lx - center_x) ** 2 <= radius * radius
-    masked = xp.where(inside, cc, -xp.inf)
-    flat = int(xp.argmax(masked))
-    iy, ix = divmod(flat, nx)
+    ly = np.fft.fftfreq(ny, 1.0 / ny)
+    lx = np.fft.fftfreq(nx, 1.0 / nx)
+    # search only the lags within the radius: a small window of the map, wrapped
+    r = int(np.ceil(radius)) + 1
+    rows = np.unique(np.round(center_y + np.arange(-r, r + 1)).astype(np.int64) % ny)
+    cols = np.unique(np.round(center_x + np.arange(-r, r + 1)).astype(np.int64) % nx)
+    window = cc[xp.asarray(rows)[:, None], xp.asarray(cols)[None, :]]
+    dist2 = (ly[rows][:, None] - center_y) ** 2 + (lx[cols][None, :] - center_x) ** 2
+    window = xp.where(xp.asarray(dist2 <= radius * radius), window, -xp.inf)
+    flat = int(xp.argmax(window))
+    iy, ix = int(rows[flat // len(cols)]), int(cols[flat % len(cols)])
     c0 = float(cc[iy, ix])
     ym, yp = float(cc[(iy - 1) % ny, ix]), float(cc[(iy + 1) % ny, ix])
     xm, xpl = float(cc[iy, (ix - 1) % nx]), float(cc[iy, (ix + 1) % nx])
@@ -73,6 +83,6 @@ def subpixel_peak(cc, center_y: float, center_x: float, radius: float):
         d = m - 2 * c + p
         return 0.0 if d >= 0 else float(np.clip(0.5 * (m - p) / d, -0.5, 0.5))
 
-    dy = float(ly[iy, 0]) + vertex(ym, c0, yp)
-    dx = float(lx[0, ix]) + vertex(xm, c0, xpl)
+    dy = float(ly[iy]) + vertex(ym, c0, yp)
+    dx = float(lx[ix]) + vertex(xm, c0, xpl)
     return dy, dx, c0
