@@ -26,6 +26,8 @@ import time
 # command name -> (module, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("spa.commands.simulate", "make the built-in demo data with ground truth"),
+    "import": ("spa.commands.import_data", "import movies or micrographs into RELION STAR files with optics groups"),
+    "motion": ("spa.commands.motion", "motion correction: gain, global and local alignment, dose weighting"),
     "reconstruct": ("spa.commands.reconstruct", "reconstruct a map from particles with known poses"),
     "fsc": ("spa.commands.fsc", "Fourier shell correlation between two maps"),
     "convert": ("spa.commands.convert", "convert particle stacks between RELION .mrcs and spa .zarr"),

@@ -203,11 +203,15 @@ def test_dag_starts_from_the_users_particles(tmp_path):
     assert counts["fsc"] == 3 and counts["reconstruct"] == 1 and "simulate" not in counts
 
 
-def test_starting_from_micrographs_says_it_is_not_available(tmp_path):
+def test_starting_from_micrographs_imports_them(tmp_path):
+    (tmp_path / "mics").mkdir()
+    (tmp_path / "mics" / "a.mrc").write_bytes(b"")
     cfg = write_config(tmp_path / "m.yaml", {"input": {"micrographs": "mics/*.mrc"}})
     run = snakemake(tmp_path, "--dry-run", "--cores", "1", "--configfile", str(cfg))
-    assert run.returncode != 0
-    assert "input.micrographs" in run.stdout + run.stderr
+    assert run.returncode == 0, run.stderr
+    counts = job_counts(run.stdout + run.stderr)
+    assert counts["import_data"] == 1 and "motion" not in counts
+    assert "results/import/micrographs.star" in run.stdout
 
 
 @pytest.mark.slow

@@ -84,6 +84,9 @@ def spa_common(seed=None, em=False):
     return f"--seed {seed} --backend {config['backend']}{cluster}"
 
 
+import glob as _glob
+
+
 # ---------------------------------------------------------------- stage wiring
 # (simulate or the user's particles) -> class2d -> select -> initial_model ->
 # class3d (x runs, consensus) -> refine3d; the refined map is validated against
@@ -93,11 +96,80 @@ def spa_common(seed=None, em=False):
 # the data allow).
 
 INPUT = config["input"]
-for _key in ("micrographs", "movies"):
-    if INPUT.get(_key):
-        raise ValueError(f"config input.{_key}: starting from {_key} needs the preprocessing stages, which "
-                         "spa does not have yet; give input.particles (a RELION particles STAR) instead")
 USER_PARTICLES = bool(INPUT.get("particles"))
+
+# Preprocessing (workflow/rules/preprocess.smk): the user's movies (input.movies) or simulated ones
+# (simulate.movies.enabled) -> import -> motion; or the user's micrographs (input.micrographs) -> import.
+# Until particles are picked from them, the particle stages start from input.particles or the simulation.
+SIMULATED_MOVIES = bool((config["simulate"].get("movies") or {}).get("enabled")) and not INPUT.get("movies")
+MOVIES = bool(INPUT.get("movies")) or SIMULATED_MOVIES
+MICROGRAPHS = bool(INPUT.get("micrographs")) and not MOVIES
+
+
+def preprocess_targets():
+    """What the preprocessing stages end in: the motion-corrected micrographs, or the imported ones."""
+    if MOVIES:
+        return [result("motion", "corrected_micrographs.star")]
+    if MICROGRAPHS:
+        return [result("import", "micrographs.star")]
+    return []
+
+
+def simulated_movie_spec():
+    """The simulated movies' options: the preset's, with the simulate.movies overrides."""
+    from spa.commands.simulate import PRESETS
+
+    cfg = config["simulate"]["movies"]
+    spec = dict(PRESETS[cfg["preset"]]["movies"])
+    for key, field in [("n_micrographs", "n"), ("micrograph_size", "size"), ("n_frames", "n_frames"),
+                       ("dose_per_frame", "dose_per_frame"), ("pixel_size", "pixel_size")]:
+        if cfg.get(key) is not None:
+            spec[field] = cfg[key]
+    return spec
+
+
+def import_source():
+    """What `spa import` reads: `--micrographs GLOB|STAR`, or `--movie-groups JSON` (input.movies, or the
+    simulated movies with their gain, pixel size and dose)."""
+    import json
+    import shlex
+
+    if MICROGRAPHS:
+        return f"--micrographs {shlex.quote(INPUT['micrographs'])}"
+    if SIMULATED_MOVIES:
+        spec = simulated_movie_spec()
+        groups = [{"glob": result("simulate_movies", "movies", "*.mrc"), "gain": result("simulate_movies", "gain.mrc"),
+                   "pixel_size": float(spec["pixel_size"]), "dose_per_frame": float(spec["dose_per_frame"])}]
+    else:
+        groups = INPUT["movies"]
+    return f"--movie-groups {shlex.quote(json.dumps(groups, sort_keys=True))}"
+
+
+def import_options():
+    """The import section as `spa import` options (null keys left out)."""
+    return " ".join(option(f"--{key.replace('_', '-')}", value) for key, value in config["import"].items())
+
+
+def _groups():
+    movies = INPUT.get("movies")
+    entries = [movies] if isinstance(movies, (str, dict)) else list(movies or [])
+    return [e if isinstance(e, dict) else {"glob": e} for e in entries]
+
+
+def import_inputs(wildcards=None):
+    """The files import reads, so that a movie added to the folder (or a changed gain) re-runs it."""
+    files = []
+    if SIMULATED_MOVIES:
+        return [result("simulate_movies", "movies.star")]
+    if MICROGRAPHS:
+        source = INPUT["micrographs"]
+        return files + ([source] if source.endswith(".star") else sorted(_glob.glob(source, recursive=True)))
+    for group in _groups():
+        files += sorted(f for f in _glob.glob(group["glob"], recursive=True) if os.path.isfile(f))
+        gain = group.get("gain") or config["import"].get("gain")
+        if gain:
+            files.append(gain)
+    return files
 
 
 def input_particles():
@@ -153,7 +225,7 @@ def final_targets():
     runs = [result("class3d", "consensus", "consensus_classes.star")] if config["class3d"]["runs"] >= 2 else []
     post = [result("postprocess", "postprocess.json"), result("locres", "locres.json"),
             result("validate", "validation.json")]
-    return [result("summary.json"), final_map(), *half_maps(), *runs, *post]
+    return [result("summary.json"), final_map(), *half_maps(), *runs, *post, *preprocess_targets()]
 
 
 def summary_inputs(wildcards=None):
