@@ -71,7 +71,7 @@ def main(args) -> int:
 
     from spa.commands._common import progress_printer
     from spa.ctf_estimation.fit2d import CtfFit, CtfSearch, SpectrumFit
-    from spa.ctf_estimation.zeros import ellipse, sector_defoci
+    from spa.ctf_estimation.zeros import ellipse, robust_wedges, sector_defoci
     from spa.errors import SpaInputError
     from spa.io.images import resolve_image_path
     from spa.io.mrc import read_mrc
@@ -88,6 +88,9 @@ def main(args) -> int:
             raise SpaInputError(args.micrographs, f"the optics table lacks {col} (needed for the CTF)")
     out = Path(args.output_dir)
     options = {"method": args.method, **search.__dict__}
+    from spa.em.run import code_digest
+
+    options["code"] = code_digest()  # a micrograph done by other code is done again
     progress = progress_printer("ctf: micrographs")
     rows, shown = [], []
     for i, row in enumerate(mics.itertuples(index=False)):
@@ -112,7 +115,7 @@ def main(args) -> int:
                 angles, defoci, quality = sector_defoci(fit)
                 if len(angles) < 3:
                     raise SpaInputError(path, "too few usable sectors in its spectrum for --method zeros")
-                u, v, angle = ellipse(angles, defoci, quality)
+                u, v, angle = ellipse(*robust_wedges(angles, defoci, quality))
                 result = CtfFit(u, v, angle, float(np.mean(quality)), fit.fit_resolution(u, v, angle))
             values = {"rlnDefocusU": round(result.defocus_u, 2), "rlnDefocusV": round(result.defocus_v, 2),
                       "rlnDefocusAngle": round(result.defocus_angle, 3),

@@ -79,12 +79,23 @@ def main(args) -> int:
                           min_distance=args.min_distance)
     except ValueError as exc:
         raise SpaInputError(args.micrographs, str(exc)) from None
-    mics, optics = read_micrographs(args.micrographs)
+    from spa.io.star import read_star
+
+    listed = read_star(args.micrographs).get("micrographs")
+    if listed is not None and hasattr(listed, "empty") and listed.empty:
+        mics = listed
+    else:
+        mics, optics = read_micrographs(args.micrographs)
     if mics.empty:
-        raise SpaInputError(args.micrographs, "no micrographs listed")
+        raise SpaInputError(args.micrographs, "no micrographs listed (for a CTF consensus's micrographs_selected.star: "
+                                              "every micrograph was rejected, the reasons are in "
+                                              "micrographs_rejected.star beside it)")
     out = Path(args.output_dir)
     options = {"method": args.method, **{k: getattr(opts, k) for k in ("diameter_min", "diameter_max", "threshold",
                                                                           "min_distance", "radii", "high_resolution")}}
+    from spa.em.run import code_digest
+
+    options["code"] = code_digest()  # a micrograph done by other code is done again
     progress = progress_printer("pick: micrographs")
     names, files, counts, shown = [], [], [], []
     for i, row in enumerate(mics.itertuples(index=False)):

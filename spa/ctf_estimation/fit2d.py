@@ -109,6 +109,7 @@ class SpectrumFit:
         m = self.model(u, v, angle)
         low = self.s >= 1.0 / self.search.low_resolution
         last = 1.0 / self.search.low_resolution
+        misses = 0
         for r in range(int(ring[low].min()), int(ring.max()) + 1):
             sel = low & (ring == r) & (self.s <= 0.5 / self.pixel_size)
             if sel.sum() < 20:
@@ -116,7 +117,11 @@ class SpectrumFit:
             a, b = m[sel] - m[sel].mean(), self.data[sel] - self.data[sel].mean()
             cc = float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
             if cc < self.search.ring_threshold:
-                break
+                misses += 1
+                if misses == 2:  # two rings in a row: one noisy ring (or the background's edge) is not the end
+                    break
+                continue
+            misses = 0
             last = float(self.s[sel].max())
         return 1.0 / last
 

@@ -89,5 +89,14 @@ def estimate_zeros(micrograph, pixel_size, voltage, cs, amplitude_contrast, sear
     angles, defoci, quality = sector_defoci(fit, sectors)
     if len(angles) < 3:
         raise ValueError("too few usable sectors in the spectrum (micrograph too small or blank)")
-    u, v, angle = ellipse(angles, defoci, quality)
+    u, v, angle = ellipse(*robust_wedges(angles, defoci, quality))
     return CtfFit(u, v, angle, float(np.mean(quality)), fit.fit_resolution(u, v, angle))
+
+
+def robust_wedges(angles, defoci, quality, tolerance: float = 0.15):
+    """The wedges whose defocus lies within ``tolerance`` (fraction) of the wedges' median: a wedge whose
+    profile locked onto another set of zeros (noisy spectra) would otherwise pull the ellipse far off."""
+    keep = np.abs(defoci - np.median(defoci)) <= tolerance * np.median(defoci)
+    if keep.sum() < 3:
+        keep = np.ones_like(keep)
+    return angles[keep], defoci[keep], quality[keep]

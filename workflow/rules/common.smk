@@ -172,10 +172,24 @@ def import_inputs(wildcards=None):
     return files
 
 
+PICKED_PARTICLES = (MOVIES or MICROGRAPHS) and bool(config["pick"].get("use_for_particles")) and not USER_PARTICLES
+
+
+def micrographs_for_ctf():
+    """The micrographs the CTF is estimated on: motion correction's, or the imported ones (a run that starts
+    from particles never asks for the CTF rules)."""
+    targets = preprocess_targets()
+    return targets[0] if targets else result("import", "micrographs.star")
+
+
 def input_particles():
-    """The particle STAR the processing starts from: the config's input.particles, or the simulated data
-    (without poses)."""
-    return INPUT["particles"] if USER_PARTICLES else result("simulate", "particles.star")
+    """The particle STAR the processing starts from: the config's input.particles, the particles picked and
+    extracted from the micrographs (pick.use_for_particles), or the simulated data (without poses)."""
+    if USER_PARTICLES:
+        return INPUT["particles"]
+    if PICKED_PARTICLES:
+        return result("extract", "particles.star")
+    return result("simulate", "particles.star")
 
 
 def refine3d_particles():
@@ -187,7 +201,9 @@ def refine3d_particles():
 
 def particles_with_poses():
     """STAR file with the TRUE poses (reconstruction of the ideal map); None when there is none."""
-    return INPUT.get("truth_particles") if USER_PARTICLES else result("simulate", "truth", "particles.star")
+    if USER_PARTICLES or PICKED_PARTICLES:
+        return INPUT.get("truth_particles")  # picked particles have no true poses row by row
+    return result("simulate", "truth", "particles.star")
 
 
 def half_maps():
@@ -204,7 +220,11 @@ def ideal_map():
 
 def truth_map():
     """The true map (None when there is none)."""
-    return INPUT.get("truth_map") if USER_PARTICLES else result("simulate", "truth", "class001.mrc")
+    if USER_PARTICLES:
+        return INPUT.get("truth_map")
+    if PICKED_PARTICLES:
+        return INPUT.get("truth_map")  # the movie simulation's map has its own box: compare by hand
+    return result("simulate", "truth", "class001.mrc")
 
 
 # FSC comparisons: name -> (map1, map2). Each gives results/fsc/<name>/fsc.star; those against a truth
@@ -225,7 +245,8 @@ def final_targets():
     runs = [result("class3d", "consensus", "consensus_classes.star")] if config["class3d"]["runs"] >= 2 else []
     post = [result("postprocess", "postprocess.json"), result("locres", "locres.json"),
             result("validate", "validation.json")]
-    return [result("summary.json"), final_map(), *half_maps(), *runs, *post, *preprocess_targets()]
+    front = [result("extract", "particles.star")] if (MOVIES or MICROGRAPHS) else []
+    return [result("summary.json"), final_map(), *half_maps(), *runs, *post, *preprocess_targets(), *front]
 
 
 def summary_inputs(wildcards=None):
