@@ -135,7 +135,7 @@ def _ctf(args) -> int:
 
     from spa.consensus.ctf import CtfRules, ctf_consensus
     from spa.io.star import read_micrographs, write_micrographs
-    from spa.plots import _pyplot, write_figures_index
+    from spa.plots import _pyplot, save_figure, write_figures_index
     from spa.provenance import make_record
 
     need = ("rlnMicrographName", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnCtfMaxResolution")
@@ -163,9 +163,7 @@ def _ctf(args) -> int:
     fig.tight_layout()
     from spa.io.atomic import atomic_path
 
-    with atomic_path(out / "ctf_consensus.png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, out / "ctf_consensus.png", tight=False)
     write_figures_index(out, [{"file": "ctf_consensus.png", "title": "CTF consensus and micrograph selection",
                                "caption": "Per micrograph: the resolution to which the two estimators' CTFs stay "
                                           "within 90° in phase, against defocus; red: rejected (reasons in "

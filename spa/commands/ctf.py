@@ -38,8 +38,7 @@ def _figure(out, shown):
     import numpy as np
 
     from spa.ctf_estimation.spectrum import full_plane
-    from spa.io.atomic import atomic_path
-    from spa.plots import _pyplot, write_figures_index
+    from spa.plots import _pyplot, save_figure, write_figures_index
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 4.3), dpi=90, squeeze=False)
@@ -53,10 +52,7 @@ def _figure(out, shown):
         ax.set_title(f"{name}: {fit.defocus_u:.0f}/{fit.defocus_v:.0f} Å, {fit.defocus_angle:.0f}°\n"
                      f"fit to {fit.max_resolution:.1f} Å", fontsize=8)
         ax.axis("off")
-    fig.tight_layout()
-    with atomic_path(out / "ctf_fit.png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, out / "ctf_fit.png")
     write_figures_index(out, [{"file": "ctf_fit.png", "title": "CTF fits",
                                "caption": "Left half of each spectrum: the micrograph's background-subtracted "
                                           "amplitude spectrum; right half: the fitted CTF² model. The Thon rings "
