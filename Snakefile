@@ -44,6 +44,7 @@ localrules:
     select,
     fsc,
     class3d_consensus,
+    ctf_consensus,
 
 
 rule all:
