@@ -69,6 +69,36 @@ def _announce(cluster, what: str) -> None:
     print(f"dask: {what}; dashboard {link or '(none)'}", file=sys.stderr, flush=True)
 
 
+def _queue_state(cluster) -> str:
+    """The worker jobs as squeue shows them (``123 PENDING (Resources)``, ...), for a message."""
+    import subprocess
+
+    ids = [str(job.job_id) for job in getattr(cluster, "workers", {}).values() if getattr(job, "job_id", None)]
+    if not ids:
+        return "no worker job was submitted (sbatch's message is in the log above)"
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T (%r)"], capture_output=True,
+                             text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    rows = [" ".join(line.split()) for line in out.splitlines() if line.strip()]
+    return "squeue: " + ", ".join(rows) if rows else f"jobs {', '.join(ids)} are no longer queued"
+
+
+def _wait_for_slurm_workers(client, cluster, n: int, timeout: float) -> None:
+    """Wait until ``n`` worker jobs have connected; else a one-line error saying how many did, the
+    ``cluster.start_timeout`` that ran out and why squeue says the others wait (the caller cancels them)."""
+    try:
+        client.wait_for_workers(n, timeout=timeout)
+    except TimeoutError as exc:
+        from spa.errors import SpaInputError
+
+        arrived = getattr(exc, "available_workers", len(client.scheduler_info().get("workers", {})))
+        raise SpaInputError("cluster", f"{arrived} of {n} SLURM worker job(s) started within {timeout:g} s "
+                                       f"(cluster.start_timeout; a busy queue needs more) — {_queue_state(cluster)}; "
+                                       "the worker jobs were cancelled") from None
+
+
 def make_client(workers: int | None = None, scheduler: str | None = None, config: dict | None = None,
                 processes: bool = True):
     """A ``distributed.Client`` as described in the module docstring, or None for in-process runs."""
@@ -91,7 +121,7 @@ def make_client(workers: int | None = None, scheduler: str | None = None, config
         from dask_jobqueue import SLURMCluster  # noqa: PLC0415
         from distributed import Client  # noqa: PLC0415
 
-        cluster = SLURMCluster(**slurm_kwargs(cfg))
+        cluster, client = SLURMCluster(**slurm_kwargs(cfg)), None
         try:
             adaptive = cfg.get("adaptive") or {}
             n = int(workers or 1)
@@ -102,9 +132,12 @@ def make_client(workers: int | None = None, scheduler: str | None = None, config
                 cluster.scale(jobs=n)
             _announce(cluster, f"SLURM cluster, {n} worker job(s)")
             client = Client(cluster)
-            client.wait_for_workers(n, timeout=float(cfg.get("start_timeout") or 300))
+            _wait_for_slurm_workers(client, cluster, n, float(cfg.get("start_timeout") or 300))
         except BaseException:
-            cluster.close()
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()
+            cluster.close()  # cancels the worker jobs, queued or running
             raise
         return client
     if workers is None or int(workers) <= 1:

@@ -184,3 +184,34 @@ def test_em_stage_with_slurm_workers_equals_a_local_run(slurm, tmp_path):
     assert not running & _queued()
     assert not (tmp_path / "stopped" / "run_classes.mrcs").exists()
     shutil.rmtree(tmp_path / "scratch", ignore_errors=True)
+
+
+def test_worker_jobs_that_do_not_start_in_time_are_a_clear_error(slurm, tmp_path):
+    """Worker jobs still queued when cluster.start_timeout runs out (here: held until an hour from now): the
+    stage stops with one line saying how many started, the timeout, and why squeue says they wait; the
+    queued jobs are cancelled and no output folder is left behind."""
+    _need("dask_jobqueue")
+    env = _env()
+    spa = [sys.executable, "-m", "spa.cli"]
+    subprocess.run([*spa, "simulate", "--kind", "particles", "--preset", "tiny", "--n-particles", "60",
+                    "--output-dir", str(tmp_path / "sim")], check=True, capture_output=True, env=env)
+    cfg = tmp_path / "cluster.yaml"
+    cfg.write_text(yaml.safe_dump({"cluster": {"kind": "slurm", "cores": 1, "memory": "1GB", "walltime": "00:05:00",
+                                               "job_extra_directives": ["--begin=now+1hour"], "start_timeout": 4,
+                                               "log_directory": str(tmp_path / "worker_logs")}}))
+    run = subprocess.run([*spa, "class2d", "--particles", str(tmp_path / "sim" / "particles.star"), "--classes", "2",
+                          "--iter", "1", "--workers", "2", "--config", str(cfg), "--output-dir", str(tmp_path / "out")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("spa class2d: error: cluster: 0 of 2 SLURM worker job(s) started within 4 s "
+                           "(cluster.start_timeout"), last
+    workers = set(re.findall(r"(\d+) PENDING \(BeginTime\)", last))
+    assert len(workers) == 2, last
+    for _ in range(20):
+        if not workers & _queued():
+            break
+        time.sleep(0.5)
+    assert not workers & _queued()  # cancelled, not left waiting for their begin time
+    assert not (tmp_path / "out").exists()
