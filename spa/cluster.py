@@ -69,13 +69,13 @@ def _announce(cluster, what: str) -> None:
     print(f"dask: {what}; dashboard {link or '(none)'}", file=sys.stderr, flush=True)
 
 
-def _queue_state(cluster) -> str:
-    """The worker jobs as squeue shows them (``123 PENDING (Resources)``, ...), for a message."""
+def _queue_state(cluster) -> str | None:
+    """The worker jobs as squeue shows them (``123 PENDING (Resources), ...``); None when none was submitted."""
     import subprocess
 
     ids = [str(job.job_id) for job in getattr(cluster, "workers", {}).values() if getattr(job, "job_id", None)]
     if not ids:
-        return "no worker job was submitted (sbatch's message is in the log above)"
+        return None
     try:
         out = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T (%r)"], capture_output=True,
                              text=True, timeout=30).stdout
@@ -94,8 +94,11 @@ def _wait_for_slurm_workers(client, cluster, n: int, timeout: float) -> None:
         from spa.errors import SpaInputError
 
         arrived = getattr(exc, "available_workers", len(client.scheduler_info().get("workers", {})))
-        raise SpaInputError("cluster", f"{arrived} of {n} SLURM worker job(s) started within {timeout:g} s "
-                                       f"(cluster.start_timeout; a busy queue needs more) — {_queue_state(cluster)}; "
+        started = f"{arrived} of {n} SLURM worker job(s) started within {timeout:g} s (cluster.start_timeout"
+        queue = _queue_state(cluster)
+        if queue is None:  # sbatch refused them (unknown partition or account, ...): its error is logged above
+            raise SpaInputError("cluster", f"{started}): sbatch submitted none (its error is above)") from None
+        raise SpaInputError("cluster", f"{started}; raise it for a busy queue) — {queue}; "
                                        "the worker jobs were cancelled") from None
 
 

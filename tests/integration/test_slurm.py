@@ -206,7 +206,7 @@ def test_worker_jobs_that_do_not_start_in_time_are_a_clear_error(slurm, tmp_path
     assert "Traceback" not in run.stderr, run.stderr[-3000:]
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("spa class2d: error: cluster: 0 of 2 SLURM worker job(s) started within 4 s "
-                           "(cluster.start_timeout"), last
+                           "(cluster.start_timeout; raise it for a busy queue) — squeue: "), last
     workers = set(re.findall(r"(\d+) PENDING \(BeginTime\)", last))
     assert len(workers) == 2, last
     for _ in range(20):
