@@ -6,7 +6,7 @@
 * ``kind: scheduler`` (or ``scheduler``/``address`` given): connect to that
   scheduler (e.g. ``tcp://host:8786``);
 * ``kind: slurm``: start workers as SLURM jobs with ``dask_jobqueue.SLURMCluster``
-  and scale to ``workers`` jobs (or adapt between ``adaptive.minimum`` and
+  and scale to ``workers`` jobs (or adapt between ``adaptive.minimum``, at least 1, and
   ``adaptive.maximum``).  Only the keys the config *sets* are passed: anything
   it leaves out comes from the site's own dask-jobqueue configuration
   (``~/.config/dask/jobqueue.yaml``, ``jobqueue.slurm.*``), as an admin set it;
@@ -129,8 +129,10 @@ def make_client(workers: int | None = None, scheduler: str | None = None, config
             adaptive = cfg.get("adaptive") or {}
             n = int(workers or 1)
             if adaptive.get("maximum"):
-                cluster.adapt(minimum_jobs=int(adaptive.get("minimum") or 0), maximum_jobs=int(adaptive["maximum"]))
+                # at least one job: with none, and no task submitted yet, Dask's adaptive target stays at zero
+                # and the stage would wait for a worker until start_timeout (measured on SLURM)
                 n = max(1, int(adaptive.get("minimum") or 1))
+                cluster.adapt(minimum_jobs=n, maximum_jobs=max(n, int(adaptive["maximum"])))
             else:
                 cluster.scale(jobs=n)
             _announce(cluster, f"SLURM cluster, {n} worker job(s)")

@@ -186,22 +186,52 @@ def test_em_stage_with_slurm_workers_equals_a_local_run(slurm, tmp_path):
     shutil.rmtree(tmp_path / "scratch", ignore_errors=True)
 
 
-def test_worker_jobs_that_do_not_start_in_time_are_a_clear_error(slurm, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_particles(tmp_path_factory):
+    """60 tiny simulated particles (a STAR file), for the stages that only need something to run on."""
+    out = tmp_path_factory.mktemp("tiny")
+    subprocess.run([sys.executable, "-m", "spa.cli", "simulate", "--kind", "particles", "--preset", "tiny",
+                    "--n-particles", "60", "--output-dir", str(out)], check=True, capture_output=True, env=_env())
+    return out / "particles.star"
+
+
+def _class2d_on_slurm(particles, out, cluster: dict, tmp_path) -> subprocess.CompletedProcess:
+    cfg = tmp_path / "cluster.yaml"
+    cfg.write_text(yaml.safe_dump({"cluster": {"kind": "slurm", "cores": 1, "memory": "1GB", "walltime": "00:05:00",
+                                               "log_directory": str(tmp_path / "worker_logs"), **cluster}}))
+    return subprocess.run([sys.executable, "-m", "spa.cli", "class2d", "--particles", str(particles), "--classes", "2",
+                           "--iter", "1", "--config", str(cfg), "--output-dir", str(out)],
+                          capture_output=True, text=True, env=_env(), timeout=300)
+
+
+def test_adaptive_worker_jobs_from_a_minimum_of_zero(slurm, tiny_particles, tmp_path):
+    """adaptive {minimum: 0, maximum: 2}: the stage gets a worker job (with none, Dask's adaptive target stays
+    at zero until tasks exist, and the stage waited for a worker until start_timeout), runs, and its worker
+    jobs are gone at the end."""
+    _need("dask_jobqueue")
+    start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 2))
+    run = _class2d_on_slurm(tiny_particles, tmp_path / "out", {"adaptive": {"minimum": 0, "maximum": 2},
+                                                                "start_timeout": 60}, tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "out" / "run_classes.mrcs").exists()
+    workers = {job for name, job in _sacct_since(start, "-o", "JobName,JobID") if name.startswith("dask-worker")}
+    assert 1 <= len(workers) <= 2, workers
+    for _ in range(20):
+        if not workers & _queued():
+            break
+        time.sleep(0.5)
+    assert not workers & _queued()
+
+
+def test_worker_jobs_that_do_not_start_in_time_are_a_clear_error(slurm, tiny_particles, tmp_path):
     """Worker jobs still queued when cluster.start_timeout runs out (here: held until an hour from now): the
     stage stops with one line saying how many started, the timeout, and why squeue says they wait; the
     queued jobs are cancelled and no output folder is left behind."""
     _need("dask_jobqueue")
-    env = _env()
-    spa = [sys.executable, "-m", "spa.cli"]
-    subprocess.run([*spa, "simulate", "--kind", "particles", "--preset", "tiny", "--n-particles", "60",
-                    "--output-dir", str(tmp_path / "sim")], check=True, capture_output=True, env=env)
-    cfg = tmp_path / "cluster.yaml"
-    cfg.write_text(yaml.safe_dump({"cluster": {"kind": "slurm", "cores": 1, "memory": "1GB", "walltime": "00:05:00",
-                                               "job_extra_directives": ["--begin=now+1hour"], "start_timeout": 4,
-                                               "log_directory": str(tmp_path / "worker_logs")}}))
-    run = subprocess.run([*spa, "class2d", "--particles", str(tmp_path / "sim" / "particles.star"), "--classes", "2",
-                          "--iter", "1", "--workers", "2", "--config", str(cfg), "--output-dir", str(tmp_path / "out")],
-                         capture_output=True, text=True, env=env, timeout=300)
+    # two fixed worker jobs (--workers 2 from the cluster section)
+    run = _class2d_on_slurm(tiny_particles, tmp_path / "out", {"workers": 2, "start_timeout": 4,
+                                                                "job_extra_directives": ["--begin=now+1hour"]},
+                            tmp_path)
     assert run.returncode == 1, run.stderr[-3000:]
     assert "Traceback" not in run.stderr, run.stderr[-3000:]
     last = run.stderr.strip().splitlines()[-1]
