@@ -111,8 +111,9 @@ def fit_model(centres_norm: np.ndarray, z: np.ndarray, shifts: np.ndarray, outli
     ``centres_norm`` (P, 2) normalised (xn, yn); ``z`` (G,) frame offsets; ``shifts`` (P, G, 2) px.
     The coefficients are a ridge regression (time scaled to [0, 1] inside the
     fit) whose strength is chosen from :data:`RIDGE_GRID` by leave-one-patch-out
-    cross-validation: the model made without a patch must predict that
-    patch's trajectory better than the others do.  Infinite strength — no
+    cross-validation (the strongest shrinkage within one standard error of
+    the smallest prediction error): the model made without a patch must
+    clearly predict that patch's trajectory.  Infinite strength — no
     local motion — wins when the patch measurements are too noisy for the
     model to predict anything (small or smooth deformations at low dose);
     a noisy model would otherwise make the sums worse than whole-frame
@@ -134,14 +135,17 @@ def fit_model(centres_norm: np.ndarray, z: np.ndarray, shifts: np.ndarray, outli
         XtX = sum(a for a, _ in per_patch)
         Xty = sum(b for _, b in per_patch)
         scale = float(np.mean(np.diag(XtX))) or 1.0
-        errors = []
-        for lam in RIDGE_GRID:
-            err = 0.0
+        errors = np.zeros((len(RIDGE_GRID), P))
+        for i, lam in enumerate(RIDGE_GRID):
             for p in range(P):
                 c = _solve(XtX - per_patch[p][0], Xty - per_patch[p][1], lam * scale)
-                err += float((w[p][:, None] * (yc[p] - Xc[p] @ c) ** 2).sum())
-            errors.append(err)
-        lam_best = RIDGE_GRID[int(np.argmin(errors))]
+                errors[i, p] = float((w[p][:, None] * (yc[p] - Xc[p] @ c) ** 2).sum())
+        # the one-standard-error rule: the strongest shrinkage whose error is within one standard error
+        # (over patches) of the smallest — a model must clearly predict better to be used
+        total = errors.sum(axis=1)
+        best = int(np.argmin(total))
+        limit = total[best] + np.sqrt(P) * errors[best].std(ddof=1) if P > 1 else total[best]
+        lam_best = RIDGE_GRID[max(i for i in range(len(RIDGE_GRID)) if total[i] <= limit)]
         coef = _solve(XtX, Xty, lam_best * scale)
         resid = np.linalg.norm(yc - Xc @ coef, axis=2)
         sigma = 1.4826 * np.median(resid[w > 0])
