@@ -21,8 +21,10 @@ validate(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/cluster.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/micrographs.smk"
 include: "workflow/rules/reconstruct.smk"
 include: "workflow/rules/class2d.smk"
 include: "workflow/rules/initial_model.smk"
@@ -39,6 +41,9 @@ localrules:
     all,
     summary,
     cluster_config,
+    select,
+    fsc,
+    class3d_consensus,
 
 
 rule all:

@@ -21,6 +21,7 @@ across machines.  docs/scaling.md extrapolates from the split to clusters of man
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -32,6 +33,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")  # one BLAS thread everywhere: W workers use W cores
 
 import numpy as np  # noqa: E402
+from distributed import get_task_stream  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import sgemm_gflops  # noqa: E402
@@ -47,6 +49,25 @@ def simulate(work: Path, n: int, box: int) -> Path:
     return sim
 
 
+#: set by sizes(): a context in which the iteration's pass stops after measuring its first chunk
+PROBE = None
+
+
+def timed_iteration(runner, client):
+    """(wall seconds, Dask task stream or None) of one iteration of ``runner``; the initialisation (its own
+    passes over the particles) is outside both."""
+    state = runner.initialise()
+    if PROBE is not None:  # sizes(): the iteration's first chunk only
+        with PROBE():
+            runner.iterate(state)
+    stream = contextlib.nullcontext() if client is None else get_task_stream(client)
+    with stream as ts:
+        t = time.perf_counter()
+        runner.iterate(state)
+        wall = time.perf_counter() - t
+    return wall, (None if ts is None else ts.data)
+
+
 def class2d_pass(sim: Path, classes: int):
     """A callable(client) running one class2d iteration on the particles."""
     from spa.class2d.classify import Class2D, Class2DOptions
@@ -59,10 +80,7 @@ def class2d_pass(sim: Path, classes: int):
     def run(client, out):
         opts = Class2DOptions(n_classes=classes, n_iter=1, noise_decoys=0, seed=1)
         r = Class2D(table, source, opts, out, optics=optics, client=client, log=None)
-        state = r.initialise()
-        t = time.perf_counter()
-        r.iterate(state)
-        return time.perf_counter() - t
+        return timed_iteration(r, client)
 
     return run
 
@@ -77,10 +95,7 @@ def refine3d_pass(sim: Path):
 
     def run(client, out):
         r = Refine3D(table, source, reference, Refine3DOptions(seed=1), out, optics=optics, client=client, log=None)
-        state = r.initialise()
-        t = time.perf_counter()
-        r.iterate(state)
-        return time.perf_counter() - t
+        return timed_iteration(r, client)
 
     return run
 
@@ -100,20 +115,58 @@ def split(stream) -> dict:
     return out
 
 
-def measure(run, workers: int, work: Path) -> dict:
-    from distributed import get_task_stream
+class _Probed(Exception):
+    pass
 
+
+def sizes(run, work: Path) -> dict:
+    """Bytes a cluster moves per iteration, from one in-process chunk (the pass is stopped after it): the
+    broadcast (particle source and the shared context: references, noise spectra, sampling), one chunk's
+    partial sum, one chunk's per-particle results; and the chunk count and size."""
+    import cloudpickle
+
+    import spa.em.engine as engine
+
+    seen = {}
+    real = engine.map_reduce
+
+    def probe(func, tasks, broadcast=(), **kw):
+        partial, result = func(*broadcast, *tasks[0])
+        seen.update(broadcast_bytes=len(cloudpickle.dumps(broadcast)), partial_bytes=len(cloudpickle.dumps(partial)),
+                    result_bytes=len(cloudpickle.dumps(result)), chunks=len(tasks), chunk_particles=len(tasks[0][0]))
+        raise _Probed
+
+    @contextlib.contextmanager
+    def patched():
+        engine.map_reduce = probe
+        try:
+            yield
+        finally:
+            engine.map_reduce = real
+
+    global PROBE
+    PROBE = patched
+    try:
+        run(None, work / "probe")
+    except _Probed:
+        pass
+    finally:
+        PROBE = None
+    return seen
+
+
+def measure(run, workers: int, work: Path) -> dict:
     from spa.cluster import close_client, make_client
 
     out = work / f"w{workers}"
-    if workers == 1:
-        return {"workers": 1, "wall_s": run(None, out)}
+    if workers == 1:  # in-process; warmed up as the workers are (compiled kernels, caches)
+        run(None, out)
+        return {"workers": 1, "wall_s": run(None, out)[0]}
     client = make_client(workers=workers)
     try:
         run(client, out)  # warm-up: workers import, compile, fill caches
-        with get_task_stream(client) as ts:
-            wall = run(client, out)
-        return {"workers": workers, "wall_s": wall, **split(ts.data)}
+        wall, stream = run(client, out)
+        return {"workers": workers, "wall_s": wall, **split(stream)}
     finally:
         close_client(client)
 
@@ -127,6 +180,7 @@ def main() -> None:
     ap.add_argument("--passes", nargs="+", default=["class2d", "refine3d"])
     ap.add_argument("--work", default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--sizes", action="store_true", help="only the bytes moved per iteration (one chunk, in-process)")
     a = ap.parse_args()
     work = Path(a.work or tempfile.mkdtemp(prefix="spa_scaling_"))
     sim = simulate(work, a.n, a.box)
@@ -135,6 +189,10 @@ def main() -> None:
     rows = []
     for name in a.passes:
         run = class2d_pass(sim, a.classes) if name == "class2d" else refine3d_pass(sim)
+        if a.sizes:
+            rows.append({"pass_": name, "n": a.n, "box": a.box, **sizes(run, work / name)})
+            print(name, rows[-1], flush=True)
+            continue
         base = None
         print(f"{name}: {'W':>3} {'wall s':>8} {'efficiency':>10} {'E-step s':>9} {'reduce s':>9} {'transfer s':>10} "
               f"{'client s':>9}", flush=True)
@@ -142,7 +200,8 @@ def main() -> None:
             r = measure(run, w, work / name)
             base = base or r["wall_s"] * (1 if w == 1 else w)  # t(1); estimated if 1 is not measured
             r.update(pass_=name, efficiency=base / (w * r["wall_s"]), particles_per_s=a.n / r["wall_s"],
-                     particles_per_s_per_gflops=a.n / r["wall_s"] / gflops, n=a.n, box=a.box)
+                     particles_per_s_per_gflops=a.n / r["wall_s"] / gflops, n=a.n, box=a.box,
+                     load_1min=os.getloadavg()[0], cpus=os.cpu_count())  # a shared machine: others' load
             if w > 1:  # what the workers did not spend on tasks is the client's (scatter, M-step) or idle
                 r["client_s"] = max(0.0, r["wall_s"] - (r["estep"] + r["reduce"] + r["transfer"]) / w)
             rows.append(r)

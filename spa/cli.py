@@ -15,8 +15,13 @@ line on stderr with a non-zero exit status.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
+import signal
 import sys
+import threading
+import time
 
 # command name -> (module, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -26,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reconstruct": ("spa.commands.reconstruct", "reconstruct a map from particles with known poses"),
     "fsc": ("spa.commands.fsc", "Fourier shell correlation between two maps"),
     "convert": ("spa.commands.convert", "convert particle stacks between RELION .mrcs and spa .zarr"),
+    "ctf": ("spa.commands.ctf", "estimate the CTF of micrographs (CTFFIND-like or sector zeros)"),
     "pick": ("spa.commands.pick", "pick particles on micrographs (LoG), RELION coordinate files"),
     "extract": ("spa.commands.extract", "extract particle images from micrographs at picked coordinates"),
     "class2d": ("spa.commands.class2d", "2D classification (regularised likelihood)"),
@@ -88,6 +94,49 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``scancel``, a killed Snakemake, a wall-time limit) raised as an exception, so that a stage
+    stops as after Ctrl-C: its Dask workers (SLURM jobs included) are closed and no partial output stays."""
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """Within: SIGTERM raises :class:`Terminated` in the main thread (elsewhere: nothing changes).
+
+    A signal handler's exception is lost when it lands in a ``__del__`` (Dask futures are released there
+    all the time): Python then only reports it to ``sys.unraisablehook``.  This hook sends the signal
+    again, so the stop is raised at the next point where it can be.  While the exception is on its way
+    out, further SIGTERMs are ignored (they must not interrupt the clean-up)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    state = {"in_flight": False}
+
+    def handler(signum, frame):
+        if not state["in_flight"]:
+            state["in_flight"] = True
+            raise Terminated()
+
+    def send_again():
+        time.sleep(0.01)  # once the hook has returned (raised in the hook, it would be lost again)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def unraisable(info):
+        if isinstance(info.exc_value, Terminated):
+            state["in_flight"] = False
+            threading.Thread(target=send_again, daemon=True).start()
+        else:
+            previous_hook(info)
+
+    previous, previous_hook = signal.signal(signal.SIGTERM, handler), sys.unraisablehook
+    sys.unraisablehook = unraisable
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # main() called in-process (tests) leaves things as they were
+        sys.unraisablehook = previous_hook
+
+
 def main(argv: list[str] | None = None) -> int:
     from spa.errors import SpaInputError
 
@@ -105,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     from spa.commands._common import checked_outputs
 
     try:
-        with checked_outputs(args):
+        with sigterm_raises(), checked_outputs(args):
             return int(args._module.main(args) or 0)
     except SpaInputError as exc:
         print(f"spa {args.command}: error: {exc}", file=sys.stderr)
@@ -114,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         name = getattr(exc, "filename", None)
         print(f"spa {args.command}: error: {name or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    except Terminated:
+        print(f"spa {args.command}: stopped (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"spa {args.command}: interrupted", file=sys.stderr)
         return 130

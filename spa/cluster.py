@@ -60,7 +60,12 @@ def slurm_kwargs(cfg: dict) -> dict:
 
 
 def _announce(cluster, what: str) -> None:
+    """One line on stderr (the stage's log): what started and where its Dask dashboard is."""
+    import importlib.util
+
     link = getattr(cluster, "dashboard_link", None)
+    if link and importlib.util.find_spec("bokeh") is None:  # the address would only say bokeh is missing
+        link = f"{link} (needs bokeh: pip install -e '.[slurm]')"
     print(f"dask: {what}; dashboard {link or '(none)'}", file=sys.stderr, flush=True)
 
 

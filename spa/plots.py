@@ -16,6 +16,16 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path, *, tight: bool = True) -> None:
+    """Write a figure as PNG atomically (temp file, then rename) and close it."""
+    plt = _pyplot()
+    if tight:
+        fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
 def angstrom_axis(ax, box_angstrom: float) -> None:
     """A top axis labelled in Å over an x axis in 1/Å: ticks at round resolutions (a secondary axis
     with 1/x labels overlapped at low frequency and showed an offset)."""
@@ -49,10 +59,7 @@ def plot_fsc(path, curves, box: int, pixel_size: float, thresholds=(0.143, 0.5))
     ax.set_ylim(-0.1, 1.05)
     ax.legend(fontsize=8)
     angstrom_axis(ax, box * pixel_size)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_guinier(path, s2, curves, fit=None, resolution: float | None = None) -> None:
@@ -73,10 +80,7 @@ def plot_guinier(path, s2, curves, fit=None, resolution: float | None = None) ->
     ax.set_xlabel("s² (Å⁻²)")
     ax.set_ylabel("ln amplitude")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_figures_index(folder, entries) -> None:

@@ -304,3 +304,20 @@ def test_replaced_particles_rerun_from_scratch(tmp_path):
     run(tmp_path / "c")
     (a_avg, a_cls), (b_avg, b_cls) = _class2d_outputs(tmp_path / "w" / "res"), _class2d_outputs(tmp_path / "c" / "res")
     assert np.array_equal(a_avg, b_avg) and np.array_equal(a_cls, b_cls)
+
+
+def test_micrographs_to_particles_in_the_dag(tmp_path):
+    """From movies: CTF by both estimators, their consensus, picking and extraction; with
+    pick.use_for_particles the particle stages start from the extracted particles."""
+    cfg = write_config(tmp_path / "movies.yaml", {"simulate": {"movies": {"enabled": True}}})
+    run = snakemake(tmp_path, "--dry-run", "--cores", "2", "--printshellcmds", "--configfile", str(cfg))
+    assert run.returncode == 0, run.stderr
+    counts = job_counts(run.stdout + run.stderr)
+    assert counts["ctf"] == 2 and counts["ctf_consensus"] == 1 and counts["pick"] == 1 and counts["extract"] == 1
+    assert "--particles results/simulate/particles.star" in run.stdout
+    cfg = write_config(tmp_path / "picked.yaml", {"simulate": {"movies": {"enabled": True}},
+                                                   "pick": {"use_for_particles": True}})
+    run = snakemake(tmp_path, "--dry-run", "--cores", "2", "--printshellcmds", "--configfile", str(cfg))
+    assert run.returncode == 0, run.stderr
+    assert "--particles results/extract/particles.star" in run.stdout
+    assert "simulate" not in job_counts(run.stdout + run.stderr)

@@ -17,6 +17,14 @@
       particles with run A's poses), D/consensus_poses.star (per particle),
       .json and .png (histograms of the differences).
 
+  spa consensus ctf --a A/micrographs_ctf.star --b B/micrographs_ctf.star --output-dir D
+      Micrographs whose two CTF estimates (e.g. spa ctf --method ctffind and
+      --method zeros) agree in phase to at least --max-consensus-resolution Å
+      (Marabini et al. 2015) and pass the thresholds (fit resolution,
+      astigmatism, defocus range, drift where the STAR has motion columns).
+      Writes D/micrographs_selected.star (A's estimates), D/micrographs_rejected.star
+      (with rlnSpaRejectReason), D/ctf_consensus.json and ctf_consensus.png.
+
 Runs are RELION particle STAR files (3.0 or 3.1) of the same particles.
 """
 
@@ -100,8 +108,73 @@ def add_args(p):
     q.set_defaults(_consensus=_poses)
 
 
+    t = sub.add_parser("ctf", help="micrographs whose two CTF estimates agree, and pass the thresholds",
+                       description=__doc__, formatter_class=p.formatter_class)
+    t.add_argument("--a", required=True, help="micrographs_ctf.star of estimator A (its estimates are kept)")
+    t.add_argument("--b", required=True, help="micrographs_ctf.star of estimator B")
+    t.add_argument("--output-dir", required=True, help="folder for micrographs_selected/rejected.star")
+    for flag, default, what in (("--max-fit-resolution", 8.0, "worst CTF fit resolution kept, Å"),
+                                ("--max-astigmatism", 2000.0, "largest astigmatism kept, Å"),
+                                ("--defocus-min", 3000.0, "smallest mean defocus kept, Å"),
+                                ("--defocus-max", 50000.0, "largest mean defocus kept, Å"),
+                                ("--max-consensus-resolution", 6.0, "the estimators must agree to at least this, Å"),
+                                ("--max-drift", 50.0, "largest total drift kept (rlnAccumMotionTotal), Å")):
+        t.add_argument(flag, type=float, default=default, help=f"{what} (default {default:g}; ≤ 0: off)")
+    add_common_args(t)
+    t.set_defaults(_consensus=_ctf)
+
+
 def main(args) -> int:
     return int(args._consensus(args) or 0)
+
+
+def _ctf(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from spa.consensus.ctf import CtfRules, ctf_consensus
+    from spa.io.star import read_micrographs, write_micrographs
+    from spa.plots import _pyplot, save_figure, write_figures_index
+    from spa.provenance import make_record
+
+    need = ("rlnMicrographName", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnCtfMaxResolution")
+    a, optics = read_micrographs(args.a, require=need)
+    b, _ = read_micrographs(args.b, require=need)
+    off = lambda v: None if v is None or v <= 0 else v  # noqa: E731
+    rules = CtfRules(off(args.max_fit_resolution), off(args.max_astigmatism), off(args.defocus_min),
+                     off(args.defocus_max), off(args.max_consensus_resolution), off(args.max_drift))
+    table = ctf_consensus(a, b, optics, rules)
+    if table.empty:
+        raise SpaInputError(args.b, f"no micrograph in common with {args.a} (matched by rlnMicrographName)")
+    kept = table[table.rlnSpaRejectReason == ""].drop(columns=["rlnSpaRejectReason"])
+    rejected = table[table.rlnSpaRejectReason != ""]
+    out = Path(args.output_dir)
+    record = make_record(args.argv, None, None, rules=rules.__dict__, kept=len(kept), rejected=len(rejected))
+    write_micrographs(out / "micrographs_selected.star", kept, optics, provenance=record)
+    write_micrographs(out / "micrographs_rejected.star", rejected, optics, provenance=record)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.scatter(0.5 * (table.rlnDefocusU + table.rlnDefocusV) / 1e4, table.rlnSpaCtfConsensusResolution,
+               c=np.where(table.rlnSpaRejectReason == "", "tab:green", "tab:red"), s=14)
+    ax.set_xlabel("mean defocus (µm)")
+    ax.set_ylabel("the two estimates agree to (Å)")
+    ax.set_title(f"CTF consensus: {len(kept)} kept (green), {len(rejected)} rejected (red)", fontsize=9)
+    fig.tight_layout()
+    from spa.io.atomic import atomic_path
+
+    save_figure(fig, out / "ctf_consensus.png", tight=False)
+    write_figures_index(out, [{"file": "ctf_consensus.png", "title": "CTF consensus and micrograph selection",
+                               "caption": "Per micrograph: the resolution to which the two estimators' CTFs stay "
+                                          "within 90° in phase, against defocus; red: rejected (reasons in "
+                                          "micrographs_rejected.star)."}])
+    summary = {"micrographs": len(table), "kept": len(kept), "rejected": len(rejected),
+               "reasons": rejected.rlnSpaRejectReason.tolist()}
+    with atomic_path(out / "ctf_consensus.json") as tmp:
+        Path(tmp).write_text(json.dumps(summary, indent=1))
+    print(json.dumps({k: v for k, v in summary.items() if k != "reasons"}))
+    print(f"consensus ctf: kept {len(kept)} of {len(table)} micrographs -> {out}", file=sys.stderr)
+    return 0
 
 
 def _need_runs(paths, n_min: int, n_max: int | None, what: str) -> None:

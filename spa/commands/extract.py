@@ -85,6 +85,9 @@ def main(args) -> int:
     out = Path(args.output_dir)
     options = {"box": opts.box, "rescaled_box": opts.rescaled_box, "invert": opts.invert,
                "background_radius": opts.background_radius, "dust_sigma": opts.dust_sigma}
+    from spa.em.run import code_digest
+
+    options["code"] = code_digest()  # a micrograph done by other code is done again
     rng_seed = seed_of(args, {})
     progress = progress_printer("extract: micrographs")
     tables, dropped = [], 0

@@ -37,18 +37,14 @@ def add_args(p):
 def _plots(out, local, values, mask, label):
     import numpy as np
 
-    from spa.io.atomic import atomic_path
-    from spa.plots import _pyplot, write_figures_index
+    from spa.plots import _pyplot, save_figure, write_figures_index
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     ax.hist(values, bins=30, color="tab:blue")
     ax.set_xlabel("local resolution (Å)")
     ax.set_ylabel("sample points")
-    fig.tight_layout()
-    with atomic_path(out / "locres_histogram.png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, out / "locres_histogram.png")
     box = local.shape[-1]
     c = box // 2
     shown = np.where(mask > 0.5, local, np.nan)
@@ -59,9 +55,7 @@ def _plots(out, local, values, mask, label):
         ax.set_title(f"central slice, {name} = centre")
         ax.axis("off")
     fig.colorbar(im, ax=axes, shrink=0.8, label="Å")
-    with atomic_path(out / "locres_slices.png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, out / "locres_slices.png", tight=False)
     write_figures_index(out, [
         {"file": "locres_histogram.png", "title": f"Local resolution: {label}",
          "caption": "Histogram of the local resolution at the sample points inside the mask (FSC 0.143 of the half "

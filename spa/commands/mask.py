@@ -30,8 +30,6 @@ COMMON_ARGS = True
 
 
 def main(args) -> int:
-    import numpy as np
-
     from spa.errors import SpaInputError
     from spa.io.mrc import read_mrc, write_mrc
     from spa.postprocess.masks import solvent_mask

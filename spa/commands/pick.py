@@ -34,11 +34,9 @@ def add_args(p):
 
 
 def _figure(out, shown):
-    import numpy as np
     from scipy import ndimage
 
-    from spa.io.atomic import atomic_path
-    from spa.plots import _pyplot, write_figures_index
+    from spa.plots import _pyplot, save_figure, write_figures_index
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 4.4), dpi=90, squeeze=False)
@@ -48,10 +46,7 @@ def _figure(out, shown):
             ax.add_patch(plt.Circle((x, y), diameter_px / 2, fill=False, color="lime", lw=0.8))
         ax.set_title(f"{name}: {len(picks)} picks", fontsize=9)
         ax.axis("off")
-    fig.tight_layout()
-    with atomic_path(out / "picks.png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, out / "picks.png")
     write_figures_index(out, [{"file": "picks.png", "title": "Picks (LoG)",
                                "caption": "The first micrographs (low-passed) with a circle of the particle "
                                           "diameter at every pick."}])
@@ -79,12 +74,23 @@ def main(args) -> int:
                           min_distance=args.min_distance)
     except ValueError as exc:
         raise SpaInputError(args.micrographs, str(exc)) from None
-    mics, optics = read_micrographs(args.micrographs)
+    from spa.io.star import read_star
+
+    listed = read_star(args.micrographs).get("micrographs")
+    if listed is not None and hasattr(listed, "empty") and listed.empty:
+        mics = listed
+    else:
+        mics, optics = read_micrographs(args.micrographs)
     if mics.empty:
-        raise SpaInputError(args.micrographs, "no micrographs listed")
+        raise SpaInputError(args.micrographs, "no micrographs listed (for a CTF consensus's micrographs_selected.star: "
+                                              "every micrograph was rejected, the reasons are in "
+                                              "micrographs_rejected.star beside it)")
     out = Path(args.output_dir)
     options = {"method": args.method, **{k: getattr(opts, k) for k in ("diameter_min", "diameter_max", "threshold",
                                                                           "min_distance", "radii", "high_resolution")}}
+    from spa.em.run import code_digest
+
+    options["code"] = code_digest()  # a micrograph done by other code is done again
     progress = progress_printer("pick: micrographs")
     names, files, counts, shown = [], [], [], []
     for i, row in enumerate(mics.itertuples(index=False)):

@@ -71,8 +71,6 @@ def _read_inputs(args):
 def main(args) -> int:
     from pathlib import Path
 
-    import numpy as np
-
     from spa.em.fsc import resolution_text
     from spa.io.mrc import write_mrc
     from spa.io.star import write_star

@@ -68,8 +68,7 @@ def fourier_sampling(rot, tilt, symmetry: str = "C1", *, width: float = 3.0, poi
 
 def plot_distribution(path, rot, tilt, sampling: Sampling, title: str = "") -> None:
     """Two panels: particle directions (Mollweide, counts per cell) and the Fourier-space sampling S(k)."""
-    from spa.io.atomic import atomic_path
-    from spa.plots import _pyplot
+    from spa.plots import _pyplot, save_figure
 
     plt = _pyplot()
     fig = plt.figure(figsize=(11, 4), dpi=90)
@@ -89,6 +88,4 @@ def plot_distribution(path, rot, tilt, sampling: Sampling, title: str = "") -> N
     ax2.grid(True, alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=10)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path, tight=False)

@@ -67,8 +67,7 @@ def reslog(table, star_path, *, sizes=None, symmetry: str = "C1", seed: int = 0,
 
 
 def plot_reslog(path, result: ResLog) -> None:
-    from spa.io.atomic import atomic_path
-    from spa.plots import _pyplot
+    from spa.plots import _pyplot, save_figure
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
@@ -83,7 +82,4 @@ def plot_reslog(path, result: ResLog) -> None:
     ax.set_xlabel("ln(number of particles)")
     ax.set_ylabel("1 / resolution² (Å⁻²)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)

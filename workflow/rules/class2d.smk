@@ -14,19 +14,21 @@ rule class2d:
         log_file("class2d"),
     benchmark:
         benchmark_file("class2d")
-    threads: config["workers"]
+    threads: em_threads()
     resources:
         mem_mb=4000,
         runtime=120,
+        dask_workers=dask_workers(),
     params:
         outdir=lambda w, output: os.path.dirname(output.data),
         classes=config["class2d"]["classes"],
         iters=config["class2d"]["iter"],
         diameter=option("--particle-diameter", config["particle_diameter"]),
         common=spa_common(em=True),
+        split=em_split(),
     shell:
         "spa class2d --particles {input.particles} --classes {params.classes} --iter {params.iters} "
-        "{params.diameter} --output-dir {params.outdir} {params.common} --workers {threads} "
+        "{params.diameter} --output-dir {params.outdir} {params.split} {params.common} --workers {resources.dask_workers} "
         "--resume > {log} 2>&1"
 
 

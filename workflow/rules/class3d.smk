@@ -18,10 +18,11 @@ rule class3d:
         log_file("class3d_{run}"),
     benchmark:
         benchmark_file("class3d_{run}")
-    threads: config["workers"]
+    threads: em_threads()
     resources:
         mem_mb=4000,
         runtime=240,
+        dask_workers=dask_workers(),
     params:
         outdir=lambda w, output: os.path.dirname(output.data),
         classes=config["class3d"]["classes"],
@@ -31,10 +32,11 @@ rule class3d:
         sym=config["symmetry"],
         diameter=option("--particle-diameter", config["particle_diameter"]),
         common=lambda w: spa_common(seed=config["seed"] + 1000 * int(w.run[3:]), em=True),
+        split=em_split(),
     shell:
         "spa class3d --particles {input.particles} --reference {input.reference} "
         "--classes {params.classes} --iter {params.iters} --offset-range {params.offsets} --consensus-iter {params.consensus} --sym {params.sym} {params.diameter} "
-        "--output-dir {params.outdir} {params.common} --workers {threads} --resume > {log} 2>&1"
+        "--output-dir {params.outdir} {params.split} {params.common} --workers {resources.dask_workers} --resume > {log} 2>&1"
 
 
 rule class3d_consensus:

@@ -45,19 +45,42 @@ REMOTE_WORKERS = str(CLUSTER.get("kind") or "local") != "local"
 
 def cluster_file():
     """The cluster section as a `spa --config` file, for the EM rules, when workers run elsewhere (SLURM
-    jobs or a running scheduler); none for local runs."""
-    return [result("cluster.yaml")] if REMOTE_WORKERS else []
+    jobs or a running scheduler); none for local runs. `ancient`: the file is remade when the section
+    changes, but that reruns no stage (where the workers run does not change the results)."""
+    return [ancient(result("cluster.yaml"))] if REMOTE_WORKERS else []
+
+
+def em_threads():
+    """Cores of an EM job: its Dask workers when they run inside it (cluster.kind local); 1 when the job
+    only drives workers that run elsewhere (SLURM jobs, a running scheduler)."""
+    return 1 if REMOTE_WORKERS else config["workers"]
+
+
+def dask_workers():
+    """Dask workers of an EM stage (`--workers {resources.dask_workers}`): the top-level `workers`, or for
+    workers elsewhere cluster.workers when set. A resource, not a param: changing it reruns nothing (the
+    results do not depend on it)."""
+    return (CLUSTER.get("workers") or config["workers"]) if REMOTE_WORKERS else config["workers"]
+
+
+def em_split(lanes=True):
+    """`--chunk-size` and (``lanes``) `--reduction-lanes` where the config sets them away from the commands'
+    defaults; nothing otherwise, so that the default config's commands (and their params) stay as they were."""
+    out = option("--chunk-size", config.get("chunk_size"))
+    if lanes and config.get("reduction_lanes", 1) != 1:
+        out += f" --reduction-lanes {config['reduction_lanes']}"
+    return out.strip()
 
 
 def spa_common(seed=None, em=False):
     """Options every `spa` stage takes (CLI.md): seed and array backend; for the EM stages (``em``) the
     cluster section (`--config results/cluster.yaml`) when workers are not local.
 
-    The Dask worker count is `--workers {threads}` in each rule, so that
-    Snakemake's core accounting and Dask agree.
+    An EM rule's Dask worker count is `--workers {resources.dask_workers}` (see `dask_workers`), its
+    threads `em_threads()`, so that Snakemake's core accounting and Dask agree.
     """
     seed = config["seed"] if seed is None else seed
-    cluster = f" --config {cluster_file()[0]}" if em and REMOTE_WORKERS else ""
+    cluster = f" --config {result('cluster.yaml')}" if em and REMOTE_WORKERS else ""
     return f"--seed {seed} --backend {config['backend']}{cluster}"
 
 
@@ -149,10 +172,24 @@ def import_inputs(wildcards=None):
     return files
 
 
+PICKED_PARTICLES = (MOVIES or MICROGRAPHS) and bool(config["pick"].get("use_for_particles")) and not USER_PARTICLES
+
+
+def micrographs_for_ctf():
+    """The micrographs the CTF is estimated on: motion correction's, or the imported ones (a run that starts
+    from particles never asks for the CTF rules)."""
+    targets = preprocess_targets()
+    return targets[0] if targets else result("import", "micrographs.star")
+
+
 def input_particles():
-    """The particle STAR the processing starts from: the config's input.particles, or the simulated data
-    (without poses)."""
-    return INPUT["particles"] if USER_PARTICLES else result("simulate", "particles.star")
+    """The particle STAR the processing starts from: the config's input.particles, the particles picked and
+    extracted from the micrographs (pick.use_for_particles), or the simulated data (without poses)."""
+    if USER_PARTICLES:
+        return INPUT["particles"]
+    if PICKED_PARTICLES:
+        return result("extract", "particles.star")
+    return result("simulate", "particles.star")
 
 
 def refine3d_particles():
@@ -164,7 +201,9 @@ def refine3d_particles():
 
 def particles_with_poses():
     """STAR file with the TRUE poses (reconstruction of the ideal map); None when there is none."""
-    return INPUT.get("truth_particles") if USER_PARTICLES else result("simulate", "truth", "particles.star")
+    if USER_PARTICLES or PICKED_PARTICLES:
+        return INPUT.get("truth_particles")  # picked particles have no true poses row by row
+    return result("simulate", "truth", "particles.star")
 
 
 def half_maps():
@@ -181,7 +220,11 @@ def ideal_map():
 
 def truth_map():
     """The true map (None when there is none)."""
-    return INPUT.get("truth_map") if USER_PARTICLES else result("simulate", "truth", "class001.mrc")
+    if USER_PARTICLES:
+        return INPUT.get("truth_map")
+    if PICKED_PARTICLES:
+        return INPUT.get("truth_map")  # the movie simulation's map has its own box: compare by hand
+    return result("simulate", "truth", "class001.mrc")
 
 
 # FSC comparisons: name -> (map1, map2). Each gives results/fsc/<name>/fsc.star; those against a truth
@@ -202,7 +245,8 @@ def final_targets():
     runs = [result("class3d", "consensus", "consensus_classes.star")] if config["class3d"]["runs"] >= 2 else []
     post = [result("postprocess", "postprocess.json"), result("locres", "locres.json"),
             result("validate", "validation.json")]
-    return [result("summary.json"), final_map(), *half_maps(), *runs, *post, *preprocess_targets()]
+    front = [result("extract", "particles.star")] if (MOVIES or MICROGRAPHS) else []
+    return [result("summary.json"), final_map(), *half_maps(), *runs, *post, *preprocess_targets(), *front]
 
 
 def summary_inputs(wildcards=None):
@@ -211,18 +255,3 @@ def summary_inputs(wildcards=None):
             "postprocess": result("postprocess", "postprocess.json"), "locres": result("locres", "locres.json"),
             "validation": result("validate", "validation.json")}
 
-
-rule cluster_config:
-    """The config's cluster section as a file the EM commands read (`--config`); rewritten when it changes."""
-    output:
-        result("cluster.yaml"),
-    params:
-        cluster=CLUSTER,
-    localrule: True
-    run:
-        import yaml
-
-        from spa.io.atomic import atomic_path
-
-        with atomic_path(output[0]) as tmp:
-            tmp.write_text(yaml.safe_dump({"cluster": dict(params.cluster)}, sort_keys=True))

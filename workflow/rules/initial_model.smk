@@ -14,10 +14,11 @@ rule initial_model:
         log_file("initial_model"),
     benchmark:
         benchmark_file("initial_model")
-    threads: config["workers"]
+    threads: em_threads()
     resources:
         mem_mb=4000,
         runtime=120,
+        dask_workers=dask_workers(),
     params:
         outdir=lambda w, output: os.path.dirname(output.model),
         iters=config["initial_model"]["iter"],
@@ -28,4 +29,4 @@ rule initial_model:
     shell:
         "spa initial-model --particles {input.particles} --class-averages {input.averages} "
         "--iter {params.iters} --candidates {params.candidates} --sym {params.sym} {params.diameter} "
-        "--output-dir {params.outdir} {params.common} --workers {threads} > {log} 2>&1"
+        "--output-dir {params.outdir} {params.common} --workers {resources.dask_workers} > {log} 2>&1"

@@ -14,17 +14,19 @@ if particles_with_poses():  # only where the true poses are known (the demo, or 
             log_file("reconstruct_{part}"),
         benchmark:
             benchmark_file("reconstruct_{part}")
-        threads: config["workers"]
+        threads: em_threads()
         resources:
             mem_mb=4000,
             runtime=30,
+            dask_workers=dask_workers(),
         params:
             subset=lambda w: {"half1": "--subset 1", "half2": "--subset 2", "full": ""}[w.part],
             sym=config["reconstruct"]["sym"],
             ctf="" if config["reconstruct"]["ctf"] else "--no-ctf",
             maxres=option("--maxres", config["reconstruct"]["maxres"]),
             common=spa_common(em=True),
+            split=em_split(lanes=False),
         shell:
             "spa reconstruct --particles {input.particles} --output {output.map} "
             "{params.subset} --sym {params.sym} {params.ctf} {params.maxres} "
-            "{params.common} --workers {threads} > {log} 2>&1"
+            "{params.split} {params.common} --workers {resources.dask_workers} > {log} 2>&1"

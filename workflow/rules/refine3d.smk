@@ -16,10 +16,11 @@ rule refine3d:
         log_file("refine3d"),
     benchmark:
         benchmark_file("refine3d")
-    threads: config["workers"]
+    threads: em_threads()
     resources:
         mem_mb=8000,
         runtime=480,
+        dask_workers=dask_workers(),
     params:
         outdir=lambda w, output: os.path.dirname(output.map),
         sym=config["symmetry"],
@@ -28,7 +29,8 @@ rule refine3d:
         max_order=config["refine3d"]["max_healpix_order"],
         diameter=option("--particle-diameter", config["particle_diameter"]),
         common=spa_common(em=True),
+        split=em_split(),
     shell:
         "spa refine3d --particles {input.particles} --reference {input.reference} --sym {params.sym} "
         "--max-iter {params.max_iter} --offset-range {params.offsets} --max-healpix-order {params.max_order} {params.diameter} "
-        "--output-dir {params.outdir} {params.common} --workers {threads} --resume > {log} 2>&1"
+        "--output-dir {params.outdir} {params.split} {params.common} --workers {resources.dask_workers} --resume > {log} 2>&1"
