@@ -236,6 +236,11 @@ if truth_map():
         FSC_PAIRS["ideal"] = lambda: [ideal_map(), truth_map()]
 
 
+# How each comparison is named in its figure's title (the report)
+FSC_TITLES = {"halves": "gold-standard half maps", "truth": "refined map vs the truth",
+              "ideal": "map from the true poses vs the truth"}
+
+
 def fsc_table(pair):
     return result("fsc", pair, "fsc.star")
 
