@@ -32,7 +32,7 @@ DEFAULT_CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 # true poses; class3d: two seeds; fsc: halves, truth, true poses vs truth).
 DEMO_JOBS = {"simulate": 1, "class2d": 1, "select": 1, "initial_model": 1, "class3d": 2, "class3d_consensus": 1,
              "refine3d": 1, "reconstruct": 1, "fsc": 3, "mask": 1, "postprocess": 1, "locres": 1, "validate": 1,
-             "summary": 1, "all": 1}
+             "summary": 1, "report_config": 1, "report": 1, "all": 1}
 
 
 def snakemake(workdir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

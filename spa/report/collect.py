@@ -33,12 +33,15 @@ STAGES = [
     ("postprocess", "Postprocessing"),
     ("locres", "Local resolution"),
     ("validate", "Validation"),
-    ("summary", "Summary"),
+    ("summary", "All FSC curves"),
 ]
 STAGE_TITLES = dict(STAGES)
 # sub-folders in their own order (others by name, after these)
 SUBFOLDERS = {"ctf": ["ctffind", "zeros", "consensus"], "fsc": ["halves", "truth", "ideal"],
               "class3d": ["run1", "run2", "run3", "run4", "run5", "run6", "run7", "run8", "run9", "consensus"]}
+SUBTITLES = {"fsc/halves": "gold-standard half maps", "fsc/truth": "refined map vs the truth",
+             "fsc/ideal": "map from the true poses vs the truth", "class3d/consensus": "class consensus",
+             "ctf/consensus": "consensus of the two estimates", **{f"class3d/run{i}": f"run {i}" for i in range(1, 10)}}
 
 
 @dataclass
@@ -108,7 +111,8 @@ def collect_sections(results, exclude=()) -> list[Section]:
         stage = rel.parts[0] if rel.parts else ""
         title = STAGE_TITLES.get(stage, stage.replace("_", " ").capitalize() or "Results")
         if len(rel.parts) > 1:
-            title += " — " + "/".join(rel.parts[1:])
+            sub = "/".join(rel.parts[1:])
+            title += " — " + SUBTITLES.get(f"{stage}/{sub}", sub)
         figures, problems = load_figures(index.parent)
         sections.append(Section(stage, rel.as_posix(), title, figures, problems))
     return sections
