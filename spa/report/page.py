@@ -64,8 +64,9 @@ def esc(text) -> str:
     return html.escape(str(text), quote=True)
 
 
-def anchor(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "section"
+def anchor(folder: str) -> str:
+    """The id of a stage folder's section: "stage-" + the folder, e.g. "stage-fsc-halves" (never "summary")."""
+    return "stage-" + (re.sub(r"[^a-z0-9]+", "-", folder.lower()).strip("-") or "results")
 
 
 def data_uri(path: Path) -> str:

@@ -55,7 +55,9 @@ def test_stages_in_pipeline_order_with_a_problem_instead_of_a_broken_image(resul
     sections = collect_sections(results, exclude=[results / "report"])
     assert [s.folder for s in sections] == ["class2d", "fsc/halves", "postprocess", "validate"]
     assert sections[-1].figures == [] and "missing or empty" in sections[-1].problems[0]
-    positions = [page.index(f'id="{a}"') for a in ("summary", "class2d", "fsc-halves", "postprocess", "validate")]
+    ids = re.findall(r'<section id="([^"]+)"', page)
+    assert ids == ["summary", "stage-class2d", "stage-fsc-halves", "stage-postprocess", "stage-validate"]
+    positions = [page.index(f'id="{a}"') for a in ids]
     assert positions == sorted(positions)
     assert "reslog.png: listed in figures.json but missing or empty" in page
 
@@ -72,8 +74,8 @@ def test_absent_stages_are_left_out(tmp_path):
     results = make_results(tmp_path, postprocess=False)
     assert main(["report", "--results", str(results), "--output-dir", str(tmp_path / "out")]) == 0
     page = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
-    assert "B-factor used for sharpening" not in page and 'id="postprocess"' not in page
-    assert 'id="class2d"' in page
+    assert "B-factor used for sharpening" not in page and 'id="stage-postprocess"' not in page
+    assert 'id="stage-class2d"' in page
 
 
 def test_a_missing_results_folder_is_one_clear_error(tmp_path, capsys):
