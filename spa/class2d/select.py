@@ -128,7 +128,8 @@ def _checks(f: pd.DataFrame, rules: SelectionRules) -> list:
         checks.append((res <= rules.max_resolution_ratio * best_res,
                        lambda i: f"resolution {res[i]:.3g} Å > {rules.max_resolution_ratio:g} × best {best_res:.3g} Å"))
     if rules.max_resolution is not None:
-        checks.append((res <= rules.max_resolution, lambda i: f"resolution {res[i]:.3g} Å > {rules.max_resolution:g} Å"))
+        checks.append((res <= rules.max_resolution,
+                       lambda i: f"resolution {res[i]:.3g} Å > {rules.max_resolution:g} Å"))
     # contrast reference: median over the best-resolved quarter of the populous classes
     ranked = np.argsort(res + np.where(pool, 0, 1e9), kind="stable")[: max(1, int(np.ceil(pool.sum() / 4)))]
     contrast = f["contrast"].to_numpy()

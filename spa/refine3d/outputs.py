@@ -55,8 +55,9 @@ def write_final(run, models, halves, full, sampling) -> None:
     write_star(d / "run_model.star", blocks, run.provenance)
     write_particles(d / "run_data.star", run.table, run.optics, run.provenance)
     plot_fsc(d / "run_fsc.png", [(run.fsc, "gold-standard FSC (half maps)")], run.box, run.pixel_size)
+    resolution = resolution_text(run.fsc, 0.143, run.box, run.pixel_size)
     write_figures_index(d, [{
-        "file": "run_fsc.png", "title": f"Gold-standard FSC of the refinement: 0.143 at {resolution_text(run.fsc, 0.143, run.box, run.pixel_size)}",
+        "file": "run_fsc.png", "title": f"Gold-standard FSC of the refinement: 0.143 at {resolution}",
         "caption": "Fourier shell correlation between the two independently refined half maps (no mask), against "
                    "spatial frequency (resolution in Å on the top axis); the resolution is read where it falls "
                    "below 0.143 (lower dashed line). A curve that never falls is limited by the pixel size "

@@ -131,7 +131,8 @@ def quality(results) -> list[tuple[str, str]]:
     loc = _json(results / "locres" / "locres.json")
     if loc and loc.get("percentiles_A"):
         p = loc["percentiles_A"]
-        rows.append(("local resolution, median (5–95 %)", f"{p.get('50', 0):.2f} Å ({p.get('5', 0):.2f}–{p.get('95', 0):.2f} Å)"))
+        rows.append(("local resolution, median (5–95 %)",
+                     f"{p.get('50', 0):.2f} Å ({p.get('5', 0):.2f}–{p.get('95', 0):.2f} Å)"))
     val = _json(results / "validate" / "validation.json")
     if val:
         if val.get("sampling_compensation_factor") is not None:

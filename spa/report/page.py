@@ -16,7 +16,8 @@ MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg"
         ".gif": "image/gif", ".webp": "image/webp"}
 
 STYLE = """
-body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1d232a; background: #f6f7f9; }
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1d232a;
+       background: #f6f7f9; }
 header, main, footer { max-width: 1150px; margin: 0 auto; padding: 0 20px; }
 header { padding-top: 18px; }
 h1 { margin: 0 0 4px; font-size: 26px; }

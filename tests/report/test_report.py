@@ -87,7 +87,8 @@ def test_a_missing_results_folder_is_one_clear_error(tmp_path, capsys):
 def _sphere(box=40, radius=10.0, noise=0.1, seed=0):
     z, y, x = np.indices((box,) * 3) - box // 2
     inside = np.sqrt(x * x + y * y + z * z) <= radius
-    return inside.astype(np.float32) + np.random.default_rng(seed).normal(0, noise, (box,) * 3).astype(np.float32), inside
+    noisy = inside.astype(np.float32) + np.random.default_rng(seed).normal(0, noise, (box,) * 3).astype(np.float32)
+    return noisy, inside
 
 
 def test_surface_level_encloses_the_molecule_not_the_noise():
