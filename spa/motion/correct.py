@@ -44,7 +44,7 @@ class MotionOptions:
     max_shift: float = 80.0  # Å, largest shift searched
     max_iter: int = 10
     tolerance: float = 0.01  # px, stop when no shift changes more
-    smooth: bool = True  # replace the measured global shifts by a robust cubic fit in time
+    smooth: bool = True  # replace the measured global shifts by a robust local cubic fit (11-frame window)
     dose_weighting: bool = True
     early_dose: float = 4.0  # e⁻/Å², end of the 'early' motion (RELION)
     float16: bool = False  # write the micrographs as float16
