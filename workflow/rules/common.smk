@@ -2,8 +2,11 @@
 # command takes, and which files the workflow must finally produce.
 #
 # Adding a stage: write workflow/rules/<stage>.smk whose outputs lie under
-# results/<stage>/ (use `result()`), include it in the Snakefile, and point
-# the functions in "Stage wiring" below at its outputs.
+# results/<stage>/ (use `result()`), include it in the Snakefile, and point the functions in "Stage wiring" below at its outputs;
+# its final outputs join the `all` target and the report's inputs with
+# `add_stage_outputs(lambda: [...])` in its .smk ([] where the config leaves
+# the stage out). Its figures reach the report through a figures.json in its
+# output folder (docs/stages.md, "report").
 
 RESULTS = config["results"].rstrip("/")
 

@@ -19,7 +19,8 @@ rule report_config:
 
 rule report:
     input:
-        stages=stage_outputs(),
+        # a function: evaluated once every .smk is read, so stages added after this file count too
+        stages=lambda wildcards: stage_outputs(),
         config=rules.report_config.output[0],
     output:
         page=report_page(),
