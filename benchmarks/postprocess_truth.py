@@ -14,7 +14,7 @@ Two parts:
   curves of one seed.
 * ``hb_c2``: ``../shared/testdata/hb_c2`` (ASPIRE haemoglobin, C2, box 64,
   1.64 Å/px, 1000 particles) at its SNR 1 and with white noise added to
-  SNR 0.03 / 0.01 / 0.003 / 0.001 (as benchmarks/bench_reconstruct.py, seeded);
+  SNR 0.1 / 0.03 / 0.01 / 0.003 / 0.001 (as benchmarks/bench_reconstruct.py, seeded);
   half maps reconstructed from the true poses (odd/even particles), and the
   half maps of refinements given by ``--refined NAME=DIR`` (refine3d's
   ``run_half{1,2}_class001_unfil.mrc``; their poses in ``run_data.star``
@@ -46,7 +46,7 @@ from spa.postprocess.phase_randomisation import corrected_fsc  # noqa: E402
 from spa.postprocess.postprocess import postprocess  # noqa: E402
 
 BOX, PIXEL, BFACTOR = 64, 1.5, 150.0
-HB_SNRS = (1.0, 0.03, 0.01, 0.003, 0.001)
+HB_SNRS = (1.0, 0.1, 0.03, 0.01, 0.003, 0.001)
 
 
 def _res(curve, threshold, box, pixel) -> str:
