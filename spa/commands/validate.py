@@ -37,8 +37,9 @@ def add_args(p):
     p.add_argument("--classes", default=None, help="2D class averages (.mrcs), for the reprojection check")
     p.add_argument("--truth", default=None, help="a map of known hand (e.g. a simulation's truth), for handedness")
     p.add_argument("--sym", default="C1", help="point group of the refinement (RELION names; default C1)")
-    p.add_argument("--checks", default=",".join(CHECKS),
-                   help=f"comma-separated checks to run (default all: {','.join(CHECKS)})")
+    p.add_argument("--checks", default=None,
+                   help=f"comma-separated checks to run (default: all of {','.join(CHECKS)} that the inputs "
+                        "allow — without --map only angular, reslog and noise_substitution)")
     p.add_argument("--subset", type=int, default=300,
                    help="particles of the checks that re-align (noise_particles, alignability; default 300)")
     p.add_argument("--width", type=float, default=3.0, help="angular width of a central plane, degrees (default 3)")
@@ -65,10 +66,13 @@ def main(args) -> int:
     from spa.errors import SpaInputError
     from spa.io.atomic import atomic_path
     from spa.plots import write_figures_index
-    from spa.validation.run import CHECKS, ValidationInputs, validate
+    from spa.validation.run import CHECKS, MAP_CHECKS, ValidationInputs, validate
 
     cfg = load_config(args, "validate")
-    checks = tuple(c.strip() for c in args.checks.split(",") if c.strip())
+    if args.checks is None:
+        checks = CHECKS if args.map else tuple(c for c in CHECKS if c not in MAP_CHECKS)
+    else:
+        checks = tuple(c.strip() for c in args.checks.split(",") if c.strip())
     unknown = sorted(set(checks) - set(CHECKS))
     if unknown:
         raise SpaInputError(None, f"unknown check(s) {', '.join(unknown)}: choose from {', '.join(CHECKS)}")

@@ -33,13 +33,20 @@ from spa.validation.search import search_poses
 @dataclass
 class NoiseParticles:
     """The real subset's and the noise subset's half-map FSC after the same search; the reference's low-pass
-    (Å); the correlation of the noise map with the reference (inside the low-pass: the phantom); particles."""
+    (Å) and the finest resolution it holds any of (the end of its 2-shell raised-cosine edge, Å); the
+    correlation of the noise map with the reference (inside the low-pass: the phantom); particles."""
 
     real: HalfFSC
     noise: HalfFSC
     reference_resolution: float
+    reference_limit: float
     noise_vs_reference: float
     particles: int
+
+    @property
+    def passed(self) -> bool:
+        """The noise map reaches no further than the reference holds, and less far than the real particles."""
+        return self.noise.resolution >= 0.98 * self.reference_limit and self.noise.resolution > self.real.resolution
 
 
 class NoiseImages:
@@ -95,7 +102,9 @@ def noise_particle_test(source, table, subset, volume, *, resolution: float, sym
     shell = max(1, int(box * pixel / resolution))
     phantom = fsc(0.5 * (fake_maps[0] + fake_maps[1]), lowpass(np.asarray(volume, np.float32), pixel, resolution,
                                                                    ndim=3))
-    return NoiseParticles(real, fake, float(resolution), float(np.mean(phantom[1:shell + 1])), len(table))
+    limit = box * pixel / (box * pixel / resolution + 2.0)  # lowpass()'s edge: 2 shells beyond the cut-off
+    return NoiseParticles(real, fake, float(resolution), float(limit), float(np.mean(phantom[1:shell + 1])),
+                          len(table))
 
 
 def plot_noise_particles(path, result: NoiseParticles, box: int, pixel_size: float) -> None:

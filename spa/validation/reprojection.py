@@ -4,9 +4,11 @@ A 2D class average is (close to) a projection of the molecule, CTF-corrected;
 if the refined map is right, some projection of it matches every good class.
 For each class average the best projection is found by projection matching:
 
-1. both are low-passed to ``resolution`` Å and multiplied by a soft circular
-   mask (radius 0.45 of the box, 3 px edge), then normalised to zero mean and
-   unit norm inside it;
+1. both are band-passed between ``highpass`` and ``resolution`` Å (the
+   high-pass removes the particle's overall envelope: at low resolution any
+   compact blob of the right size matches some projection of any other) and
+   multiplied by a soft circular mask (radius 0.45 of the box, 3 px edge),
+   then normalised to zero mean and unit norm inside it;
 2. every orientation of a coarse grid (HEALPix order ``order`` directions in
    the asymmetric unit of the point group × all in-plane angles ψ at the same
    step, :func:`spa.geometry.sampling.orientation_grid`) is projected
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spa.em.projector import Projector
-from spa.fourier import lowpass, soft_circular_mask
+from spa.fourier import highpass_weights, irfft_centered, lowpass_weights, rfft_centered, soft_circular_mask
 from spa.geometry.euler import euler_to_matrix, matrix_to_euler
 from spa.geometry.sampling import orientation_grid
 from spa.geometry.symmetry import axis_rotation
@@ -49,9 +51,15 @@ class Reprojections:
     projections: np.ndarray
 
 
-def _prepare(images, mask, pixel_size: float, resolution: float):
-    """Low-pass, mask, zero mean and unit norm inside the mask (n, B, B) float64; empty images stay 0."""
-    out = np.asarray(lowpass(np.asarray(images, np.float32), pixel_size, resolution, ndim=2), np.float64) * mask
+def _prepare(images, mask, pixel_size: float, resolution: float, highpass: float | None = None):
+    """Band-pass (``highpass`` … ``resolution`` Å), mask, zero mean and unit norm inside the mask (n, B, B)
+    float64; empty images stay 0."""
+    images = np.asarray(images, np.float32)
+    box = images.shape[-1]
+    w = lowpass_weights(box, pixel_size, resolution)
+    if highpass:
+        w = w * highpass_weights(box, pixel_size, highpass)
+    out = np.asarray(irfft_centered(rfft_centered(images) * w, box), np.float64) * mask
     w = mask / mask.sum()
     mean = (out * w).sum(axis=(-2, -1), keepdims=True)
     out = (out - mean) * mask
@@ -65,9 +73,9 @@ def _shift_window(box: int, max_shift: float) -> np.ndarray:
     return lag[:, None] ** 2 + lag[None, :] ** 2 <= max_shift**2 + 1e-9
 
 
-def _best_matches(classes_f, projections, mask, pixel_size, resolution, window):
+def _best_matches(classes_f, projections, mask, pixel_size, resolution, highpass, window):
     """(best correlation (K,), index into ``projections`` (K,), lag (K, 2) (x, y) px) over projections."""
-    p = _prepare(projections, mask, pixel_size, resolution)
+    p = _prepare(projections, mask, pixel_size, resolution, highpass)
     pf = np.fft.rfft2(p)
     box = p.shape[-1]
     cc = np.fft.irfft2(classes_f[:, None] * pf[None].conj(), s=(box, box))  # (K, R, B, B): class ⋆ projection
@@ -88,7 +96,8 @@ def _small_rotations(step_deg: float) -> np.ndarray:
 
 
 def match_classes(volume, classes, pixel_size: float, *, symmetry: str = "C1", resolution: float = 10.0,
-                  order: int = 2, max_shift: float = 4.0, batch: int = 512, progress=None) -> Reprojections:
+                  highpass: float | None = 30.0, order: int = 2, max_shift: float = 4.0, batch: int = 512,
+                  progress=None) -> Reprojections:
     """Projection matching of each class average (K, B, B) against the map (B, B, B), both at ``pixel_size``
     Å/px (see the module docstring).  ``max_shift`` px; ``progress(done, total)`` per batch of the grid."""
     volume = np.asarray(volume, np.float32)
@@ -98,7 +107,7 @@ def match_classes(volume, classes, pixel_size: float, *, symmetry: str = "C1", r
         raise ValueError(f"class averages of {classes.shape[-1]} px against a map of {box} px")
     mask = soft_circular_mask(box, 0.45 * box, 3.0).astype(np.float64)
     window = _shift_window(box, max_shift)
-    c = _prepare(classes, mask, pixel_size, resolution)
+    c = _prepare(classes, mask, pixel_size, resolution, highpass)
     empty = ~np.any(c != 0, axis=(-2, -1))
     cf = np.fft.rfft2(c)
     projector = Projector(volume)
@@ -111,7 +120,7 @@ def match_classes(volume, classes, pixel_size: float, *, symmetry: str = "C1", r
     for i, s in enumerate(starts):
         r = grid[s:s + batch]
         score, j, _ = _best_matches(cf, projector.project_images(r.astype(np.float32)), mask, pixel_size,
-                                    resolution, window)
+                                    resolution, highpass, window)
         better = score > best
         best[better], best_r[better] = score[better], r[j[better]]
         if progress:
@@ -123,7 +132,7 @@ def match_classes(volume, classes, pixel_size: float, *, symmetry: str = "C1", r
         for ci in range(k):
             cand = best_r[ci] @ deltas
             score, j, lg = _best_matches(cf[ci:ci + 1], projector.project_images(cand.astype(np.float32)), mask,
-                                         pixel_size, resolution, window)
+                                         pixel_size, resolution, highpass, window)
             if score[0] >= best[ci]:
                 best[ci], best_r[ci], lag[ci] = score[0], cand[j[0]], lg[0]
         step /= 2
@@ -132,7 +141,8 @@ def match_classes(volume, classes, pixel_size: float, *, symmetry: str = "C1", r
     proj = np.stack([np.roll(p, (int(ly), int(lx)), axis=(0, 1)) for p, (lx, ly) in zip(proj, lag)])
     angles = np.column_stack(matrix_to_euler(best_r))
     corr = np.where(empty, np.nan, best)
-    return Reprojections(corr, angles, lag.astype(float), c.astype(np.float32), proj.astype(np.float32))
+    shown = _prepare(classes, mask, pixel_size, resolution)  # for the figure: low-passed only
+    return Reprojections(corr, angles, lag.astype(float), shown.astype(np.float32), proj.astype(np.float32))
 
 
 def plot_histogram(path, result: Reprojections, threshold: float | None = None) -> None:

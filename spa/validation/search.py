@@ -77,17 +77,29 @@ def _search_chunk(source, shared: _Shared, idx, particles):
                           priors=particles.get("angles"))
     img, rot, shift, w = (be.to_numpy(a) for a in (post.img, post.rot, post.shift, post.weight))
     n = images.shape[0]
-    order = np.lexsort((-w, img))
-    best = order[np.searchsorted(img[order], np.arange(n))]
-    euler = np.asarray(ctx.sampling.fine_rotations[rot], np.float64)
-    mats = euler_to_matrix(*euler.T)
-    angle = angular_distance_sym(mats[best][img], mats, shared.symmetry)
     w64 = w.astype(np.float64)
-    spread = np.sqrt(np.bincount(img, weights=w64 * angle**2, minlength=n) /
-                     np.maximum(np.bincount(img, weights=w64, minlength=n), 1e-300))
+    if np.any(np.diff(img) < 0):  # image-major order, as the fine pass makes it
+        o = np.argsort(img, kind="stable")
+        img, rot, shift, w64 = img[o], rot[o], shift[o], w64[o]
+    # candidates are image-major (sorted by image): the best of each image by a segment maximum
+    starts = np.searchsorted(img, np.arange(n))
+    top = np.nonzero(w64 == np.maximum.reduceat(w64, starts)[img])[0]
+    best = top[np.searchsorted(img[top], np.arange(n))]
+    # the spread: weights summed over shifts per (image, rotation), negligible ones dropped, one angle each
+    keep = w64 > 1e-6
+    pair, inverse = np.unique(img[keep].astype(np.int64) * (int(rot.max()) + 1) + rot[keep], return_inverse=True)
+    pw = np.bincount(inverse.reshape(-1), weights=w64[keep])
+    p_img, p_rot = np.divmod(pair, int(rot.max()) + 1)
+    rots, r_idx = np.unique(np.concatenate([p_rot, rot[best]]), return_inverse=True)
+    mats = euler_to_matrix(*np.asarray(ctx.sampling.fine_rotations[rots], np.float64).T)
+    best_mats = mats[r_idx[len(p_rot):]]
+    angle = angular_distance_sym(best_mats[p_img], mats[r_idx[:len(p_rot)]], shared.symmetry)
+    spread = np.sqrt(np.bincount(p_img, weights=pw * angle**2, minlength=n) /
+                     np.maximum(np.bincount(p_img, weights=pw, minlength=n), 1e-300))
+    euler = np.asarray(ctx.sampling.fine_rotations[rot[best]], np.float64)
     centres = np.asarray(particles["centres"], np.float64)
     shifts = np.asarray(ctx.sampling.fine_translations, np.float64)[shift[best]]
-    return None, {"angles": euler[best], "offsets": centres + shifts, "spread": spread,
+    return None, {"angles": euler, "offsets": centres + shifts, "spread": spread,
                   "max_prob": w64[best]}
 
 
