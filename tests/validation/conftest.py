@@ -32,20 +32,21 @@ class Refined:
     euler: np.ndarray
 
 
-def write_particles_set(folder: Path, name: str, images, table, euler, origins_a) -> Path:
-    """An MRCS stack and a STAR (optics block) with the given poses and origins; returns the STAR path."""
+def write_particles_set(folder: Path, name: str, images, table, euler, origins_a, *, box: int = BOX,
+                        pixel: float = PIXEL) -> Path:
+    """An MRCS stack and a STAR (optics block) with the given poses, origins and halves; returns its path."""
     from spa.io.mrc import write_mrcs
     from spa.io.star import write_particles
 
     stack = folder / f"{name}.mrcs"
-    write_mrcs(stack, images, PIXEL)
+    write_mrcs(stack, images, pixel)
     t = table.copy()
     t["rlnImageName"] = [f"{i + 1}@{stack}" for i in range(len(images))]
     t["rlnAngleRot"], t["rlnAngleTilt"], t["rlnAnglePsi"] = np.asarray(euler).T
     t["rlnOriginXAngst"], t["rlnOriginYAngst"] = np.asarray(origins_a).T
     t["rlnRandomSubset"] = np.arange(len(t)) % 2 + 1
-    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["g1"], "rlnImagePixelSize": [PIXEL],
-                           "rlnImageSize": [BOX], "rlnVoltage": [300.0], "rlnSphericalAberration": [2.7],
+    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["g1"], "rlnImagePixelSize": [pixel],
+                           "rlnImageSize": [box], "rlnVoltage": [300.0], "rlnSphericalAberration": [2.7],
                            "rlnAmplitudeContrast": [0.1]})
     drop = [c for c in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnImagePixelSize",
                         "rlnImageSize") if c in t.columns]

@@ -240,6 +240,16 @@ def fsc_table(pair):
     return result("fsc", pair, "fsc.star")
 
 
+def validate_inputs(wildcards=None):
+    """Inputs of `spa validate`: the refinement, the class averages, and the truth map where there is one."""
+    inputs = {"particles": result("refine3d", "run_data.star"), "map": final_map(), "half1": half_maps()[0],
+              "half2": half_maps()[1],
+              "classes": result("class2d", "run_classes.mrcs")}
+    if truth_map():
+        inputs["truth"] = truth_map()
+    return inputs
+
+
 def final_targets():
     """The final targets (inputs of the `all` target): the summary and the maps it describes."""
     runs = [result("class3d", "consensus", "consensus_classes.star")] if config["class3d"]["runs"] >= 2 else []

@@ -3,15 +3,6 @@
 # known hand (the truth) exists. Numbers in validation.json, figures listed in figures.json.
 
 
-def validate_inputs(wildcards=None):
-    inputs = {"particles": result("refine3d", "run_data.star"), "map": final_map(), "half1": half_maps()[0],
-              "half2": half_maps()[1],
-              "classes": result("class2d", "run_classes.mrcs")}
-    if truth_map():
-        inputs["truth"] = truth_map()
-    return inputs
-
-
 rule validate:
     input:
         unpack(validate_inputs),
