@@ -48,14 +48,14 @@ def add_args(p):
     p.add_argument("--final-order", type=int, default=4,
                    help="HEALPix order of the local searches, the refinement's last (default 4)")
     p.add_argument("--search-resolution", type=float, default=None,
-                   help="Å: low-pass of the map in the alignability searches (default 1.5 × the half maps' "
+                   help="Å: low-pass of the map in the alignability searches (default the half maps' "
                         "resolution)")
     p.add_argument("--noise-reference-resolution", type=float, default=None,
                    help="Å: low-pass of the reference of the noise-particle test (default 2.5 × the resolution, "
                         "at least 10)")
     p.add_argument("--substitute-from", type=float, default=None,
                    help="Å: noise substitution beyond this resolution (default where the half maps' FSC drops "
-                        "below 0.8)")
+                        "below 0.8, at most ¾ of Nyquist)")
     p.add_argument("--output-dir", required=True, help="folder for validation.json, the plots and figures.json")
 
 

@@ -39,9 +39,9 @@ class ValidationInputs:
     width: float = 3.0  # angular width of a central plane (angular check)
     search_order: int = 2  # HEALPix order of the global searches
     final_order: int = 4  # HEALPix order of the local searches (the refinement's last)
-    search_resolution: float | None = None  # Å; default 1.5 × the half maps' resolution, ≥ 3 px
+    search_resolution: float | None = None  # Å; default the half maps' resolution (≥ Nyquist)
     noise_reference_resolution: float | None = None  # Å; default 2.5 × the resolution, ≥ 10 Å
-    substitute_from: float | None = None  # Å; default where the half maps' FSC drops below 0.8
+    substitute_from: float | None = None  # Å; default where the half maps' FSC drops below 0.8, ≤ ¾ Nyquist
     seed: int = 0
     backend: str | None = None
 
@@ -189,7 +189,8 @@ def _noise_substitution(inp, out, *, table, halves, pixel, progress, **_):
         from spa.em.fsc import fsc
         from spa.postprocess.phase_randomisation import randomisation_shell
 
-        shell = randomisation_shell(fsc(*halves))
+        # where the halves' FSC drops below 0.8, but at most ¾ of Nyquist: a band must remain to look at
+        shell = min(randomisation_shell(fsc(*halves)), (3 * (halves[0].shape[-1] // 2)) // 4)
     else:
         return {"verdict": "not run: give the half maps or a substitution resolution"}, []
     rows, subset = _subset_rows(table, len(table), inp.seed)
@@ -197,7 +198,7 @@ def _noise_substitution(inp, out, *, table, halves, pixel, progress, **_):
     box = int(source.box)
     r = noise_substitution(source, rows, subset, from_shell=shell, symmetry=inp.symmetry, seed=inp.seed,
                            backend=inp.backend)
-    ok = r.mean_abs_beyond < 0.05
+    ok = bool(r.mean_abs_beyond < 0.05)  # NaN (no shells beyond): not passed
     verdict = (f"FSC of the substituted images ≈ 0 beyond {r.substitution_resolution:.1f} Å (mean |FSC| "
                f"{r.mean_abs_beyond:.3f}); given poses, not re-refined" if ok else
                f"the substituted images still correlate beyond {r.substitution_resolution:.1f} Å (mean |FSC| "
@@ -217,7 +218,7 @@ def _noise_substitution(inp, out, *, table, halves, pixel, progress, **_):
 def _search_resolution(inp, resolution, pixel):
     if inp.search_resolution:
         return float(inp.search_resolution)
-    return max(1.5 * (resolution or 4 * pixel), 3.0 * pixel)
+    return max(resolution or 4 * pixel, 2.0 * pixel)
 
 
 def _noise_particles(inp, out, *, table, volume, pixel, resolution, progress, **_):
@@ -257,6 +258,12 @@ def _alignability(inp, out, *, table, volume, pixel, resolution, progress, **_):
                      global_order=inp.search_order, final_order=inp.final_order, backend=inp.backend,
                      progress=progress)
     plot_alignability(out / "alignability.png", a)
+    from spa.io.star import write_star
+
+    per_particle = rows[[c for c in ("rlnImageName", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi") if c in rows]].copy()
+    per_particle["rlnSpaPosePrecision"] = a.precision  # degrees: posterior spread around the refined pose
+    per_particle["rlnSpaPoseAccuracy"] = a.accuracy  # degrees: refined pose vs a fresh global search
+    write_star(out / "alignability.star", {"particles": per_particle})
     verdict = (f"{100 * a.agreeing:.0f} % of a fresh global search agrees within {a.agree_within:.1f}° of the refined "
                f"poses; posterior spread median {np.median(a.precision):.1f}°")
     section = {"particles": len(rows), "search_resolution_A": _r(res),
@@ -269,7 +276,7 @@ def _alignability(inp, out, *, table, volume, pixel, resolution, progress, **_):
                       "caption": "Left: precision, the posterior's RMS angular spread around each particle's refined "
                                  "pose (local re-search). Right: accuracy, the angle between the refined pose and "
                                  "that of a fresh global search (random subset); the dashed line is twice the "
-                                 "final fine step."}]
+                                 "final fine step. Per particle: alignability.star."}]
 
 
 def _handedness(inp, out, *, volume, pixel, **_):
