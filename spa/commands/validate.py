@@ -86,11 +86,14 @@ def main(args) -> int:
         substitute_from=args.substitute_from, seed=seed_of(args, cfg), backend=getattr(args, "backend", None))
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from spa.provenance import make_record
+
+    record = make_record(getattr(args, "argv", None), cfg, inputs.seed)
     summary, figures = validate(inputs, out, progress=progress_printer,
-                                log=lambda line: print(line, file=sys.stderr))
+                                log=lambda line: print(line, file=sys.stderr), provenance=record)
     write_figures_index(out, figures)
     with atomic_path(out / "validation.json") as tmp:
-        Path(tmp).write_text(json.dumps(summary, indent=1, ensure_ascii=False))
+        Path(tmp).write_text(json.dumps({**summary, "provenance": record}, indent=1, ensure_ascii=False))
     print(json.dumps(summary, ensure_ascii=False))
     for name in checks:
         print(f"validate: {name}: {summary[name].get('verdict', '')}", file=sys.stderr)

@@ -60,8 +60,9 @@ def _subset_rows(table, n: int, seed: int):
     return rows, random_halves(rows, seed)
 
 
-def validate(inp: ValidationInputs, out: Path, *, progress=None, log=print):
-    """Run the checks; write their plots into ``out``; return (summary dict, figure entries)."""
+def validate(inp: ValidationInputs, out: Path, *, progress=None, log=print, provenance: dict | None = None):
+    """Run the checks; write their plots (and alignability.star, with ``provenance``) into ``out``; return
+    (summary dict, figure entries)."""
     from spa.errors import SpaInputError
     from spa.io.star import read_particles
 
@@ -94,7 +95,8 @@ def validate(inp: ValidationInputs, out: Path, *, progress=None, log=print):
     for name in inp.checks:
         log(f"validate: {name}")
         section, figs = _CHECK_FUNCTIONS[name](inp, out, table=table, volume=volume, halves=halves, pixel=pixel,
-                                               resolution=resolution, progress=step(f"validate: {name}"))
+                                               resolution=resolution, progress=step(f"validate: {name}"),
+                                               provenance=provenance)
         summary[name] = section
         figures += figs
     return summary, figures
@@ -152,8 +154,8 @@ def _reprojection(inp, out, *, volume, pixel, resolution, progress, **_):
                "threshold": _r(threshold), "verdict": verdict}
     return section, [
         {"file": "reprojection_histogram.png", "title": f"Class averages vs reprojections: {verdict}",
-         "caption": f"Correlation (inside a circular mask, both band-passed to {high:.0f}–{low:.0f} Å) of each 2D class "
-                    "average with the best-matching projection of the refined map (global search over "
+         "caption": f"Correlation (inside a circular mask, both band-passed to {high:.0f}–{low:.0f} Å) of each 2D "
+                    "class average with the best-matching projection of the refined map (global search over "
                     "orientations and in-plane shifts). Good classes lie near 1."},
         {"file": "reprojection_worst.png", "title": "The worst-matching class averages and their reprojections",
          "caption": "Top: the class averages with the lowest correlation (class numbers 1-based: "
@@ -236,7 +238,8 @@ def _noise_particles(inp, out, *, table, volume, pixel, resolution, progress, **
                f"real ones {r.real.resolution:.1f} Å through the same search" +
                ("" if ok else ": the noise map is as good as the data's — its resolution comes from the reference"))
     plot_noise_particles(out / "noise_particles.png", r, int(source.box), pixel)
-    section = {"particles": r.particles, "reference_lowpass_A": _r(ref_res), "reference_limit_A": _r(r.reference_limit), "resolution_real_A": _r(r.real.resolution),
+    section = {"particles": r.particles, "reference_lowpass_A": _r(ref_res),
+               "reference_limit_A": _r(r.reference_limit), "resolution_real_A": _r(r.real.resolution),
                "resolution_noise_A": _r(r.noise.resolution), "noise_map_vs_reference": _r(r.noise_vs_reference),
                "passed": bool(ok), "verdict": verdict}
     return section, [{"file": "noise_particles.png", "title": f"Noise particles (Heymann 2015): {verdict}",
@@ -246,7 +249,7 @@ def _noise_particles(inp, out, *, table, volume, pixel, resolution, progress, **
                                  "to the reference's resolution, no further."}]
 
 
-def _alignability(inp, out, *, table, volume, pixel, resolution, progress, **_):
+def _alignability(inp, out, *, table, volume, pixel, resolution, progress, provenance=None, **_):
     from spa.io.images import ParticleImages
     from spa.validation.alignability import alignability, plot_alignability
 
@@ -263,7 +266,7 @@ def _alignability(inp, out, *, table, volume, pixel, resolution, progress, **_):
     per_particle = rows[[c for c in ("rlnImageName", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi") if c in rows]].copy()
     per_particle["rlnSpaPosePrecision"] = a.precision  # degrees: posterior spread around the refined pose
     per_particle["rlnSpaPoseAccuracy"] = a.accuracy  # degrees: refined pose vs a fresh global search
-    write_star(out / "alignability.star", {"particles": per_particle})
+    write_star(out / "alignability.star", {"particles": per_particle}, provenance=provenance)
     verdict = (f"{100 * a.agreeing:.0f} % of a fresh global search agrees within {a.agree_within:.1f}° of the refined "
                f"poses; posterior spread median {np.median(a.precision):.1f}°")
     section = {"particles": len(rows), "search_resolution_A": _r(res),
@@ -292,7 +295,8 @@ def _handedness(inp, out, *, volume, pixel, **_):
         return {"judged": False, "verdict": f"cannot be judged: {h.reason}"}, []
     verdict = ("the map has the reference's hand" if h.correct else
                "the map is the mirror image of the reference: flip its hand (z → −z)")
-    return {"judged": True, "reference": inp.truth, "fsc_map": _r(h.correlation), "fsc_mirror": _r(h.mirror_correlation),
+    return {"judged": True, "reference": inp.truth, "fsc_map": _r(h.correlation),
+            "fsc_mirror": _r(h.mirror_correlation),
             "resolution_A": _r(h.resolution), "correct_hand": bool(h.correct), "verdict": verdict}, []
 
 
