@@ -84,7 +84,14 @@ def validate(inp: ValidationInputs, out: Path, *, progress=None, log=print, prov
 
         halves = [read_mrc(inp.half1)[0], read_mrc(inp.half2)[0]]
         pixel = pixel or read_mrc(inp.half1)[1]
+        if halves[0].shape != halves[1].shape:
+            raise SpaInputError(inp.half2, f"shape {halves[1].shape} differs from {inp.half1} {halves[0].shape}")
     pixel = float(table["rlnImagePixelSize"].iloc[0]) if "rlnImagePixelSize" in table else pixel
+    box = int(table["rlnImageSize"].iloc[0]) if "rlnImageSize" in table else None
+    for path, vol in ((inp.map, volume), (inp.half1, halves[0] if halves else None)):
+        if vol is not None and (vol.ndim != 3 or len(set(vol.shape)) != 1 or (box and vol.shape[0] != box)):
+            raise SpaInputError(path, f"map of shape {vol.shape}: expected a cubic map of the particles' box "
+                                      f"({box} px, from {inp.particles})")
     resolution = None
     if halves is not None:
         from spa.validation.halves import half_fsc

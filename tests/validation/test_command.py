@@ -44,3 +44,14 @@ def test_validate_refuses_a_map_check_without_a_map(refined, tmp_path):
     assert main(["validate", "--particles", str(refined.star), "--checks", "alignability",
                  "--output-dir", str(tmp_path / "v")]) != 0
     assert not (tmp_path / "v" / "validation.json").exists()
+
+
+def test_validate_names_a_map_of_the_wrong_box(refined, tmp_path):
+    from spa.cli import main
+    from spa.io.mrc import write_mrc
+
+    wrong = tmp_path / "wrong.mrc"
+    write_mrc(wrong, np.zeros((20, 20, 20), np.float32), PIXEL)
+    assert main(["validate", "--particles", str(refined.star), "--map", str(wrong), "--checks", "handedness",
+                 "--output-dir", str(tmp_path / "v")]) != 0
+    assert not (tmp_path / "v" / "validation.json").exists()
