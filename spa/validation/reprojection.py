@@ -2,7 +2,9 @@
 
 A 2D class average is (close to) a projection of the molecule, CTF-corrected;
 if the refined map is right, some projection of it matches every good class.
-For each class average the best projection is found by projection matching:
+For each class average the best projection is found by projection matching,
+on both Fourier-cropped to :func:`working_box` (Nyquist a third of the
+matching resolution):
 
 1. both are band-passed between ``highpass`` and ``resolution`` Å (the
    high-pass removes the particle's overall envelope: at low resolution any
@@ -41,8 +43,8 @@ from spa.geometry.symmetry import axis_rotation
 @dataclass
 class Reprojections:
     """Per class: ``correlation`` (NaN for an empty class), best ``angles`` (K, 3) RELION Euler degrees,
-    ``shifts`` (K, 2) px that move the projection onto the class, and ``projections`` (K, B, B) (filtered,
-    masked, normalised as the ``classes`` beside them)."""
+    ``shifts`` (K, 2) px (of the input box) that move the projection onto the class, and ``classes`` and
+    ``projections`` (K, b, b) at the working box (filtered, masked, normalised) for figures."""
 
     correlation: np.ndarray
     angles: np.ndarray
@@ -95,18 +97,37 @@ def _small_rotations(step_deg: float) -> np.ndarray:
     return np.stack([np.eye(3)] + [axis_rotation(a, s * step_deg) for a in axes for s in (1, -1)])
 
 
+def working_box(box: int, pixel_size: float, resolution: float, minimum: int = 32) -> int:
+    """Even box (≤ ``box``) whose Nyquist is at most a third of ``resolution`` Å: matching at 10 Å needs no
+    finer pixels than ~3 Å, and a smaller box makes every projection and FFT cheaper."""
+    need = int(np.ceil(box * pixel_size * 3.0 / resolution))
+    return int(min(box, max(minimum, need + need % 2)))
+
+
+#: elements (classes × projections × pixels) of one cross-correlation block (float64: 128 MB)
+_BLOCK = 1 << 24
+
+
 def match_classes(volume, classes, pixel_size: float, *, symmetry: str = "C1", resolution: float = 10.0,
-                  highpass: float | None = 30.0, order: int = 2, max_shift: float = 4.0, batch: int = 512,
+                  highpass: float | None = 30.0, order: int = 2, max_shift: float = 4.0,
                   progress=None) -> Reprojections:
     """Projection matching of each class average (K, B, B) against the map (B, B, B), both at ``pixel_size``
-    Å/px (see the module docstring).  ``max_shift`` px; ``progress(done, total)`` per batch of the grid."""
+    Å/px (see the module docstring).  Both are first Fourier-cropped to :func:`working_box`; ``max_shift``
+    and the shifts returned are in pixels of the original box; the images returned are at the working box.
+    ``progress(done, total)`` per batch of the grid."""
+    from spa.fourier import fourier_resize
+
     volume = np.asarray(volume, np.float32)
     classes = np.asarray(classes, np.float32)
-    box = volume.shape[-1]
-    if classes.shape[-2:] != (box, box):
-        raise ValueError(f"class averages of {classes.shape[-1]} px against a map of {box} px")
+    full_box = volume.shape[-1]
+    if classes.shape[-2:] != (full_box, full_box):
+        raise ValueError(f"class averages of {classes.shape[-1]} px against a map of {full_box} px")
+    box = working_box(full_box, pixel_size, resolution)
+    scale = full_box / box
+    volume, classes = fourier_resize(volume, box, ndim=3), fourier_resize(classes, box, ndim=2)
+    pixel_size = pixel_size * scale
     mask = soft_circular_mask(box, 0.45 * box, 3.0).astype(np.float64)
-    window = _shift_window(box, max_shift)
+    window = _shift_window(box, max(1.0, max_shift / scale))
     c = _prepare(classes, mask, pixel_size, resolution, highpass)
     empty = ~np.any(c != 0, axis=(-2, -1))
     cf = np.fft.rfft2(c)
@@ -114,15 +135,20 @@ def match_classes(volume, classes, pixel_size: float, *, symmetry: str = "C1", r
     rot, tilt, psi = orientation_grid(order, symmetry)
     grid = euler_to_matrix(rot, tilt, psi)
     k = len(classes)
+    per_block = max(1, min(k, _BLOCK // (64 * box * box)))  # classes per block: ≥ 64 projections a batch
+    batch = max(1, min(1024, _BLOCK // (per_block * box * box)))
     best = np.full(k, -np.inf)
     best_r = np.zeros((k, 3, 3))
     starts = list(range(0, len(grid), batch))
     for i, s in enumerate(starts):
         r = grid[s:s + batch]
-        score, j, _ = _best_matches(cf, projector.project_images(r.astype(np.float32)), mask, pixel_size,
-                                    resolution, highpass, window)
-        better = score > best
-        best[better], best_r[better] = score[better], r[j[better]]
+        images = projector.project_images(r.astype(np.float32))
+        for c0 in range(0, k, per_block):
+            score, j, _ = _best_matches(cf[c0:c0 + per_block], images, mask, pixel_size, resolution, highpass,
+                                        window)
+            better = score > best[c0:c0 + per_block]
+            idx = np.arange(c0, c0 + len(score))[better]
+            best[idx], best_r[idx] = score[better], r[j[better]]
         if progress:
             progress(i + 1, len(starts))
     step = 360.0 / (6 * 2**order) / 2
@@ -142,7 +168,7 @@ def match_classes(volume, classes, pixel_size: float, *, symmetry: str = "C1", r
     angles = np.column_stack(matrix_to_euler(best_r))
     corr = np.where(empty, np.nan, best)
     shown = _prepare(classes, mask, pixel_size, resolution)  # for the figure: low-passed only
-    return Reprojections(corr, angles, lag.astype(float), shown.astype(np.float32), proj.astype(np.float32))
+    return Reprojections(corr, angles, lag * scale, shown.astype(np.float32), proj.astype(np.float32))
 
 
 def plot_histogram(path, result: Reprojections, threshold: float | None = None) -> None:
