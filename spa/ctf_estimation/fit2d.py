@@ -17,10 +17,10 @@ background-subtracted amplitude spectrum with CTF² − ⟨CTF²⟩ (RELION's χ
    beyond the range then fits poorly, and its fit resolution says so).
 
 The goodness of fit is the final correlation (RELION's
-rlnCtfFigureOfMerit); the fit resolution (rlnCtfMaxResolution, CTFFIND's
-"fit resolution") is where the correlation between model and data, measured
-Thon ring by Thon ring (each ring one period of χ), first drops below
-``ring_threshold`` for two rings in a row.
+rlnCtfFigureOfMerit); the fit resolution (rlnCtfMaxResolution) is
+CTFFIND4's: the spectrum averaged along the fitted CTF's equiphase ellipses,
+correlated with the model Thon ring by Thon ring, holds up to where that
+correlation drops below ``ring_threshold`` (0.75, CTFFIND4's criterion).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class CtfSearch:
     low_resolution: float = 30.0
     high_resolution: float = 5.0
     tile: int = 512
-    ring_threshold: float = 0.3
+    ring_threshold: float = 0.75
     max_astigmatism: float = 3000.0
     phase_shift: bool = False  # search an additional phase shift (phase plate) in [0, 180)°
     phase_shift_step: float = 10.0
@@ -160,27 +160,28 @@ class SpectrumFit:
         return CtfFit(u, v, angle, -float(best.fun), self.fit_resolution(u, v, angle, phase), phase)
 
     def fit_resolution(self, u, v, angle, phase_shift=0.0) -> float:
-        """Where the ring-by-ring correlation of model and data first drops below the threshold (Å)."""
-        chi = self.terms.chi(u, v, angle, phase_shift)
-        ring = np.floor(np.abs(chi) / np.pi).astype(int)  # Thon ring index (one CTF period per ring)
-        m = np.sin(chi) ** 2
-        low = self.s >= 1.0 / self.search.low_resolution
-        last = 1.0 / self.search.low_resolution
-        misses = 0
-        for r in range(int(ring[low].min()), int(ring.max()) + 1):
-            sel = low & (ring == r) & (self.s <= 0.5 / self.pixel_size)
-            if sel.sum() < 20:
+        """CTFFIND4's fit resolution (Å): the spectrum averaged along the model's equiphase ellipses is
+        correlated with the model in windows of two Thon rings (χ from (r − ½)π to (r + 1½)π), ring r by
+        ring; the resolution is the outer edge of the last ring before the correlation stays below
+        ``ring_threshold`` (CTFFIND's 0.75) for two rings in a row."""
+        s, data, model, _ = self.equiphase_profile(u, v, angle, phase_shift)
+        mean = 0.5 * (u + v)
+        chi = np.abs(PhaseTerms(s, np.zeros_like(s), self.voltage, self.cs, self.q).chi(mean, mean, 0.0, phase_shift))
+        last, misses = 1.0 / self.search.low_resolution, 0
+        for r in range(int(chi.min() / np.pi), int(chi.max() / np.pi) + 1):
+            sel = (chi >= (r - 0.5) * np.pi) & (chi < (r + 1.5) * np.pi)
+            if sel.sum() < 5:
                 continue
-            a, b = m[sel] - m[sel].mean(), self.data[sel] - self.data[sel].mean()
-            cc = float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+            a, b = model[sel] - model[sel].mean(), data[sel] - data[sel].mean()
+            cc = float(np.sum(a * b) / (np.sqrt(np.sum(a * a) * np.sum(b * b)) + 1e-30))
             if cc < self.search.ring_threshold:
                 misses += 1
-                if misses == 2:  # two rings in a row: one noisy ring (or the background's edge) is not the end
+                if misses == 2:  # two rings in a row: one noisy ring is not the end
                     break
                 continue
             misses = 0
-            last = float(self.s[sel].max())
-        return 1.0 / last
+            last = float(s[sel & (chi < (r + 1) * np.pi)].max(initial=s[sel].min()))
+        return max(1.0 / last, 2.0 * self.pixel_size)
 
     def equiphase_profile(self, u, v, angle, phase_shift=0.0):
         """The spectrum averaged along the model's equiphase ellipses (astigmatism undone): pixels binned by

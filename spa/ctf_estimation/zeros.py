@@ -119,6 +119,7 @@ class RingAmplitudes:
     s: np.ndarray
     amplitude: np.ndarray
     error: np.ndarray
+    pixel_size: float
 
     def resolution(self, low_resolution: float) -> float:
         """Finest ring (Å) before the amplitude stays below SIGNIFICANCE·error for two rings in a row."""
@@ -131,7 +132,7 @@ class RingAmplitudes:
                 continue
             misses = 0
             last = float(s)
-        return 1.0 / last
+        return max(1.0 / last, 2.0 * self.pixel_size)
 
     def envelope_bfactor(self, low_resolution: float) -> float:
         """B (Å²) of a_r ≈ A·exp(−B·s²/2) over the significant rings (weighted log-linear fit); NaN if < 3."""
@@ -162,7 +163,7 @@ def ring_amplitudes(fit: SpectrumFit, u, v, angle) -> RingAmplitudes:
         out_s.append(float(s[sel].max()))
         amp.append(a)
         err.append(float(np.sqrt(sigma2 / (np.dot(m, m) + 1e-30))))
-    return RingAmplitudes(np.array(out_s), np.array(amp), np.array(err))
+    return RingAmplitudes(np.array(out_s), np.array(amp), np.array(err), fit.pixel_size)
 
 
 def refine_mean_defocus(fit: SpectrumFit, u, v, angle) -> tuple[float, float, float]:
