@@ -161,26 +161,33 @@ class SpectrumFit:
 
     def fit_resolution(self, u, v, angle, phase_shift=0.0) -> float:
         """CTFFIND4's fit resolution (Å): the spectrum averaged along the model's equiphase ellipses is
-        correlated with the model in windows of two Thon rings (χ from (r − ½)π to (r + 1½)π), ring r by
-        ring; the resolution is the outer edge of the last ring before the correlation stays below
-        ``ring_threshold`` (CTFFIND's 0.75) for two rings in a row."""
+        correlated with the model in windows of two Thon rings (χ from (r − ½)π to (r + 1½)π, wider where
+        that holds fewer than 8 Fourier pixels), ring r by ring; the resolution is the outer edge of the last
+        ring before the correlation stays below ``ring_threshold`` (CTFFIND's 0.75) for two rings in a row."""
         s, data, model, _ = self.equiphase_profile(u, v, angle, phase_shift)
         mean = 0.5 * (u + v)
         chi = np.abs(PhaseTerms(s, np.zeros_like(s), self.voltage, self.cs, self.q).chi(mean, mean, 0.0, phase_shift))
-        last, misses = 1.0 / self.search.low_resolution, 0
+        last, misses, started = 1.0 / self.search.low_resolution, 0, False
         for r in range(int(chi.min() / np.pi), int(chi.max() / np.pi) + 1):
-            sel = (chi >= (r - 0.5) * np.pi) & (chi < (r + 1.5) * np.pi)
+            half = 0.5  # widen the window where the rings are narrower than a few Fourier pixels
+            sel = (chi >= (r - half) * np.pi) & (chi < (r + 1 + half) * np.pi)
+            while sel.sum() < 8 and half < 3:
+                half += 0.5
+                sel = (chi >= (r - half) * np.pi) & (chi < (r + 1 + half) * np.pi)
             if sel.sum() < 5:
                 continue
             a, b = model[sel] - model[sel].mean(), data[sel] - data[sel].mean()
             cc = float(np.sum(a * b) / (np.sqrt(np.sum(a * a) * np.sum(b * b)) + 1e-30))
             if cc < self.search.ring_threshold:
                 misses += 1
-                if misses == 2:  # two rings in a row: one noisy ring is not the end
+                # two rings in a row end the fit (one noisy ring does not); before the first good ring
+                # three (the lowest rings carry the background's edge and the amplitude contrast)
+                if misses == (2 if started else 3):
                     break
                 continue
-            misses = 0
-            last = float(s[sel & (chi < (r + 1) * np.pi)].max(initial=s[sel].min()))
+            misses, started = 0, True
+            ring = (chi >= r * np.pi) & (chi < (r + 1) * np.pi)
+            last = float(s[ring].max(initial=s[sel].min()))
         return max(1.0 / last, 2.0 * self.pixel_size)
 
     def equiphase_profile(self, u, v, angle, phase_shift=0.0):

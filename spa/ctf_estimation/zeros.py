@@ -123,14 +123,14 @@ class RingAmplitudes:
 
     def resolution(self, low_resolution: float) -> float:
         """Finest ring (Å) before the amplitude stays below SIGNIFICANCE·error for two rings in a row."""
-        last, misses = 1.0 / low_resolution, 0
+        last, misses, started = 1.0 / low_resolution, 0, False
         for s, a, e in zip(self.s, self.amplitude, self.error):
             if a < SIGNIFICANCE * e:
                 misses += 1
-                if misses == 2:
+                if misses == (2 if started else 3):  # before the first significant ring, three
                     break
                 continue
-            misses = 0
+            misses, started = 0, True
             last = float(s)
         return max(1.0 / last, 2.0 * self.pixel_size)
 
