@@ -78,11 +78,16 @@ def sector_defoci(fit: SpectrumFit, sectors: int = 12) -> tuple[np.ndarray, np.n
         y = profile[used]
         y = (y - y.mean()) / (y.std() + 1e-30)
 
-        def neg_cc(d):
-            return -_correlation(_ctf2_1d(s, d, fit.voltage, fit.cs, fit.q), y)
+        terms = PhaseTerms(s, np.zeros_like(s), fit.voltage, fit.cs, fit.q)
 
-        cc = np.array([neg_cc(d) for d in grid])
-        d0 = grid[int(np.argmin(cc))]
+        def neg_cc(d):
+            return -_correlation(np.sin(terms.chi(d, d, 0.0)) ** 2, y)
+
+        # the scan at once: χ is linear in the defocus
+        models = np.sin(grid[:, None] * terms.defocus_scale[None, :] + terms.constant[None, :]) ** 2
+        models -= models.mean(axis=1, keepdims=True)
+        cc = (models * y).sum(axis=1) / (np.sqrt((models * models).sum(axis=1) * len(y)) + 1e-30)
+        d0 = grid[int(np.argmax(cc))]
         res = minimize_scalar(neg_cc, bounds=(max(d0 - o.defocus_step, o.defocus_min),
                                               min(d0 + o.defocus_step, o.defocus_max)),
                               method="bounded", options={"xatol": 1.0})
