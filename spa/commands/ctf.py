@@ -29,11 +29,14 @@ import sys
 
 from spa.commands._common import dask_client, load_config, option, progress_printer
 
-# option -> (CtfSearch field, type, default)
+# CtfSearch field (= option) -> (type, default, key in the config's ctf section)
 FIELDS = {
-    "defocus_min": (float, 3000.0), "defocus_max": (float, 50000.0), "defocus_step": (float, 200.0),
-    "low_resolution": (float, 30.0), "high_resolution": (float, 5.0), "tile": (int, 512),
-    "max_astigmatism": (float, 3000.0), "phase_shift_step": (float, 10.0),
+    "defocus_min": (float, 3000.0, "defocus_min"), "defocus_max": (float, 50000.0, "defocus_max"),
+    "defocus_step": (float, 200.0, "defocus_step"), "low_resolution": (float, 30.0, "low_resolution"),
+    "high_resolution": (float, 5.0, "high_resolution"), "tile": (int, 512, "tile"),
+    # the ctf section's max_astigmatism is the selection's threshold; the search bound has its own key
+    "max_astigmatism": (float, 3000.0, "search_max_astigmatism"),
+    "phase_shift_step": (float, 10.0, "phase_shift_step"),
 }
 
 
@@ -63,7 +66,10 @@ def main(args) -> int:
     from spa.provenance import make_record
 
     cfg = load_config(args, "ctf")
-    values = {name: kind(option(args, name, cfg, default)) for name, (kind, default) in FIELDS.items()}
+    values = {}
+    for name, (kind, default, key) in FIELDS.items():
+        given = getattr(args, name, None)
+        values[name] = kind(given if given is not None else cfg.get(key, default))
     values["phase_shift"] = bool(option(args, "phase_shift", cfg, False))
     search = CtfSearch(**values)
     if not 0 < search.defocus_min < search.defocus_max or not 0 < search.high_resolution < search.low_resolution:

@@ -1,13 +1,14 @@
 """A second CTF estimator on different mathematics: 1D fits per angular sector, an ellipse, then the
 equiphase-averaged profile fitted with an envelope model (Xmipp/gCTF-like).
 
-1. **Sectors.** The background-subtracted amplitude spectrum is split into
-   ``sectors`` wedges of azimuth (0–180°: the spectrum has Friedel
-   symmetry).  In each wedge the radial profile is averaged in rings of one
-   Fourier pixel, and the wedge's defocus is the one whose 1D CTF² (no
-   astigmatism) correlates best with the profile between
-   ``low_resolution`` and ``high_resolution`` (scan, then a bounded 1D
-   refinement): its Thon-ring zeros fall on the profile's minima.
+1. **Sectors** (as IMOD's Ctfplotter).  First the rotational average of the
+   background-subtracted amplitude spectrum gives a mean defocus (1D scan).
+   Then the spectrum is split into ``sectors`` wedges of azimuth (0–180°: the
+   spectrum has Friedel symmetry); in each wedge the radial profile is
+   averaged in rings of one Fourier pixel, and the wedge's defocus is the one,
+   near the mean, whose 1D CTF² (no astigmatism) correlates best with the
+   profile between ``low_resolution`` and ``high_resolution`` (scan, then a
+   bounded 1D refinement): its Thon-ring zeros fall on the profile's minima.
 2. **Ellipse.** Astigmatism makes the defocus vary with azimuth θ as
    Δf(θ) = ½(U + V) + ½(U − V)·cos 2(θ − α), linear in
    (½(U+V), ½(U−V)cos 2α, ½(U−V)sin 2α): weighted least squares (weights:
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from spa.ctf import PhaseTerms
+from spa.ctf import PhaseTerms, electron_wavelength
 from spa.ctf_estimation.fit2d import CtfFit, CtfSearch, SpectrumFit, normalised
 
 #: a ring's oscillation amplitude counts as present when it exceeds its standard error this many times
@@ -55,45 +56,92 @@ def _correlation(model, y):
     return float(np.sum(m * y) / (np.sqrt(np.sum(m * m) * len(y)) + 1e-30))
 
 
-def sector_defoci(fit: SpectrumFit, sectors: int = 12) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(sector centre angles °, defocus Å, correlation) per azimuthal wedge."""
+def _ring_model(terms: PhaseTerms, s, defocus, voltage, cs, ring_width):
+    """CTF² averaged over rings of ``ring_width`` (1/Å), as the radial profile averages the spectrum:
+    ½ − ½·cos 2χ·sinc(|dχ/ds|·width/π).  Where the rings are too coarse for the oscillation (high
+    defocus at high frequency) the average tends to ½ instead of an aliased beat that could match noise.
+    ``defocus`` in Å, a number or an (n, 1) column for n models."""
+    lam = electron_wavelength(voltage)
+    chi = defocus * terms.defocus_scale + terms.constant
+    slope = 2 * np.pi * lam * defocus * s - 2 * np.pi * cs * 1e7 * lam**3 * s**3
+    return 0.5 - 0.5 * np.cos(2 * chi) * np.sinc(slope * ring_width / np.pi)
+
+
+def _scan(s, y, grid, voltage, cs, q, ring_width):
+    """Correlation of a radial profile y(s) (normalised) with the ring-averaged CTF² of each defocus of
+    ``grid`` (one array expression)."""
+    terms = PhaseTerms(s, np.zeros_like(s), voltage, cs, q)
+    models = _ring_model(terms, s[None, :], grid[:, None], voltage, cs, ring_width)
+    models -= models.mean(axis=1, keepdims=True)
+    cc = (models * y).sum(axis=1) / (np.sqrt((models * models).sum(axis=1) * len(y)) + 1e-30)
+    return cc, terms
+
+
+def _profile(fit: SpectrumFit, select: np.ndarray):
+    """Radial profile (rings of one Fourier pixel) of the spectrum's pixels in ``select``, divided by its
+    running RMS (a Gaussian window of a fifteenth of the band, at least 3 rings): (s 1/Å, y normalised).
+    The division gives every frequency the same say, so that strong low-frequency oscillations of other
+    origin (a contaminant's Airy rings look like the Thon rings of a large defocus) cannot outvote the
+    Thon rings further out."""
+    from scipy.ndimage import gaussian_filter1d  # noqa: PLC0415
+
+    b = fit.box
+    radius = np.broadcast_to(np.rint(fit.s * b * fit.pixel_size).astype(int), fit.data.shape)
+    rings = radius[select]
+    profile = np.bincount(rings, weights=fit.data[select]) / np.maximum(np.bincount(rings), 1)
+    used = np.unique(rings)
+    y = profile[used] - profile[used].mean()
+    y = y / np.sqrt(gaussian_filter1d(y * y, max(3.0, len(y) / 15), mode="nearest") + 1e-30)
+    return used / (b * fit.pixel_size), (y - y.mean()) / (y.std() + 1e-30)
+
+
+def _best(s, y, grid, fit: SpectrumFit, lo: float, hi: float) -> tuple[float, float]:
+    """(defocus Å, correlation) of the scan's best point refined by a bounded 1D search."""
+    width = 1.0 / (fit.box * fit.pixel_size)
+    cc, terms = _scan(s, y, grid, fit.voltage, fit.cs, fit.q, width)
+    d0 = grid[int(np.argmax(cc))]
+    step = grid[1] - grid[0] if len(grid) > 1 else fit.search.defocus_step
+    res = minimize_scalar(lambda d: -_correlation(_ring_model(terms, s, d, fit.voltage, fit.cs, width), y),
+                          bounds=(max(d0 - 2 * step, lo), min(d0 + 2 * step, hi)), method="bounded",
+                          options={"xatol": 1.0})
+    return float(res.x), max(0.0, -float(res.fun))
+
+
+def rotational_defocus(fit: SpectrumFit) -> float:
+    """The mean defocus (Å) from the rotational average of the whole band (CTFFIND's and Ctfplotter's first
+    step): the most signal in one profile, so noisy wedges cannot lock onto another set of zeros."""
+    o = fit.search
+    s, y = _profile(fit, fit.band)
+    grid = np.arange(o.defocus_min, o.defocus_max + 1e-6, o.defocus_step / 2)
+    return _best(s, y, grid, fit, o.defocus_min, o.defocus_max)[0]
+
+
+def sector_defoci(fit: SpectrumFit, sectors: int = 12, around: float | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sector centre angles °, defocus Å, correlation) per azimuthal wedge; with ``around`` (Å) each wedge
+    is searched within ± max(2 × the search's astigmatism, half of it) of that defocus."""
     o = fit.search
     b = fit.box
     ky = np.fft.fftfreq(b)[:, None]
     kx = np.fft.rfftfreq(b)[None, :]
     theta = np.broadcast_to(np.degrees(np.arctan2(ky, kx)) % 180.0, fit.data.shape)
-    radius = np.broadcast_to(np.rint(np.sqrt(kx**2 + ky**2) * b).astype(int), fit.data.shape)
     width = 180.0 / sectors
-    grid = np.arange(o.defocus_min, o.defocus_max + 1e-6, o.defocus_step / 2)
+    lo, hi = o.defocus_min, o.defocus_max
+    if around is not None:
+        half = max(2 * o.max_astigmatism, 0.5 * around)
+        lo, hi = max(lo, around - half), min(hi, around + half)
+    grid = np.arange(lo, hi + 1e-6, o.defocus_step / 2)
     angles, defoci, quality = [], [], []
     for k in range(sectors):
         centre = (k + 0.5) * width
         wedge = (np.abs(((theta - centre + 90) % 180) - 90) < width / 2) & fit.band
-        rings = radius[wedge]
-        if rings.size < 50:
+        if wedge.sum() < 50:
             continue
-        profile = np.bincount(rings, weights=fit.data[wedge]) / np.maximum(np.bincount(rings), 1)
-        used = np.unique(rings)
-        s = used / (b * fit.pixel_size)
-        y = profile[used]
-        y = (y - y.mean()) / (y.std() + 1e-30)
-
-        terms = PhaseTerms(s, np.zeros_like(s), fit.voltage, fit.cs, fit.q)
-
-        def neg_cc(d):
-            return -_correlation(np.sin(terms.chi(d, d, 0.0)) ** 2, y)
-
-        # the scan at once: χ is linear in the defocus
-        models = np.sin(grid[:, None] * terms.defocus_scale[None, :] + terms.constant[None, :]) ** 2
-        models -= models.mean(axis=1, keepdims=True)
-        cc = (models * y).sum(axis=1) / (np.sqrt((models * models).sum(axis=1) * len(y)) + 1e-30)
-        d0 = grid[int(np.argmax(cc))]
-        res = minimize_scalar(neg_cc, bounds=(max(d0 - o.defocus_step, o.defocus_min),
-                                              min(d0 + o.defocus_step, o.defocus_max)),
-                              method="bounded", options={"xatol": 1.0})
+        s, y = _profile(fit, wedge)
+        defocus, cc = _best(s, y, grid, fit, lo, hi)
         angles.append(centre)
-        defoci.append(float(res.x))
-        quality.append(max(0.0, -float(res.fun)))
+        defoci.append(defocus)
+        quality.append(cc)
     return np.array(angles), np.array(defoci), np.array(quality)
 
 
@@ -196,7 +244,7 @@ def refine_mean_defocus(fit: SpectrumFit, u, v, angle) -> tuple[float, float, fl
 
 def estimate_zeros_fit(fit: SpectrumFit, sectors: int = 12) -> tuple[CtfFit, RingAmplitudes]:
     """The estimate of the module docstring on a prepared spectrum, and its ring amplitudes."""
-    angles, defoci, quality = sector_defoci(fit, sectors)
+    angles, defoci, quality = sector_defoci(fit, sectors, around=rotational_defocus(fit))
     if len(angles) < 3:
         raise ValueError("too few usable sectors in the spectrum (micrograph too small or blank)")
     u, v, angle = ellipse(*robust_wedges(angles, defoci, quality))
