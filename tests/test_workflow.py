@@ -32,7 +32,7 @@ DEFAULT_CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 # true poses; class3d: two seeds; fsc: halves, truth, true poses vs truth).
 DEMO_JOBS = {"simulate": 1, "class2d": 1, "select": 1, "initial_model": 1, "class3d": 2, "class3d_consensus": 1,
              "refine3d": 1, "reconstruct": 1, "fsc": 3, "mask": 1, "postprocess": 1, "locres": 1, "validate": 1,
-             "summary": 1, "all": 1}
+             "summary": 1, "report_config": 1, "report": 1, "all": 1}
 
 
 def snakemake(workdir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -62,7 +62,8 @@ def test_dry_run_shows_the_demo_graph(tmp_path):
     # outputs lie under results/<stage>/ of the working directory
     for path in ["results/simulate/particles.star", "results/class2d/run_data.star",
                  "results/initial_model/initial_model.mrc", "results/class3d/run1/run_data.star",
-                 "results/refine3d/run_class001.mrc", "results/fsc/truth/fsc.star", "results/summary.json"]:
+                 "results/refine3d/run_class001.mrc", "results/fsc/truth/fsc.star", "results/summary.json",
+                 "results/report/index.html"]:
         assert path in out
     assert not (tmp_path / "results").exists()  # a dry run writes nothing
 
@@ -146,6 +147,10 @@ MISSING = [c for c in STAGE_COMMANDS if importlib.util.find_spec(f"spa.commands.
 # pipeline, which finds its own poses from an ab-initio start, must come close
 # to that.  A convention error gives no correlation past the first few shells.
 TINY_RESOLUTION_LIMIT_A = 20.0
+# the report's sections (stage folders with a figures.json) in the demo
+REPORT_SECTIONS = ["summary", *(f"stage-{s}" for s in (
+    "class2d", "select", "initial-model", "class3d-run1", "class3d-run2", "class3d-consensus", "refine3d",
+    "fsc-halves", "fsc-truth", "fsc-ideal", "postprocess", "locres", "validate", "summary"))]
 
 
 @pytest.mark.slow
@@ -170,6 +175,14 @@ def test_demo_pipeline_end_to_end_on_tiny_preset(tmp_path):
     # the refined map (ab-initio start, poses found by the pipeline) comes within 25 % of
     # the map from the true poses of the same particles
     assert truth05 <= 1.25 * summary["true_poses"]["resolution_fsc05_A"], summary
+    # it ends with the report: every stage's figures on one page, which a browser shows without errors
+    page = (results / "report" / "index.html").read_text(encoding="utf-8")
+    assert re.findall(r'<section id="([^"]+)"', page) == REPORT_SECTIONS
+    assert "listed in figures.json but missing" not in page
+    if shutil.which("chromium"):
+        from tests.integration.browser.page_check import check_page, problems
+
+        assert problems(check_page(results / "report" / "index.html", results / "report" / "screenshot.png")) == []
 
     # everything is up to date: a second invocation has nothing to do
     again = snakemake(tmp_path, "--dry-run", "--cores", "2", "--configfile", str(example))

@@ -48,7 +48,7 @@ def add_args(p):
     g.add_argument("--max-iter", type=int, default=None, help="alignment iterations at most (default 10)")
     g.add_argument("--tolerance", type=float, default=None, help="stop when no shift changes more, px (default 0.01)")
     g.add_argument("--no-smooth", dest="smooth", action="store_false", default=None,
-                   help="keep the measured whole-frame shifts (default: a robust cubic fit in time)")
+                   help="keep the measured whole-frame shifts (default: a robust cubic fit over a sliding 11-frame window)")
     g = p.add_argument_group("dose and output")
     g.add_argument("--dose-per-frame", type=float, default=None,
                    help="e⁻/Å² per frame (default: the movies' rlnMicrographDoseRate)")

@@ -12,7 +12,8 @@ make the next reference; iterations stop when no shift changes by more than
 Robustness to outlier frames (a frame without signal, a sudden jump):
 frames whose correlation peak is much weaker than the others' are left out
 of the reference, and after the iterations a smooth trajectory (a cubic in
-time, fitted with iterative outlier rejection) replaces any shift that lies
+time over a sliding window of 11 frames, fitted with iterative outlier
+rejection) replaces any shift that lies
 further from it than ``outlier_px`` and 4 robust standard deviations.
 
 Shifts are the shifts to APPLY to each frame (RELION's rlnMicrographShiftX/Y),
@@ -39,25 +40,42 @@ class GlobalAlignment:
     iterations: int
 
 
-def smooth_trajectory(times: np.ndarray, values: np.ndarray, degree: int = 3, threshold: float = 1.0,
-                      rounds: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """Robust polynomial fit of a trajectory (n, 2) in ``times``: (fitted values, outlier flags).
+def _local_fit(times: np.ndarray, values: np.ndarray, keep: np.ndarray, half: int, degree: int) -> np.ndarray:
+    """At each point, the value of a polynomial of ``degree`` fitted to the kept points among the
+    2·half + 1 nearest in order (the window slides in at the ends, keeping its size)."""
+    n = len(times)
+    width = min(n, 2 * half + 1)
+    out = np.empty_like(values)
+    for i in range(n):
+        lo = int(np.clip(i - half, 0, n - width))
+        idx = np.arange(lo, lo + width)
+        idx = idx[keep[idx]]
+        deg = int(min(degree, max(len(idx) - 2, 0)))
+        if len(idx) == 0:
+            out[i] = values[i]
+            continue
+        basis = np.vander(times[idx] - times[i], deg + 1)
+        coef, *_ = np.linalg.lstsq(basis, values[idx], rcond=None)
+        out[i] = coef[-1]
+    return out
 
-    A point is an outlier when it lies further than ``threshold`` px and 4
-    robust (median-absolute-deviation) standard deviations from the fit made
-    without the outliers found so far.
+
+def smooth_trajectory(times: np.ndarray, values: np.ndarray, degree: int = 3, threshold: float = 1.0,
+                      rounds: int = 3, half: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Robust local-polynomial smoothing of a trajectory (n, 2) in ``times``: (smoothed values, outlier flags).
+
+    Each point's smoothed value is a cubic (``degree``) fitted to the 2·``half`` + 1 nearest frames
+    (a sliding window, so long movies whose drift turns are followed, unlike a single polynomial).  A
+    point is an outlier when it lies further than ``threshold`` px and 4 robust (median-absolute-
+    deviation) standard deviations from the fit made without the outliers found so far.
     """
     n = len(times)
-    degree = int(min(degree, max(n - 2, 0)))
     keep = np.ones(n, dtype=bool)
-    t = (times - times.mean()) / max(np.ptp(times), 1e-9)
     fit = values.copy()
+    if n < 4:
+        return fit, ~keep
     for _ in range(rounds):
-        if keep.sum() <= degree + 1:
-            break
-        basis = np.vander(t, degree + 1)
-        coef, *_ = np.linalg.lstsq(basis[keep], values[keep], rcond=None)
-        fit = basis @ coef
+        fit = _local_fit(np.asarray(times, dtype=np.float64), values, keep, half, degree)
         dist = np.linalg.norm(values - fit, axis=1)
         mad = np.median(dist[keep]) * 1.4826
         new = dist <= max(threshold, 4.0 * mad)

@@ -23,7 +23,8 @@ rule fsc:
         mask=option("--mask", config["fsc"]["mask"]),
         # an ab-initio map lives in its own frame (and hand): align it to the truth first
         align=lambda w: "--align" if w.pair == "truth" else "",
+        title=lambda w: FSC_TITLES.get(w.pair, w.pair),
         common=spa_common(),
     shell:
         "spa fsc --map1 {input.map1} --map2 {input.map2} --output-dir {params.outdir} "
-        "{params.mask} {params.align} {params.common} > {log} 2>&1"
+        "{params.mask} {params.align} --title '{params.title}' {params.common} > {log} 2>&1"
