@@ -102,3 +102,17 @@ def test_dask_workers_give_the_in_process_result(simulated, tmp_path):
     a = read_star(tmp_path / "A" / "micrographs_ctf.star")["micrographs"]
     b = read_star(tmp_path / "B" / "micrographs_ctf.star")["micrographs"]
     pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "zeros", "--phase-shift"], "--phase-shift is searched by --method ctffind only"),
+    (["--defocus-min", "30000", "--defocus-max", "20000"], "defocus-min < defocus-max"),
+])
+def test_bad_options_are_one_line_errors_and_write_nothing(simulated, tmp_path, capsys, extra, message):
+    from spa.cli import main
+
+    code = main(["ctf", "--micrographs", str(simulated / "micrographs.star"), *extra, "--output-dir",
+                 str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code != 0 and message in err and "micrographs.star" in err
+    assert not (tmp_path / "out").exists()
