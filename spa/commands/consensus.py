@@ -119,7 +119,8 @@ def add_args(p):
                                 ("--defocus-min", 3000.0, "smallest mean defocus kept, Å"),
                                 ("--defocus-max", 50000.0, "largest mean defocus kept, Å"),
                                 ("--max-consensus-resolution", 6.0, "the estimators must agree to at least this, Å"),
-                                ("--max-drift", 50.0, "largest total drift kept (rlnAccumMotionTotal), Å")):
+                                ("--max-drift", 50.0, "largest total drift kept (rlnAccumMotionTotal), Å"),
+                                ("--max-frame-shift", 0.0, "largest frame-to-frame shift kept (rlnSpaMaxFrameShiftAngst), Å")):
         t.add_argument(flag, type=float, default=default, help=f"{what} (default {default:g}; ≤ 0: off)")
     add_common_args(t)
     t.set_defaults(_consensus=_ctf)
@@ -142,7 +143,8 @@ def _ctf(args) -> int:
     b, _ = read_micrographs(args.b, require=need)
     off = lambda v: None if v is None or v <= 0 else v  # noqa: E731
     rules = CtfRules(off(args.max_fit_resolution), off(args.max_astigmatism), off(args.defocus_min),
-                     off(args.defocus_max), off(args.max_consensus_resolution), off(args.max_drift))
+                     off(args.defocus_max), off(args.max_consensus_resolution), off(args.max_drift),
+                     off(args.max_frame_shift))
     table = ctf_consensus(a, b, optics, rules)
     if table.empty or not table.rlnSpaCtfConsensusResolution.notna().any():
         raise SpaInputError(args.b, f"no micrograph in common with {args.a} (matched by rlnMicrographName)")

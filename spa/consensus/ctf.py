@@ -12,7 +12,9 @@ fit resolution worse than ``max_fit_resolution`` Å (either estimator),
 astigmatism above ``max_astigmatism`` Å, mean defocus outside
 [``defocus_min``, ``defocus_max``] Å, consensus resolution worse than
 ``max_consensus_resolution`` Å, and, where the STAR has them (motion
-correction's columns), total drift above ``max_drift`` Å; a micrograph that
+correction's columns), total drift above ``max_drift`` Å (rlnAccumMotionTotal) and
+the largest frame-to-frame shift above ``max_frame_shift`` Å
+(rlnSpaMaxFrameShiftAngst; off by default); a micrograph that
 estimator B could not estimate is rejected too.
 """
 
@@ -36,6 +38,7 @@ class CtfRules:
     defocus_max: float | None = 50000.0
     max_consensus_resolution: float | None = 6.0
     max_drift: float | None = 50.0
+    max_frame_shift: float | None = None
 
 
 def consensus_resolution(a: tuple, b: tuple, pixel_size: float, voltage: float, cs: float, q: float,
@@ -75,6 +78,9 @@ def _reasons(row, res: float, rules: CtfRules) -> list[str]:
     drift = getattr(row, "rlnAccumMotionTotal", None)
     if r.max_drift is not None and drift is not None and np.isfinite(drift) and drift > r.max_drift:
         why.append(f"drift {drift:.1f} Å (> {r.max_drift:g})")
+    jump = getattr(row, "rlnSpaMaxFrameShiftAngst", None)
+    if r.max_frame_shift is not None and jump is not None and np.isfinite(jump) and jump > r.max_frame_shift:
+        why.append(f"frame-to-frame shift {jump:.1f} Å (> {r.max_frame_shift:g})")
     return why
 
 

@@ -148,8 +148,10 @@ def test_consensus_rules_on_drift_and_astigmatism():
     a = pd.DataFrame({"rlnMicrographName": ["good", "astig", "drifty", "near"], "rlnOpticsGroup": 1,
                       "rlnDefocusU": [15100.0, 17500.0, 15100.0, 2600.0], "rlnDefocusV": [14900.0, 14500.0, 14900.0, 2400.0],
                       "rlnDefocusAngle": 30.0, "rlnCtfMaxResolution": 3.5,
-                      "rlnAccumMotionTotal": [5.0, 5.0, 120.0, 5.0]})
+                      "rlnAccumMotionTotal": [5.0, 5.0, 120.0, 5.0], "rlnSpaMaxFrameShiftAngst": [2.0, 2.0, 14.0, 2.0]})
     reasons = dict(zip(a.rlnMicrographName, ctf_consensus(a, a.copy(), optics, CtfRules()).rlnSpaRejectReason))
+    jumps = ctf_consensus(a, a.copy(), optics, CtfRules(max_drift=None, max_frame_shift=10.0))
+    assert list(jumps.rlnSpaRejectReason)[2] == "frame-to-frame shift 14.0 Å (> 10)"
     assert reasons["good"] == ""
     assert reasons["astig"].startswith("astigmatism 3000 Å (> 2000)")
     assert reasons["drifty"] == "drift 120.0 Å (> 50)"

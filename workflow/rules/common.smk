@@ -196,6 +196,7 @@ CTF_SEARCH_OPTIONS = {"defocus_min": "--defocus-min", "defocus_max": "--defocus-
                       "high_resolution": "--high-resolution", "tile": "--tile", "batch_size": "--batch-size"}
 CTF_SELECTION_OPTIONS = {"max_fit_resolution": "--max-fit-resolution", "max_astigmatism": "--max-astigmatism",
                          "max_consensus_resolution": "--max-consensus-resolution", "max_drift": "--max-drift",
+                         "max_frame_shift": "--max-frame-shift",
                          "selection_defocus_min": "--defocus-min", "selection_defocus_max": "--defocus-max"}
 
 
