@@ -154,7 +154,7 @@ def _ctf(args) -> int:
     record = make_record(args.argv, None, None, rules=rules.__dict__, kept=len(kept), rejected=len(rejected))
     write_micrographs(out / "micrographs_selected.star", kept, optics, provenance=record)
     write_micrographs(out / "micrographs_rejected.star", rejected, optics, provenance=record)
-    write_figures_index(out, write_selection_figures(out, table))
+    write_figures_index(out, write_selection_figures(out, table, rules))
     from spa.io.atomic import atomic_path
 
     both = table.rlnSpaDefocusDifference.dropna()

@@ -117,7 +117,7 @@ def ctf_consensus(a: pd.DataFrame, b: pd.DataFrame, optics: pd.DataFrame, rules:
     return out
 
 
-def write_selection_figures(out, table: pd.DataFrame, most_rows: int = 24) -> list[dict]:
+def write_selection_figures(out, table: pd.DataFrame, rules: CtfRules | None = None, most_rows: int = 24) -> list[dict]:
     """``ctf_consensus.png`` (agreement against defocus, kept/rejected) and ``ctf_selection_table.png``
     (a table: the rejected micrographs with their reasons first, then kept ones, at most ``most_rows``
     rows, and the count per rule); returns their figures.json entries."""
@@ -133,9 +133,13 @@ def write_selection_figures(out, table: pd.DataFrame, most_rows: int = 24) -> li
     mean = 0.5 * (table.rlnDefocusU + table.rlnDefocusV) / 1e4
     ax.scatter(mean[kept], res[kept], c="tab:green", s=14, label="kept")
     ax.scatter(mean[~kept], res[~kept], c="tab:red", s=14, label="rejected")
+    limit = rules.max_consensus_resolution if rules is not None else None
+    if limit is not None:
+        ax.axhline(limit, color="grey", ls="--", lw=1, label=f"rule: agree to {limit:g} Å")
+    values = [v for v in [*res[res > 0], limit] if v is not None]
+    ax.set_ylim(1.15 * max(values), 0.85 * min(values))  # finer resolution up
     ax.set_xlabel("mean defocus (µm)")
     ax.set_ylabel("the two estimates agree to (Å)")
-    ax.invert_yaxis()
     ax.legend(fontsize=8)
     ax.set_title(f"CTF consensus: {int(kept.sum())} kept, {int((~kept).sum())} rejected", fontsize=9)
     save_figure(fig, out / "ctf_consensus.png")
