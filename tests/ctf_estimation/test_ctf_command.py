@@ -40,6 +40,7 @@ def simulated(tmp_path_factory):
     return out
 
 
+@pytest.mark.filterwarnings("ignore:Data array contains NaN")
 def test_ctf_resumes_sets_bad_micrographs_aside_and_feeds_the_consensus(simulated, tmp_path, spa):
     work = tmp_path / "w"
     shutil.copytree(simulated, work)
