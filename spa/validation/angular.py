@@ -94,7 +94,7 @@ def plot_distribution(path, rot, tilt, sampling: Sampling, title: str = "", symm
     from spa.plots import _pyplot, save_figure
 
     plt = _pyplot()
-    fig = plt.figure(figsize=(11, 4), dpi=90)
+    fig = plt.figure(figsize=(11, 3.4), dpi=90)
     ax = fig.add_subplot(1, 2, 1, projection="mollweide")
     rot, tilt = to_asymmetric_unit(np.asarray(rot, float), np.asarray(tilt, float), symmetry)
     lon = np.deg2rad((rot + 180) % 360 - 180)
@@ -111,6 +111,10 @@ def plot_distribution(path, rot, tilt, sampling: Sampling, title: str = "", symm
     ax2.set_title(f"Fourier sampling: E_od {sampling.efficiency:.2f}, SCF {sampling.scf:.2f}, "
                   f"empty {100 * sampling.empty_fraction:.1f} %", fontsize=9)
     ax2.grid(True, alpha=0.3)
+    for a in (ax, ax2):
+        a.set_xticklabels([])  # longitude labels overlap on a small Mollweide; the grid says enough
+        a.tick_params(labelsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(left=0.03, right=0.97, bottom=0.04, top=0.88, wspace=0.12)
     save_figure(fig, path, tight=False)

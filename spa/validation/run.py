@@ -271,7 +271,9 @@ def _alignability(inp, out, *, table, volume, pixel, resolution, progress, prove
     plot_alignability(out / "alignability.png", a)
     from spa.io.star import write_star
 
-    per_particle = rows[[c for c in ("rlnImageName", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi") if c in rows]].copy()
+    keep = ("rlnImageName", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnMaxValueProbDistribution",
+            "rlnNrOfSignificantSamples")
+    per_particle = rows[[c for c in keep if c in rows]].copy()
     per_particle["rlnSpaPosePrecision"] = a.precision  # degrees: posterior spread around the refined pose
     per_particle["rlnSpaPoseAccuracy"] = a.accuracy  # degrees: refined pose vs a fresh global search
     write_star(out / "alignability.star", {"particles": per_particle}, provenance=provenance)
