@@ -10,7 +10,8 @@ Checks (--checks, default all; each in its own module of spa.validation):
   reprojection        each 2D class average against the best-matching projection of the map
   reslog              resolution of random subsets against ln N; B-factor of the data (Stagg et al. 2014)
   noise_substitution  phases randomised beyond a frequency in the images, halves re-reconstructed from the
-                      given poses (Chen et al. 2013; cheap mode: no re-refinement)
+                      given poses (Chen et al. 2013; cheap mode: no re-refinement) or, with
+                      --noise-substitution-mode refine, refined again by refine3d on a subset
   noise_particles     noise images of the same spectrum aligned like the particles (Heymann 2015)
   alignability        per particle: posterior spread (precision) and agreement with a fresh global search
                       (accuracy), on a random subset
@@ -53,6 +54,10 @@ def add_args(p):
     p.add_argument("--noise-reference-resolution", type=float, default=None,
                    help="Å: low-pass of the reference of the noise-particle test (default 2.5 × the resolution, "
                         "at least 10)")
+    p.add_argument("--noise-substitution-mode", choices=["given", "refine"], default="given",
+                   help="given: reconstruct the substituted images from the refined poses (cheap, default); "
+                        "refine: refine them again with refine3d (gold standard, local searches, --subset "
+                        "particles)")
     p.add_argument("--substitute-from", type=float, default=None,
                    help="Å: noise substitution beyond this resolution (default where the half maps' FSC drops "
                         "below 0.8, at most ¾ of Nyquist)")
@@ -83,7 +88,7 @@ def main(args) -> int:
         truth=args.truth, symmetry=args.sym, checks=checks, subset=args.subset, reslog_steps=args.reslog_steps,
         width=args.width, search_order=args.search_order, final_order=args.final_order,
         search_resolution=args.search_resolution, noise_reference_resolution=args.noise_reference_resolution,
-        substitute_from=args.substitute_from, seed=seed_of(args, cfg), backend=getattr(args, "backend", None))
+        substitute_from=args.substitute_from, substitution_mode=args.noise_substitution_mode, seed=seed_of(args, cfg), backend=getattr(args, "backend", None))
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     from spa.provenance import make_record

@@ -41,6 +41,7 @@ class ValidationInputs:
     final_order: int = 4  # HEALPix order of the local searches (the refinement's last)
     search_resolution: float | None = None  # Å; default the half maps' resolution (≥ Nyquist)
     noise_reference_resolution: float | None = None  # Å; default 2.5 × the resolution, ≥ 10 Å
+    substitution_mode: str = "given"  # noise substitution: "given" poses, or "refine" (refine3d, a subset)
     substitute_from: float | None = None  # Å; default where the half maps' FSC drops below 0.8, ≤ ¾ Nyquist
     seed: int = 0
     backend: str | None = None
@@ -103,7 +104,7 @@ def validate(inp: ValidationInputs, out: Path, *, progress=None, log=print, prov
         log(f"validate: {name}")
         section, figs = _CHECK_FUNCTIONS[name](inp, out, table=table, volume=volume, halves=halves, pixel=pixel,
                                                resolution=resolution, progress=step(f"validate: {name}"),
-                                               provenance=provenance)
+                                               provenance=provenance, log=log)
         summary[name] = section
         figures += figs
     return summary, figures
@@ -186,7 +187,7 @@ def _reslog(inp, out, *, table, progress, **_):
                                  "against ln(number of particles); the slope is 2/B (Stagg et al. 2014)."}]
 
 
-def _noise_substitution(inp, out, *, table, halves, pixel, progress, **_):
+def _noise_substitution(inp, out, *, table, halves, pixel, volume, log=None, **_):
     from spa.io.images import ParticleImages
     from spa.validation.noise_substitution import noise_substitution, plot_noise_substitution
 
@@ -202,27 +203,39 @@ def _noise_substitution(inp, out, *, table, halves, pixel, progress, **_):
         shell = min(randomisation_shell(fsc(*halves)), (3 * (halves[0].shape[-1] // 2)) // 4)
     else:
         return {"verdict": "not run: give the half maps or a substitution resolution"}, []
-    # real and substituted halves come from the same particles: a bounded subset (10 × subset) keeps it cheap
-    rows, subset = _subset_rows(table, 10 * inp.subset, inp.seed)
+    # real and substituted halves come from the same particles: a bounded subset keeps it cheap (10 × subset
+    # from given poses; the subset itself when refine3d refines the substituted images again)
+    refine = inp.substitution_mode == "refine"
+    if refine and volume is None:
+        return {"verdict": "not run: the refine mode needs the refined map (--map)"}, []
+    rows, subset = _subset_rows(table, inp.subset if refine else 10 * inp.subset, inp.seed)
     source = ParticleImages(rows, inp.particles)
     box = int(source.box)
     r = noise_substitution(source, rows, subset, from_shell=shell, symmetry=inp.symmetry, seed=inp.seed,
-                           backend=inp.backend)
+                           backend=inp.backend, mode=inp.substitution_mode, volume=volume, order=inp.final_order,
+                           log=log)
     ok = bool(r.mean_abs_beyond < 0.05)  # NaN (no shells beyond): not passed
+    how = ("refined again (refine3d, gold standard, local searches)" if refine else
+           "given poses, not re-refined")
     verdict = (f"FSC of the substituted images ≈ 0 beyond {r.substitution_resolution:.1f} Å (mean |FSC| "
-               f"{r.mean_abs_beyond:.3f}); given poses, not re-refined" if ok else
+               f"{r.mean_abs_beyond:.3f}); {how}" if ok else
                f"the substituted images still correlate beyond {r.substitution_resolution:.1f} Å (mean |FSC| "
-               f"{r.mean_abs_beyond:.3f}): the reconstruction adds correlation the data do not hold")
+               f"{r.mean_abs_beyond:.3f}): " + ("the refinement fits noise (overfitting)" if refine else
+                                                "the reconstruction adds correlation the data do not hold"))
     plot_noise_substitution(out / "noise_substitution.png", r, box, pixel)
-    section = {"mode": "given poses (cheap: no re-refinement)", "substitution_from_A": _r(r.substitution_resolution),
+    mode = "refined again by refine3d (gold standard)" if refine else "given poses (cheap: no re-refinement)"
+    section = {"mode": mode, "substitution_from_A": _r(r.substitution_resolution),
                "mean_abs_fsc_beyond": _r(r.mean_abs_beyond, 4), "resolution_real_A": _r(r.resolution_real),
                "resolution_corrected_A": _r(r.resolution_corrected), "particles": r.particles, "passed": bool(ok),
                "verdict": verdict}
     return section, [{"file": "noise_substitution.png", "title": f"Noise substitution (Chen 2013): {verdict}",
                       "caption": "FSC of half maps from the particle images, from the same images with phases "
-                                 f"randomised beyond {r.substitution_resolution:.1f} Å, and the corrected curve. "
-                                 "Cheap mode: the refined poses are kept, so this shows the reconstruction adds no "
-                                 "correlation, not that the pose search did not fit noise."}]
+                                 f"randomised beyond {r.substitution_resolution:.1f} Å, and the corrected curve. " +
+                                 ("The substituted images were refined again (refine3d, gold standard, local "
+                                  "searches from the refined poses): FSC ≈ 0 beyond the substitution shows the "
+                                  "refinement did not fit noise." if refine else
+                                  "Cheap mode: the refined poses are kept, so this shows the reconstruction adds "
+                                  "no correlation, not that the pose search did not fit noise.")}]
 
 
 def _search_resolution(inp, resolution, pixel):

@@ -25,10 +25,12 @@ rule validate:
         reslog=config["validate"]["reslog_steps"],
         order=config["validate"]["search_order"],
         final=config["validate"]["final_order"] or config["refine3d"]["max_healpix_order"],
+        substitution=config["validate"]["noise_substitution"],
         common=spa_common(),
     shell:
         "spa validate --particles {input.particles} --map {input.map} --half1 {input.half1} "
         "--half2 {input.half2} --classes {input.classes} {params.truth} --sym {params.sym} "
         "--checks {params.checks} --subset {params.subset} --reslog-steps {params.reslog} "
-        "--search-order {params.order} --final-order {params.final} --output-dir {params.outdir} "
+        "--search-order {params.order} --final-order {params.final} "
+        "--noise-substitution-mode {params.substitution} --output-dir {params.outdir} "
         "{params.common} > {log} 2>&1"
