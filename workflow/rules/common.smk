@@ -215,7 +215,9 @@ def final_map():
 
 
 def ideal_map():
-    return result("reconstruct", "full.mrc")
+    """The map from the TRUE poses of refine3d's particles and halves, made as refine3d makes its final map
+    (the true_poses job): what the refined map is compared with."""
+    return result("true_poses", "run_class001.mrc")
 
 
 def truth_map():
