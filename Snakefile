@@ -34,6 +34,7 @@ include: "workflow/rules/fsc.smk"
 include: "workflow/rules/postprocess.smk"
 include: "workflow/rules/validate.smk"
 include: "workflow/rules/summary.smk"
+include: "workflow/rules/report.smk"
 
 
 # tiny steps run where snakemake runs, not as cluster jobs
@@ -44,6 +45,8 @@ localrules:
     select,
     fsc,
     class3d_consensus,
+    report_config,
+    report,
 
 
 rule all:

@@ -37,7 +37,7 @@ from spa.motion.local import evaluate
 from spa.simulate.movies import MovieSpec, local_field, simulate_movies
 
 SETS = {
-    "demo": (dict(n=4, size=1024, pixel_size=1.0, diameter=120.0, n_frames=20, dose_per_frame=2.0), 5, 3),
+    "demo": (dict(n=4, size=1024, pixel_size=1.0, diameter=120.0, n_frames=20, dose_per_frame=2.0), 5, 5),
     "test": (dict(n=4, size=256, pixel_size=1.5, diameter=90.0, n_frames=12, dose_per_frame=4.0, local_motion=0.0),
              11, 1),
     "test_local": (dict(n=4, size=256, pixel_size=1.5, diameter=90.0, n_frames=12, dose_per_frame=4.0,

@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "locres": ("spa.commands.locres", "local resolution of two half maps and the locally filtered map"),
     "validate": ("spa.commands.validate", "validate a refinement (angular distribution, Fourier sampling)"),
     "consensus": ("spa.commands.consensus", "keep what repeated runs agree on (classes, poses)"),
+    "report": ("spa.commands.report", "the run report: one HTML page with a summary and every stage's figures"),
     "provenance": ("spa.commands.provenance", "print what made an output file"),
 }
 

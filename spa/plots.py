@@ -90,3 +90,30 @@ def write_figures_index(folder, entries) -> None:
 
     with atomic_path(Path(folder) / "figures.json") as tmp:
         Path(tmp).write_text(json.dumps(list(entries), indent=1, ensure_ascii=False))
+
+
+def central_slices(volume) -> list:
+    """The three central sections of a (z, y, x) map: the XY plane (z = box/2), XZ (y = box/2), YZ (x = box/2)."""
+    v = np.asarray(volume, np.float32)
+    z, y, x = (n // 2 for n in v.shape)
+    return [v[z], v[:, y, :], v[:, :, x]]
+
+
+def plot_map_slices(path, volumes, labels, *, title: str | None = None, panel: float = 1.9) -> None:
+    """One row per map in ``volumes`` (each (z, y, x)): its three central sections (XY, XZ, YZ), grey values
+    scaled per map (1st to 99.8th percentile), ``labels[i]`` on the row's first panel."""
+    plt = _pyplot()
+    rows = len(volumes)
+    fig, axes = plt.subplots(rows, 3, figsize=(3 * panel, panel * rows + (0.35 if title else 0)), squeeze=False)
+    for r, (vol, label) in enumerate(zip(volumes, labels)):
+        planes = central_slices(vol)
+        lo, hi = np.percentile(np.concatenate([p.ravel() for p in planes]), [1, 99.8])
+        for c, (plane, name) in enumerate(zip(planes, ("XY", "XZ", "YZ"))):
+            ax = axes[r, c]
+            ax.imshow(plane, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{label} · {name}" if c == 0 and label else name, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    save_figure(fig, path)

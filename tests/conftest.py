@@ -35,3 +35,14 @@ def hb_c2():
     if not (TESTDATA / "particles.star").exists():
         pytest.skip("independent test data ../shared/testdata/hb_c2 not present")
     return TESTDATA
+
+
+def listed_figures(folder) -> list[str]:
+    """The files ``folder/figures.json`` lists (the report's contract), after checking that each exists, is
+    non-empty and has a title and caption."""
+    from spa.report.collect import load_figures
+
+    figures, problems = load_figures(folder)
+    assert not problems, problems
+    assert all(f.title and f.caption for f in figures), figures
+    return [f.file for f in figures]

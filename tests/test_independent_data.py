@@ -9,6 +9,7 @@ import numpy as np
 from spa.em.fsc import fsc, resolution_at
 from spa.io.mrc import read_mrc
 from spa.reconstruct import reconstruct_star
+from tests.conftest import listed_figures
 
 
 def test_reconstruction_from_true_poses_reaches_near_nyquist(hb_c2):
@@ -51,6 +52,7 @@ def test_cli_reconstruct_and_fsc(hb_c2, tmp_path):
     table = read_star(tmp_path / "f" / "fsc.star")["fsc"]
     assert 5.5 < resolution_at(table["rlnFourierShellCorrelation"].to_numpy(), 0.5, 64, 1.640625) < 7.5
     assert (tmp_path / "f" / "fsc.png").stat().st_size > 1000
+    assert listed_figures(tmp_path / "f") == ["fsc.png"]
 
 
 def test_noisier_particles_reach_what_the_data_allow(hb_c2, tmp_path):

@@ -33,7 +33,7 @@ DEFAULT_CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 # truth, true poses vs truth).
 DEMO_JOBS = {"simulate": 1, "class2d": 1, "select": 1, "initial_model": 1, "class3d": 2, "class3d_consensus": 1,
              "refine3d": 1, "true_poses": 1, "fsc": 3, "mask": 1, "postprocess": 1, "locres": 1, "validate": 1,
-             "summary": 1, "all": 1}
+             "summary": 1, "report_config": 1, "report": 1, "all": 1}
 
 
 def snakemake(workdir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -63,7 +63,8 @@ def test_dry_run_shows_the_demo_graph(tmp_path):
     # outputs lie under results/<stage>/ of the working directory
     for path in ["results/simulate/particles.star", "results/class2d/run_data.star",
                  "results/initial_model/initial_model.mrc", "results/class3d/run1/run_data.star",
-                 "results/refine3d/run_class001.mrc", "results/fsc/truth/fsc.star", "results/summary.json"]:
+                 "results/refine3d/run_class001.mrc", "results/fsc/truth/fsc.star", "results/summary.json",
+                 "results/report/index.html"]:
         assert path in out
     assert not (tmp_path / "results").exists()  # a dry run writes nothing
 
@@ -147,6 +148,10 @@ MISSING = [c for c in STAGE_COMMANDS if importlib.util.find_spec(f"spa.commands.
 # pipeline, which finds its own poses from an ab-initio start, must come close
 # to that.  A convention error gives no correlation past the first few shells.
 TINY_RESOLUTION_LIMIT_A = 20.0
+# the report's sections (stage folders with a figures.json) in the demo
+REPORT_SECTIONS = ["summary", *(f"stage-{s}" for s in (
+    "class2d", "select", "initial-model", "class3d-run1", "class3d-run2", "class3d-consensus", "refine3d",
+    "fsc-halves", "fsc-truth", "fsc-ideal", "postprocess", "locres", "validate", "summary"))]
 
 
 @pytest.mark.slow
@@ -176,6 +181,14 @@ def test_demo_pipeline_end_to_end_on_tiny_preset(tmp_path):
     assert alike["reaches_true_poses"] == (alike["largest_shortfall"] <= alike["tolerance"])
     assert (results / "true_poses" / "run_class001.mrc").is_file()
     assert alike["true_poses_fsc05"].endswith("Å") or alike["true_poses_fsc05"].endswith("Å)")
+    # it ends with the report: every stage's figures on one page, which a browser shows without errors
+    page = (results / "report" / "index.html").read_text(encoding="utf-8")
+    assert re.findall(r'<section id="([^"]+)"', page) == REPORT_SECTIONS
+    assert "listed in figures.json but missing" not in page
+    if shutil.which("chromium"):
+        from tests.integration.browser.page_check import check_page, problems
+
+        assert problems(check_page(results / "report" / "index.html", results / "report" / "screenshot.png")) == []
 
     # everything is up to date: a second invocation has nothing to do
     again = snakemake(tmp_path, "--dry-run", "--cores", "2", "--configfile", str(example))

@@ -100,28 +100,55 @@ def class_features(images: np.ndarray, fractions, resolutions, ssnr: np.ndarray 
 
 def auto_select(features: pd.DataFrame, rules: SelectionRules) -> np.ndarray:
     """Boolean keep-mask over the rows of ``features`` (see the module docstring)."""
-    f = features
-    populous = f["fraction"].to_numpy() >= rules.min_fraction
+    keep = np.ones(len(features), bool)
+    for passed, _ in _checks(features, rules):
+        keep &= passed
+    return keep
+
+
+def rejection_reasons(features: pd.DataFrame, rules: SelectionRules) -> list[str]:
+    """Per row of ``features``: why :func:`auto_select` drops that class ("" for a kept class), e.g.
+    "contrast 2.1 < 0.3 × 12.4"; several failed rules are joined by "; "."""
+    reasons: list[list[str]] = [[] for _ in range(len(features))]
+    for passed, describe in _checks(features, rules):
+        for i in np.flatnonzero(~passed):
+            reasons[i].append(describe(i))
+    return ["; ".join(r) for r in reasons]
+
+
+def _checks(f: pd.DataFrame, rules: SelectionRules) -> list:
+    """The rules of :func:`auto_select` as (passed mask, row -> reason text) pairs."""
+    frac = f["fraction"].to_numpy()
+    populous = frac >= rules.min_fraction
+    checks = [(populous, lambda i: f"{100 * frac[i]:.2g} % of the particles < {100 * rules.min_fraction:g} %")]
     res = f["resolution"].to_numpy()
     pool = populous if populous.any() else np.ones(len(f), bool)
     best_res = np.min(res[pool])
-    keep = populous.copy()
     if rules.max_resolution_ratio is not None:
-        keep &= res <= rules.max_resolution_ratio * best_res
+        checks.append((res <= rules.max_resolution_ratio * best_res,
+                       lambda i: f"resolution {res[i]:.3g} Å > {rules.max_resolution_ratio:g} × best {best_res:.3g} Å"))
     if rules.max_resolution is not None:
-        keep &= res <= rules.max_resolution
+        checks.append((res <= rules.max_resolution,
+                       lambda i: f"resolution {res[i]:.3g} Å > {rules.max_resolution:g} Å"))
     # contrast reference: median over the best-resolved quarter of the populous classes
     ranked = np.argsort(res + np.where(pool, 0, 1e9), kind="stable")[: max(1, int(np.ceil(pool.sum() / 4)))]
-    ref = float(np.median(f["contrast"].to_numpy()[ranked]))
-    keep &= f["contrast"].to_numpy() >= rules.min_contrast_ratio * ref
-    keep &= f["concentration"].to_numpy() >= rules.min_concentration
+    contrast = f["contrast"].to_numpy()
+    ref = float(np.median(contrast[ranked]))
+    checks.append((contrast >= rules.min_contrast_ratio * ref,
+                   lambda i: f"contrast {contrast[i]:.3g} < {rules.min_contrast_ratio:g} × {ref:.3g} (best classes)"))
+    conc = f["concentration"].to_numpy()
+    checks.append((conc >= rules.min_concentration,
+                   lambda i: f"concentration {conc[i]:.3g} < {rules.min_concentration:g}"))
+    ssnr = f["ssnr"].to_numpy()
     if rules.min_ssnr > 0 and np.isfinite(f["ssnr"]).all():
-        keep &= f["ssnr"].to_numpy() >= rules.min_ssnr
+        checks.append((ssnr >= rules.min_ssnr, lambda i: f"low-resolution SSNR {ssnr[i]:.3g} < {rules.min_ssnr:g}"))
     per_particle = f["particle_ssnr"].to_numpy()
     if rules.min_particle_ssnr_ratio > 0 and np.isfinite(per_particle[populous]).all():
         ref_pp = float(np.median(per_particle[populous]))
-        keep &= per_particle >= rules.min_particle_ssnr_ratio * ref_pp
-    return keep
+        checks.append((per_particle >= rules.min_particle_ssnr_ratio * ref_pp,
+                       lambda i: f"SSNR per particle {per_particle[i]:.3g} < {rules.min_particle_ssnr_ratio:g} × "
+                                 f"median {ref_pp:.3g}"))
+    return checks
 
 
 def noise_like(table: pd.DataFrame, rules: SelectionRules) -> np.ndarray:

@@ -7,19 +7,21 @@ than noise, re-centres the kept particles on their class average's centre of
 mass and removes duplicates (:mod:`spa.class2d.recentre`).
 :func:`write_selection` writes ``particles.star``, ``selected_classes.mrcs``,
 ``class_averages.star`` (the class features, RELION's rlnSelected) and a
-gallery, as RELION's Select job does.
+gallery, as RELION's Select job does, and ``selection.json`` (each dropped
+class with the reason, for the report).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from spa.class2d.recentre import recentre, remove_duplicates
-from spa.class2d.select import SelectionRules, auto_select, class_features, noise_like, parse_class_list
+from spa.class2d.select import (SelectionRules, auto_select, class_features, noise_like, parse_class_list,
+                                rejection_reasons)
 from spa.errors import SpaInputError
 
 
@@ -38,6 +40,7 @@ class Selection:
     n_noise_like: int  # of the kept classes' particles
     n_duplicates: int
     notes: list
+    reasons: list = field(default_factory=list)  # (K,) why each class was dropped ("" for a kept class)
 
     @property
     def selected(self) -> list[int]:
@@ -98,12 +101,14 @@ def select_from_run(class2d_dir, rules: SelectionRules, *, auto: bool, classes: 
                            ssnr, counts, 0.5 * diam / pixel_size, _noise_std(model, box))
     if auto:
         keep = auto_select(feats, rules)
+        reasons = rejection_reasons(feats, rules)
     else:
         try:
             chosen = parse_class_list(classes, k)
         except ValueError as exc:
             raise SpaInputError(None, f"classes: {exc}") from None
         keep = np.isin(feats["rlnClassNumber"].to_numpy(), chosen)
+        reasons = ["" if kept else f"not among the classes chosen ({classes})" for kept in keep]
     selected = feats["rlnClassNumber"].to_numpy()[keep].tolist()
     in_kept = np.isin(table["rlnClassNumber"].to_numpy(), selected)
     noisy = noise_like(table, rules) if (auto or per_particle) else np.zeros(len(table), bool)
@@ -121,13 +126,15 @@ def select_from_run(class2d_dir, rules: SelectionRules, *, auto: bool, classes: 
         if note:
             notes.append(note)
     return Selection(rows, optics, len(table), images, float(pixel_size), feats, keep,
-                     noisy_per_class.astype(np.int64), n_noisy, int(removed), notes)
+                     noisy_per_class.astype(np.int64), n_noisy, int(removed), notes, reasons)
 
 
 def write_selection(out_dir, sel: Selection, rules: SelectionRules, provenance=None) -> None:
-    """particles.star, selected_classes.mrcs, class_averages.star and selected_classes.png in ``out_dir``."""
+    """particles.star, selected_classes.mrcs, class_averages.star, selected_classes.png (+ figures.json) and
+    selection.json (what was dropped and why) in ``out_dir``."""
     from spa.class2d.gallery import write_gallery
     from spa.io.mrc import write_mrcs
+    from spa.plots import write_figures_index
     from spa.io.star import write_particles, write_star
 
     out = Path(out_dir)
@@ -147,6 +154,30 @@ def write_selection(out_dir, sel: Selection, rules: SelectionRules, provenance=N
     write_star(out / "class_averages.star", {"model_classes": cls_table}, provenance=provenance)
     write_gallery(out / "selected_classes.png", sel.images, f["fraction"].to_numpy(), f["resolution"].to_numpy(),
                   selected=sel.selected, title=f"select: {len(sel.selected)} of {k} classes kept")
+    write_figures_index(out, [{
+        "file": "selected_classes.png", "title": f"Class selection: {len(sel.selected)} of {k} classes kept",
+        "caption": "The 2D class averages, largest first; a green frame marks a kept class. The reasons for each "
+                   "dropped class are in selection.json (and the report's summary)."}])
+    write_selection_summary(out / "selection.json", sel, rules)
+
+
+def write_selection_summary(path, sel: Selection, rules: SelectionRules) -> None:
+    """``selection.json``: particles in and out, and per dropped class its size and why it was dropped."""
+    import json
+
+    from spa.io.atomic import atomic_path
+
+    f = sel.features
+    dropped = [{"class": int(f["rlnClassNumber"].iloc[i]), "particles": int(f["n_particles"].iloc[i]),
+                "reason": sel.reasons[i] if i < len(sel.reasons) else ""}
+               for i in np.flatnonzero(~sel.keep)]
+    summary = {"particles_in": int(sel.n_input), "particles_kept": int(len(sel.particles)),
+               "classes": int(len(f)), "classes_kept": [int(c) for c in sel.selected], "classes_dropped": dropped,
+               "particles_in_dropped_classes": int(sum(d["particles"] for d in dropped)),
+               "noise_like_removed": int(sel.n_noise_like), "max_noise_pvalue": rules.max_noise_pvalue,
+               "duplicates_removed": int(sel.n_duplicates)}
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(summary, indent=1) + "\n")
 
 
 def summary(sel: Selection, rules: SelectionRules) -> str:

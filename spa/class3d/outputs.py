@@ -2,7 +2,8 @@
 
 Per iteration: ``run_itNNN_class00K.mrc`` for each class, ``run_itNNN_model.star``,
 ``run_itNNN_data.star`` (with rlnClassNumber and poses); final copies without
-the iteration: ``run_class00K.mrc``, ``run_model.star``, ``run_data.star``.
+the iteration: ``run_class00K.mrc``, ``run_model.star``, ``run_data.star``; and
+``run_classes.png`` (central sections of every class) listed in ``figures.json``.
 """
 
 from __future__ import annotations
@@ -46,3 +47,24 @@ def write_final(run, iteration: int) -> None:
         copy_final(d / src, d / dst)
     copy_final(d / f"run_it{iteration:03d}_model.star", d / "run_model.star", names)
     copy_final(d / f"run_it{iteration:03d}_data.star", d / "run_data.star")
+    plot_classes(run, [d / name for name in names.values()], iteration)
+
+
+def plot_classes(run, paths, iteration: int) -> None:
+    """run_classes.png: the three central sections of each final class with its share of the particles; figures.json."""
+    from spa.io.mrc import read_mrc
+    from spa.plots import plot_map_slices, write_figures_index
+
+    d = Path(run.output_dir)
+    classes = run.table["rlnClassNumber"].to_numpy(np.int64) if "rlnClassNumber" in run.table else np.ones(0, int)
+    counts = np.bincount(classes, minlength=len(paths) + 1)[1:]
+    total = max(int(counts.sum()), 1)
+    volumes = [read_mrc(p)[0] for p in paths]
+    labels = [f"class {k + 1}: {100 * counts[k] / total:.0f} %" for k in range(len(paths))]
+    plot_map_slices(d / "run_classes.png", volumes, labels,
+                    title=f"class3d: {len(paths)} classes, {total} particles, iteration {iteration}")
+    write_figures_index(d, [{
+        "file": "run_classes.png", "title": f"3D classes ({len(paths)}) of {total} particles",
+        "caption": "Central sections (XY, XZ, YZ) of each 3D class after the last iteration, with its share of the "
+                   "particles. Classes that differ show different conformations or compositions; a class of "
+                   "noise or a broken molecule collects the particles that fit no good class."}])

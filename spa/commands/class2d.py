@@ -8,7 +8,7 @@ averages by a CTF-corrected Wiener/MAP step with regularisation T
 (--tau2-fudge).  Writes, in --output-dir, run_itNNN_classes.mrcs,
 run_itNNN_model.star, run_itNNN_data.star every iteration, the final
 run_classes.mrcs, run_model.star, run_data.star and a class gallery
-(run_classes.png, sorted by size).  The last iteration also scores every
+(run_classes.png, sorted by size, listed in figures.json).  The last iteration also scores every
 particle against the other random half's averages and against --noise-decoys
 images of pure noise: rlnSpaNoisePValue in run_data.star, which `spa select`
 uses to drop particles that match no better than noise.  --continue resumes
@@ -107,7 +107,14 @@ def main(args) -> int:
         model, refs, table = run.run(continue_=args.continue_, restart=args.restart, resume=args.resume)
     import numpy as np
 
+    from spa.plots import write_figures_index
+
     write_gallery(out / "run_classes.png", np.asarray(refs.images), model.pdf_class, model.resolution_angstrom(),
                   title=f"class2d: {len(table)} particles, iteration {model.iteration}")
+    write_figures_index(out, [{
+        "file": "run_classes.png", "title": f"2D class averages ({opts.n_classes} classes, {len(table)} particles)",
+        "caption": "The class averages of the last iteration, largest class first; each panel reads class number · "
+                   "share of the particles · estimated resolution. Sharp, varied views of the molecule are good "
+                   "classes; blurred or empty ones collect noise and junk."}])
     print(f"class2d: {len(table)} particles in {opts.n_classes} classes -> {out}/run_classes.mrcs", file=sys.stderr)
     return 0

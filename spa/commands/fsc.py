@@ -1,7 +1,7 @@
 """Fourier shell correlation between two maps, with the resolution at FSC 0.5 and 0.143.
 
-Writes DIR/fsc.star (a RELION-style data_fsc table), DIR/fsc.png, and prints
-the two resolutions.  With --mask both maps are multiplied by it first.
+Writes DIR/fsc.star (a RELION-style data_fsc table), DIR/fsc.png (listed in
+DIR/figures.json, titled --title), and prints the two resolutions.  With --mask both maps are multiplied by it first.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ def add_args(p):
     p.add_argument("--align", action="store_true",
                    help="first rotate/shift (and mirror, if that fits better) map1 onto map2, e.g. an ab-initio "
                         "map onto a known structure; the aligned map is written as DIR/map1_aligned.mrc")
+    p.add_argument("--title", default=None,
+                   help="what the comparison is, for the figure's title in the report (default: the two file names)")
 
 
 def main(args) -> int:
@@ -26,10 +28,10 @@ def main(args) -> int:
 
     import numpy as np
 
-    from spa.em.fsc import fsc, fsc_table, resolution_at
+    from spa.em.fsc import fsc, fsc_table, resolution_at, resolution_text
     from spa.io.mrc import read_mrc
     from spa.io.star import write_star
-    from spa.plots import plot_fsc
+    from spa.plots import plot_fsc, write_figures_index
     from spa.provenance import make_record
 
     m1, p1 = read_mrc(args.map1)
@@ -64,6 +66,15 @@ def main(args) -> int:
         general["rlnSpaAlignedMirrored"] = int(note["aligned_mirrored"])
         general["rlnSpaAlignedRotation"] = note["aligned_rotation_deg"]
     write_star(out / "fsc.star", {"general": general, "fsc": fsc_table(curve, box, p1)}, provenance=record)
-    plot_fsc(out / "fsc.png", [(curve, f"{Path(args.map1).name} vs {Path(args.map2).name}")], box, p1)
+    names = f"{Path(args.map1).name} vs {Path(args.map2).name}"
+    plot_fsc(out / "fsc.png", [(curve, names)], box, p1)
+    write_figures_index(out, [{
+        "file": "fsc.png", "title": f"FSC, {args.title or names}: 0.5 at {resolution_text(curve, 0.5, box, p1)}, "
+                                    f"0.143 at {resolution_text(curve, 0.143, box, p1)}",
+        "caption": f"Fourier shell correlation of {names}" + (" (masked)" if mask is not None else "")
+                   + (" after aligning the first onto the second" if args.align else "")
+                   + " against spatial frequency (Å on the top axis). Two independent half maps are read at 0.143, "
+                     "a map against the truth at 0.5 (dashed lines); a curve that never falls is limited by the "
+                     "pixel size (≥ Nyquist)."}])
     print(json.dumps({"fsc_0.5_A": round(res05, 3), "fsc_0.143_A": round(res0143, 3), **note}))
     return 0

@@ -225,6 +225,10 @@ def write_class_consensus(out_dir, run_paths, runs, result, provenance: dict, mi
     }
     write_json(out / "consensus_classes.json", summary)
     plot_class_stability(out / "consensus_classes.png", result)
+    _figures(out, "consensus_classes.png", f"Class consensus of {m} runs: {n_kept} of {n} particles kept",
+             "Per class: the share of its particles that every run puts in the same class (bars, with the count "
+             "above) against what independent random runs would share (red). Only particles that all runs agree "
+             "on (with class posterior above the limit) go on.")
     return summary
 
 
@@ -317,7 +321,16 @@ def write_pose_consensus(out_dir, run_paths, runs, result, settings: dict, prove
     }
     write_json(out / "consensus_poses.json", summary)
     plot_pose_differences(out / "consensus_poses.png", result, settings)
+    _figures(out, "consensus_poses.png", f"Pose consensus: {n_kept} of {n} particles kept",
+             "Histograms of how far the two runs' poses of each particle differ (angle, left; shift, right) after "
+             "the global rotation between the runs is removed; particles beyond the limits (red) are dropped.")
     return summary
+
+
+def _figures(out: Path, file: str, title: str, caption: str) -> None:
+    from spa.plots import write_figures_index
+
+    write_figures_index(out, [{"file": file, "title": title, "caption": caption}])
 
 
 def plot_pose_differences(path, result, settings: dict) -> None:

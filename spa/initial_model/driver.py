@@ -271,7 +271,8 @@ def run_initial_model(ws: WorkingSet, opts: InitialModelOptions, *, class_averag
 
 def write_outputs(out_dir, result: InitialModelResult, ws: WorkingSet, optics, provenance, *, what: str,
                   write_mirror: bool = True) -> list[Path]:
-    """initial_model.mrc (+ per class), the mirror, run_data.star, candidates/, candidates.star, the plot."""
+    """initial_model.mrc (+ per class), the mirror, run_data.star, candidates/, candidates.star, the figures
+    (candidate_scores.png, candidate_slices.png, figures.json)."""
     import json
 
     from spa.initial_model.align import mirror_volume
@@ -312,6 +313,7 @@ def write_outputs(out_dir, result: InitialModelResult, ws: WorkingSet, optics, p
     written.append(out / "candidates.star")
     plot_scores(out / "candidate_scores.png", result.candidates, result.scores, result.chosen, what)
     written.append(out / "candidate_scores.png")
+    written += plot_candidates(out, result, what)
     report = {
         "chosen": result.candidates[result.chosen].name,
         "candidates": table.to_dict(orient="records"),
@@ -327,3 +329,23 @@ def write_outputs(out_dir, result: InitialModelResult, ws: WorkingSet, optics, p
         Path(tmp).write_text(json.dumps(report, indent=1, default=str))
     written.append(out / "initial_model.json")
     return written
+
+
+def plot_candidates(out: Path, result: InitialModelResult, what: str) -> list[Path]:
+    """candidate_slices.png (central sections of every candidate, the chosen one marked) and figures.json."""
+    from spa.plots import plot_map_slices, write_figures_index
+
+    chosen = result.candidates[result.chosen]
+    labels = [f"{c.name}" + (" (chosen)" if i == result.chosen else "") for i, c in enumerate(result.candidates)]
+    plot_map_slices(out / "candidate_slices.png", [np.asarray(c.volume[0], np.float32) for c in result.candidates],
+                    labels, title=f"initial model candidates ({len(result.candidates)})")
+    write_figures_index(out, [
+        {"file": "candidate_slices.png", "title": f"Initial model candidates: {chosen.name} chosen",
+         "caption": "Central sections (XY, XZ, YZ) of each ab-initio candidate at the working box. A good "
+                    "candidate shows a compact, continuous molecule; the hand is undetermined "
+                    "(initial_model_mirror.mrc is the other hand)."},
+        {"file": "candidate_scores.png", "title": "How well each candidate explains the data",
+         "caption": f"Histogram, per candidate, of the best correlation of its reprojections with each of the "
+                    f"{what}; the candidate with the highest median (thick line) is kept."},
+    ])
+    return [out / "candidate_slices.png", out / "figures.json"]

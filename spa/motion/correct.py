@@ -173,12 +173,14 @@ def correct_movie(frames: np.ndarray, gain: np.ndarray | None, pixel_size: float
                                               times=group_times)
         pshifts = pshifts * scale  # unbinned px
         norm = np.stack([centres[:, 0] / nx - 0.5, centres[:, 1] / ny - 0.5], axis=1)
-        coeffs, offsets, kept = fit_model(norm, group_times, pshifts, outlier_px=1.0)
+        coeffs, offsets, kept, ridge = fit_model(norm, group_times, pshifts, outlier_px=1.0)
         local = LocalMotion(coeffs=coeffs, centres=centres * scale, shifts=pshifts - offsets[:, None, :],
-                            frames=group_times, used=kept)
-        warped = [be.rfftn(warp_frame(real[i], coeffs, float(z[i]), scale), axes=(0, 1)) for i in range(n)]
-        aligned = xp.stack(warped).astype(xp.complex64)
-        del real, warped
+                            frames=group_times, used=kept, ridge=ridge)
+        if np.any(coeffs):  # no local motion found: the whole-frame alignment stands, no resampling
+            warped = [be.rfftn(warp_frame(real[i], coeffs, float(z[i]), scale), axes=(0, 1)) for i in range(n)]
+            aligned = xp.stack(warped).astype(xp.complex64)
+            del warped
+        del real
 
     unweighted = be.irfftn(aligned.sum(axis=0), s=(ny, nx), axes=(0, 1))
     if options.dose_weighting:
@@ -214,6 +216,9 @@ def trajectory_blocks(result: MovieResult, general: dict) -> dict:
     head["rlnMotionModelVersion"] = 1 if result.local is not None else 0
     head.update(result.screening)
     head["rlnSpaOutlierFrames"] = int(result.outliers.sum())
+    if result.local is not None:
+        # the local model's shrinkage chosen by cross-validation (inf: the patches showed no local motion)
+        head["rlnSpaLocalRidge"] = float(result.local.ridge)
     blocks = {"general": head, "global_shift": pd.DataFrame({
         "rlnMicrographFrameNumber": result.frame_numbers.astype(np.int64),
         "rlnMicrographShiftX": result.shifts[:, 0], "rlnMicrographShiftY": result.shifts[:, 1],

@@ -17,7 +17,11 @@ frame by construction).  Coefficient index = 3·j + (p − 1) for x, +18 for y
 (RELION's data_local_motion_model order).  Each patch's trajectory has an
 unknown offset (its reference is its own sum): the fit carries one offset
 per patch as a nuisance parameter, and drops measurements further than
-4 robust standard deviations (and ``outlier_px``) from the model.
+4 robust standard deviations (and ``outlier_px``) from the model.  The fit is
+a ridge regression whose strength leave-one-patch-out cross-validation
+chooses (:func:`fit_model`): where the patches are too noisy to predict each
+other, the local model shrinks to nothing and the sums are those of the
+whole-frame alignment.
 
 The model is applied by resampling each globally aligned frame at
 r − s(r) with cubic B-splines (small residual shifts only; the global part
@@ -76,37 +80,87 @@ class LocalMotion:
     shifts: np.ndarray  # (P, G, 2) measured residual shifts, unbinned pixels (offset removed)
     frames: np.ndarray  # (G,) frame offsets z of the measurements
     used: np.ndarray  # (P, G) measurement kept by the robust fit
+    ridge: float = 0.0  # ridge strength chosen by cross-validation (inf: no local motion found)
+
+
+#: ridge strengths tried (relative to the mean diagonal of the normal matrix); inf = no local motion
+RIDGE_GRID = (0.0, 1e-3, 1e-2, 1e-1, 1.0, 10.0, np.inf)
+
+
+def _centred(X: np.ndarray, y: np.ndarray, w: np.ndarray):
+    """Per patch, the design rows (P, G, k) and shifts (P, G, 2) minus their weighted means over time:
+    the per-patch offsets drop out of the fit (they are nuisance parameters)."""
+    wsum = np.maximum(w.sum(axis=1, keepdims=True), 1e-12)[..., None]
+    Xc = X - (w[..., None] * X).sum(axis=1, keepdims=True) / wsum
+    yc = y - (w[..., None] * y).sum(axis=1, keepdims=True) / wsum
+    return Xc, yc
+
+
+def _solve(XtX, Xty, lam):
+    if np.isinf(lam):
+        return np.zeros_like(Xty)
+    k = XtX.shape[0]
+    return np.linalg.lstsq(XtX + lam * np.eye(k), Xty, rcond=None)[0]
 
 
 def fit_model(centres_norm: np.ndarray, z: np.ndarray, shifts: np.ndarray, outlier_px: float = 1.0,
-              rounds: int = 3, degree: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Least-squares fit of the 36 coefficients plus one offset per patch and axis.
+              rounds: int = 3, degree: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Fit the 36 coefficients (and one offset per patch and axis) to patch trajectories, shrunk as far as
+    the data ask.
 
-    ``centres_norm`` (P, 2) normalised (xn, yn); ``z`` (G,); ``shifts`` (P, G, 2).
-    ``degree`` (1–3): the highest power of time fitted (the others' coefficients are 0).
-    Returns (coeffs (36,), offsets (P, 2), kept (P, G)).
+    ``centres_norm`` (P, 2) normalised (xn, yn); ``z`` (G,) frame offsets; ``shifts`` (P, G, 2) px.
+    The coefficients are a ridge regression (time scaled to [0, 1] inside the
+    fit) whose strength is chosen from :data:`RIDGE_GRID` by leave-one-patch-out
+    cross-validation (the strongest shrinkage within one standard error of
+    the smallest prediction error): the model made without a patch must
+    clearly predict that patch's trajectory.  Infinite strength — no
+    local motion — wins when the patch measurements are too noisy for the
+    model to predict anything (small or smooth deformations at low dose);
+    a noisy model would otherwise make the sums worse than whole-frame
+    alignment.  Measurements further than ``outlier_px`` and 4 robust SDs from
+    the model are dropped.  ``degree`` (1–3) is the highest power of time.
+
+    Returns (coeffs (36,), offsets (P, 2), kept (P, G), ridge strength chosen).
     """
     P, G, _ = shifts.shape
     active = np.array([p <= degree for _ in range(6) for p in (1, 2, 3)])
-    rows = design(centres_norm[:, None, 0], centres_norm[:, None, 1], z[None, :]).reshape(P * G, N_TERMS)[:, active]
-    offsets_design = np.repeat(np.eye(P), G, axis=0)
-    A = np.concatenate([rows, offsets_design], axis=1)
-    b = shifts.reshape(P * G, 2)
-    keep = np.ones(P * G, dtype=bool)
-    sol = np.zeros((A.shape[1], 2))
+    zmax = max(float(np.max(np.abs(z))), 1e-9)
+    powers = np.array([p for _ in range(6) for p in (1, 2, 3)])[active]
+    X = design(centres_norm[:, None, 0], centres_norm[:, None, 1], z[None, :] / zmax)[..., active]  # (P, G, k)
+    w = np.ones((P, G))
+    lam_best, coef = np.inf, np.zeros((X.shape[-1], 2))
     for _ in range(rounds):
-        sol, *_ = np.linalg.lstsq(A[keep], b[keep], rcond=None)
-        resid = np.linalg.norm(A @ sol - b, axis=1)
-        sigma = 1.4826 * np.median(resid[keep])
-        new = resid <= max(outlier_px, 4.0 * sigma)
-        if np.array_equal(new, keep):
+        Xc, yc = _centred(X, shifts, w)
+        per_patch = [((w[p][:, None] * Xc[p]).T @ Xc[p], (w[p][:, None] * Xc[p]).T @ yc[p]) for p in range(P)]
+        XtX = sum(a for a, _ in per_patch)
+        Xty = sum(b for _, b in per_patch)
+        scale = float(np.mean(np.diag(XtX))) or 1.0
+        errors = np.zeros((len(RIDGE_GRID), P))
+        for i, lam in enumerate(RIDGE_GRID):
+            for p in range(P):
+                c = _solve(XtX - per_patch[p][0], Xty - per_patch[p][1], lam * scale)
+                errors[i, p] = float((w[p][:, None] * (yc[p] - Xc[p] @ c) ** 2).sum())
+        # the one-standard-error rule: the strongest shrinkage whose error is within one standard error
+        # (over patches) of the smallest — a model must clearly predict better to be used
+        total = errors.sum(axis=1)
+        best = int(np.argmin(total))
+        limit = total[best] + np.sqrt(P) * errors[best].std(ddof=1) if P > 1 else total[best]
+        lam_best = RIDGE_GRID[max(i for i in range(len(RIDGE_GRID)) if total[i] <= limit)]
+        coef = _solve(XtX, Xty, lam_best * scale)
+        resid = np.linalg.norm(yc - Xc @ coef, axis=2)
+        sigma = 1.4826 * np.median(resid[w > 0])
+        new = (resid <= max(outlier_px, 4.0 * sigma)).astype(float)
+        if np.array_equal(new, w):
             break
-        keep = new
-    n_active = int(active.sum())
+        w = new
+    coef = coef / (zmax ** powers)[:, None]  # back to z in frames
+    X_frames = design(centres_norm[:, None, 0], centres_norm[:, None, 1], z[None, :])[..., active]
+    wsum = np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
+    offsets = ((w[..., None] * (shifts - X_frames @ coef)).sum(axis=1)) / wsum
     coeffs = np.zeros(2 * N_TERMS)
-    coeffs[:N_TERMS][active] = sol[:n_active, 0]
-    coeffs[N_TERMS:][active] = sol[:n_active, 1]
-    return coeffs, sol[n_active:], keep.reshape(P, G)
+    coeffs[:N_TERMS][active] = coef[:, 0]
+    coeffs[N_TERMS:][active] = coef[:, 1]
+    return coeffs, offsets, w > 0, float(lam_best)
 
 
 def _window(ny: int, nx: int, xp, edge: float = 0.15):

@@ -4,7 +4,7 @@ Per iteration: ``run_itNNN_half1_class001.mrc``, ``run_itNNN_half2_class001.mrc`
 ``run_itNNN_half1_model.star``, ``run_itNNN_half2_model.star``, ``run_itNNN_data.star``.
 Final: ``run_class001.mrc`` (both halves, to Nyquist), ``run_half1_class001_unfil.mrc``,
 ``run_half2_class001_unfil.mrc``, ``run_model.star`` (with rlnGoldStandardFsc),
-``run_data.star``, ``run_fsc.png``.
+``run_data.star``, ``run_fsc.png`` (listed in ``figures.json``).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 
 from spa.em.outputs import model_blocks
-from spa.em.fsc import resolution_at
+from spa.em.fsc import resolution_at, resolution_text
 from spa.io.mrc import write_mrc
 from spa.io.star import write_particles, write_star
-from spa.plots import plot_fsc
+from spa.plots import plot_fsc, write_figures_index
 
 
 def _general(run, res_a):
@@ -55,4 +55,11 @@ def write_final(run, models, halves, full, sampling) -> None:
     write_star(d / "run_model.star", blocks, run.provenance)
     write_particles(d / "run_data.star", run.table, run.optics, run.provenance)
     plot_fsc(d / "run_fsc.png", [(run.fsc, "gold-standard FSC (half maps)")], run.box, run.pixel_size)
+    resolution = resolution_text(run.fsc, 0.143, run.box, run.pixel_size)
+    write_figures_index(d, [{
+        "file": "run_fsc.png", "title": f"Gold-standard FSC of the refinement: 0.143 at {resolution}",
+        "caption": "Fourier shell correlation between the two independently refined half maps (no mask), against "
+                   "spatial frequency (resolution in Å on the top axis); the resolution is read where it falls "
+                   "below 0.143 (lower dashed line). A curve that never falls is limited by the pixel size "
+                   "(≥ Nyquist)."}])
     write_mrc(d / "run_class001.mrc", full, run.pixel_size, provenance=run.provenance)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
+
 import pytest
 
 from spa.class2d.recentre import centre_of_mass, recentre, remove_duplicates
-from spa.class2d.select import SelectionRules, auto_select, noise_like, parse_class_list
+from spa.class2d.select import SelectionRules, auto_select, noise_like, parse_class_list, rejection_reasons
 from spa.class2d.synthetic import make_particles, make_views, rotate_shift
 from spa.cli import main as spa_main
 from spa.fourier import shift_image
 from spa.io.mrc import write_mrcs
 from spa.io.star import read_particles, read_star, write_particles
+from tests.conftest import listed_figures
 
 PX = 3.0
 
@@ -83,6 +87,7 @@ def test_class2d_and_select_commands_by_hand(tmp_path):
                    "--particle-diameter", "120", "--offset-range", "3", "--output-dir", str(tmp_path / "c2d")])
     assert rc == 0
     assert (tmp_path / "c2d" / "run_classes.png").stat().st_size > 1000
+    assert listed_figures(tmp_path / "c2d") == ["run_classes.png"]
     parts, _ = read_particles(tmp_path / "c2d" / "run_data.star")
     assert parts["rlnClassNumber"].between(1, 3).all()
     rc = spa_main(["select", "--class2d-dir", str(tmp_path / "c2d"), "--classes", "1,3", "--output-dir",
@@ -93,6 +98,12 @@ def test_class2d_and_select_commands_by_hand(tmp_path):
     assert len(sel) == parts["rlnClassNumber"].isin([1, 3]).sum()  # coordinates 60 px apart: no duplicates
     ca = read_star(tmp_path / "sel" / "class_averages.star")["model_classes"]
     assert ca["rlnSelected"].tolist() == [1, 0, 1]
+    assert listed_figures(tmp_path / "sel") == ["selected_classes.png"]
+    report = json.loads((tmp_path / "sel" / "selection.json").read_text())
+    assert report["particles_kept"] == len(sel) and report["classes_kept"] == [1, 3]
+    assert [d["class"] for d in report["classes_dropped"]] == [2]
+    assert "not among" in report["classes_dropped"][0]["reason"]
+    assert report["particles_in_dropped_classes"] == (parts["rlnClassNumber"] == 2).sum()
     # bad input: one line, non-zero exit
     assert spa_main(["select", "--class2d-dir", str(tmp_path / "nothing"), "--auto", "--output-dir",
                      str(tmp_path / "x")]) == 1
@@ -161,6 +172,13 @@ def test_per_particle_ssnr_rejects_a_large_noise_class_and_keeps_a_small_good_on
                           "particle_ssnr": ssnr / n})
     keep = auto_select(feats, SelectionRules())
     assert keep.tolist() == [True, True, True, True, False]
+    # the reasons the report shows: one for the dropped class, none for the kept ones
+    reasons = rejection_reasons(feats, SelectionRules())
+    assert [r == "" for r in reasons] == keep.tolist() and reasons[4].startswith("SSNR per particle")
+    strict = SelectionRules(min_fraction=0.3, max_resolution=20)
+    reasons = rejection_reasons(feats, strict)
+    assert [r == "" for r in reasons] == auto_select(feats, strict).tolist()
+    assert "resolution 25 Å > 20 Å" in reasons[3] and "% of the particles < 30 %" in reasons[3]
     assert auto_select(feats, SelectionRules(min_particle_ssnr_ratio=0.0)).tolist() == [True] * 5
 
 

@@ -7,6 +7,7 @@ from spa.cli import main
 from spa.io.mrc import read_mrc
 from spa.io.star import read_particles, read_star, write_particles
 from tests.class3d.conftest import accuracy as _accuracy, simulate_two_states
+from tests.conftest import listed_figures
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,7 @@ def test_classification_with_known_poses_separates_the_conformations(two_states,
     for name in ("run_it001_class001.mrc", "run_it010_class002.mrc", "run_model.star", "run_it010_data.star"):
         assert (out / name).exists()
     assert len(read_star(out / "run_model.star")["model_classes"]) == 2
+    assert listed_figures(out) == ["run_classes.png"]
 
 
 def test_classification_with_local_searches_around_refined_poses(two_states, tmp_path):

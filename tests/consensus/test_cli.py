@@ -13,6 +13,7 @@ from spa.geometry import matrix_to_euler, random_rotations
 from spa.geometry.symmetry import axis_rotation
 from spa.io.star import read_particles, read_star, write_particles
 from spa.provenance import read_record
+from tests.conftest import listed_figures
 
 PIXEL = 1.5  # Å
 
@@ -67,6 +68,7 @@ def test_classes_round_trip(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for name in ("particles.star", "consensus_classes.star", "consensus_classes.json", "consensus_classes.png"):
         assert (out / name).stat().st_size > 0
+    assert listed_figures(out) == ["consensus_classes.png"]
     kept, optics = read_particles(out / "particles.star")
     assert len(kept) == printed["n_kept"] and 0.8 < len(kept) / 1200 < 0.9  # ≈ 0.95³
     assert optics["rlnImagePixelSize"].iloc[0] == PIXEL
@@ -160,6 +162,7 @@ def test_poses_round_trip(tmp_path, capsys, relion30):
     assert summary["median_angular_difference_deg"] < 2.0 and summary["p90_angular_difference_deg"] > 2.5
     assert np.allclose(np.array(summary["global_rotation"]), G, atol=0.01)
     assert (out / "consensus_poses.png").stat().st_size > 0
+    assert listed_figures(out) == ["consensus_poses.png"]
 
     # a looser shift limit in Å (6.8 px) keeps the shifted particles too
     out2 = tmp_path / "cons2"

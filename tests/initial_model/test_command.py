@@ -14,6 +14,7 @@ from spa.io.star import read_particles, read_star, write_particles
 from spa.io.zarrstack import create_stack, write_images
 from spa.provenance import read_record
 from tests.initial_model.conftest import molecule, simulate
+from tests.conftest import listed_figures
 
 BOX, PIXEL, N = 32, 5.0, 300
 
@@ -49,6 +50,7 @@ def test_initial_model_writes_every_output_at_the_original_box(dataset, tmp_path
                  "candidate_scores.png", "initial_model.json", "candidates/candidate_01.mrc",
                  "candidates/candidate_02.mrc"):
         assert (out / name).exists(), name
+    assert listed_figures(out) == ["candidate_slices.png", "candidate_scores.png"]
     vol, px = read_mrc(out / "initial_model.mrc")
     assert vol.shape == (BOX,) * 3 and px == pytest.approx(PIXEL)  # back at the particles' box and pixel
     # C2 imposed in RELION's setting: the 2-fold on z

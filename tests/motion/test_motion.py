@@ -137,3 +137,15 @@ def test_local_alignment_beats_whole_frame_alignment(deforming):
             err_whole.append(((whole.shifts[f, 0] - tx) ** 2 + (whole.shifts[f, 1] - ty) ** 2).mean())
             err_local.append(((local.shifts[f, 0] + lx - tx) ** 2 + (local.shifts[f, 1] + ly - ty) ** 2).mean())
         assert np.sqrt(np.mean(err_local)) < 0.8 * np.sqrt(np.mean(err_whole)), m
+
+
+def test_patches_without_local_motion_do_no_harm(drifting):
+    """The cross-validated local model shrinks to (almost) nothing when the patches show no deformation."""
+    folder, gain = drifting
+    for m in (1, 2):
+        movie, truth, _, image = load(folder, m)
+        whole = correct_movie(movie, gain, PIXEL, 4.0, MotionOptions(**GLOBAL_ONLY))
+        local = correct_movie(movie, gain, PIXEL, 4.0, MotionOptions(patches_x=4, patches_y=4, bfactor=1000.0))
+        assert local.local is not None and local.local.ridge > 0  # shrunk
+        fsc = [band_fsc(r.unweighted, image, PIXEL, 0.05, 0.15) for r in (whole, local)]
+        assert fsc[1] > fsc[0] - 0.005, (m, fsc)

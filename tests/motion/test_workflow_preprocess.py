@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from spa.io.star import read_micrographs
@@ -25,6 +26,7 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=workdir)
 
 
+@pytest.mark.workflow
 def test_movies_example_and_a_movie_folder_on_the_fly(tmp_path):
     example = REPO / "config" / "examples" / "movies.yaml"
     target = "results_movies/motion/corrected_micrographs.star"

@@ -11,6 +11,7 @@ from spa.geometry.distance import align_rotation_sets
 from spa.geometry.euler import euler_to_matrix
 from spa.io.mrc import read_mrc
 from spa.io.star import read_particles, read_star
+from tests.conftest import listed_figures
 
 ARGS = ["--max-iter", "4", "--offset-range", "3", "--seed", "7"]
 
@@ -36,6 +37,7 @@ def test_writes_relion_named_outputs(refined):
                  "run_model.star", "run_data.star", "run_fsc.png", "run_it001_half1_class001.mrc",
                  "run_it001_data.star"):
         assert (refined / name).exists(), name
+    assert listed_figures(refined) == ["run_fsc.png"]
     model = read_star(refined / "run_model.star")
     fsc_curve = model["model_class_1"]["rlnGoldStandardFsc"].to_numpy()
     assert fsc_curve[1] > 0.9 and fsc_curve[-1] < 0.5

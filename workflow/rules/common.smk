@@ -2,8 +2,11 @@
 # command takes, and which files the workflow must finally produce.
 #
 # Adding a stage: write workflow/rules/<stage>.smk whose outputs lie under
-# results/<stage>/ (use `result()`), include it in the Snakefile, and point
-# the functions in "Stage wiring" below at its outputs.
+# results/<stage>/ (use `result()`), include it in the Snakefile, and point the functions in "Stage wiring" below at its outputs;
+# its final outputs join the `all` target and the report's inputs with
+# `add_stage_outputs(lambda: [...])` in its .smk ([] where the config leaves
+# the stage out). Its figures reach the report through a figures.json in its
+# output folder (docs/stages.md, "report").
 
 RESULTS = config["results"].rstrip("/")
 
@@ -238,12 +241,43 @@ if truth_map():
         FSC_PAIRS["ideal"] = lambda: [ideal_map(), truth_map()]
 
 
+# How each comparison is named in its figure's title (the report)
+FSC_TITLES = {"halves": "gold-standard half maps", "truth": "refined map vs the truth",
+              "ideal": "map from the true poses (made as the refined map) vs the truth"}
+
+
 def fsc_table(pair):
     return result("fsc", pair, "fsc.star")
 
 
+def stage_outputs():
+    """The final outputs of every stage present in this config: the summary and the maps it describes, the
+    postprocessing and validation, the front end's, and whatever a stage's .smk added with
+    `add_stage_outputs`. The report (the end of the workflow) waits for all of them."""
+    return _stage_outputs() + [path for source in EXTRA_STAGE_OUTPUTS for path in source()]
+
+
+# Functions (no arguments) giving more final outputs; a stage's .smk file adds its own with add_stage_outputs.
+EXTRA_STAGE_OUTPUTS = []
+
+
+def add_stage_outputs(source):
+    """Register ``source`` (a function returning a list of paths, [] where the stage is absent from this
+    config) as more final outputs: the `all` target and the report then wait for them."""
+    EXTRA_STAGE_OUTPUTS.append(source)
+    return source
+
+
+def report_page():
+    return result("report", "index.html")
+
+
 def final_targets():
-    """The final targets (inputs of the `all` target): the summary and the maps it describes."""
+    """The final targets (inputs of the `all` target): every stage's final outputs and the report on them."""
+    return [*stage_outputs(), report_page()]
+
+
+def _stage_outputs():
     runs = [result("class3d", "consensus", "consensus_classes.star")] if config["class3d"]["runs"] >= 2 else []
     post = [result("postprocess", "postprocess.json"), result("locres", "locres.json"),
             result("validate", "validation.json")]

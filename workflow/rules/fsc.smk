@@ -25,7 +25,8 @@ rule fsc:
         # an ab-initio map lives in its own frame (and hand): align it to the truth first; the true-pose
         # map ("ideal") goes through the same alignment, so that the two are compared alike
         align=lambda w: "--align" if w.pair in ("truth", "ideal") else "",
+        title=lambda w: FSC_TITLES.get(w.pair, w.pair),
         common=spa_common(),
     shell:
         "spa fsc --map1 {input.map1} --map2 {input.map2} --output-dir {params.outdir} "
-        "{params.mask} {params.align} {params.common} > {log} 2>&1"
+        "{params.mask} {params.align} --title '{params.title}' {params.common} > {log} 2>&1"

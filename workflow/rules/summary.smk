@@ -1,4 +1,4 @@
-# One JSON file that says where the final map is and how good it is.
+# One JSON file that says where the final map is and how good it is, and every FSC curve on one figure.
 
 
 rule summary:
@@ -7,6 +7,7 @@ rule summary:
         map=final_map(),
     output:
         result("summary.json"),
+        figure=result("summary", "fsc_curves.png"),
     log:
         log_file("summary"),
     threads: 1

@@ -118,6 +118,53 @@ def describe(summary: dict) -> str:
     return text
 
 
+def plot_fsc_overview(summary: dict, folder: str, postprocess_star: str | None = None) -> None:
+    """fsc_curves.png + figures.json in ``folder``: the gold-standard FSC (and what it predicts against the
+    truth, sqrt(2 FSC / (1 + FSC))), the refined and true-pose maps against the truth, and the postprocessed
+    (masked, corrected) FSC, on one axis in 1/Å."""
+    import numpy as np
+
+    from spa.plots import _pyplot, angstrom_axis, save_figure, write_figures_index
+
+    def curve(path, column="rlnFourierShellCorrelation", block="fsc"):
+        table = read_star(path)[block]
+        return table["rlnResolution"].to_numpy(float), table[column].to_numpy(float)
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    s, halves = curve(summary["halves"]["fsc_star"])
+    ax.plot(s, halves, color="tab:blue", label="half maps (gold standard, unmasked)")
+    clipped = np.clip(halves, 0, 1)
+    ax.plot(s, np.sqrt(2 * clipped / (1 + clipped)), color="tab:blue", ls=":",
+            label="…as predicted against the truth, √(2F/(1+F))")
+    if postprocess_star and os.path.exists(postprocess_star):
+        ps, corrected = curve(postprocess_star, "rlnFourierShellCorrelationCorrected")
+        ax.plot(ps, corrected, color="tab:purple", label="half maps, masked and corrected (postprocess; read at 0.143)")
+    if "truth" in summary:
+        ax.plot(*curve(summary["truth"]["fsc_star"]), color="tab:red", label="refined map vs the truth")
+    if "true_poses" in summary:
+        ax.plot(*curve(summary["true_poses"]["fsc_star"]), color="tab:green",
+                label="map from the true poses vs the truth")
+    for t in (0.143, 0.5):
+        ax.axhline(t, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("resolution (1/Å)")
+    ax.set_ylabel("FSC")
+    ax.set_ylim(-0.1, 1.05)
+    ax.legend(fontsize=7, loc="lower left")
+    angstrom_axis(ax, 1.0)
+    os.makedirs(folder, exist_ok=True)
+    save_figure(fig, os.path.join(folder, "fsc_curves.png"))
+    caption = ("Every FSC of the run on one axis. The gold-standard curve of the half maps is read at 0.143; "
+               "the dotted line converts it to what it predicts for the full map against the truth, read at 0.5")
+    if "truth" in summary:
+        caption += ("; the red curve is that comparison measured, so the gap between dotted and red shows how far "
+                    "the gold-standard estimate is from the truth")
+    if "true_poses" in summary:
+        caption += "; green is the best these particles allow (their true poses)"
+    write_figures_index(folder, [{"file": "fsc_curves.png", "title": "All FSC curves of the run",
+                                  "caption": caption + "."}])
+
+
 if "snakemake" in globals():
     sm = snakemake  # noqa: F821 - injected by Snakemake's script directive
     ideal = str(sm.input.ideal) if "ideal" in sm.input.keys() else None
@@ -128,6 +175,9 @@ if "snakemake" in globals():
     if "validation" in sm.input.keys():
         with open(str(sm.input.validation)) as fh:
             result["validation"] = json.load(fh)
+    if "figure" in sm.output.keys():
+        star = os.path.join(os.path.dirname(post), "postprocess.star") if post else None
+        plot_fsc_overview(result, os.path.dirname(str(sm.output.figure)), star)
     write_summary(result, str(sm.output[0]))
     with open(str(sm.log[0]), "w") as log:
         print(describe(result), file=log)
