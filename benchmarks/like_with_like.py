@@ -48,7 +48,8 @@ def main() -> None:
     refined = work / "refine3d"
     if not (refined / "run_class001.mrc").exists():
         spa("refine3d", "--particles", a.particles, "--reference", a.truth_map, "--sym", a.sym, "--ini-high",
-            a.ini_high, "--max-iter", a.max_iter, "--max-healpix-order", a.max_healpix_order, *diameter, "--output-dir", str(refined), "--resume", *common)
+            a.ini_high, "--max-iter", a.max_iter, "--max-healpix-order", a.max_healpix_order, *diameter,
+            "--output-dir", str(refined), "--resume", *common)
     true_poses = work / "true_poses"
     if not (true_poses / "run_class001.mrc").exists():
         spa("reconstruct", "--particles", str(refined / "run_data.star"), "--poses-from", a.truth_particles,

@@ -35,9 +35,11 @@ def add_args(p):
     p.add_argument("--particles", required=True, help="particle STAR file (RELION 3.0/3.1) with poses and CTF")
     p.add_argument("--output", default=None, help="output map (.mrc)")
     p.add_argument("--output-dir", default=None,
-                   help="with --like-refine3d: folder for run_class001.mrc, the two *_unfil half maps and true_poses.json")
+                   help="with --like-refine3d: folder for run_class001.mrc, the two *_unfil half maps and "
+                        "true_poses.json")
     p.add_argument("--poses-from", default=None,
-                   help="STAR whose rows give each particle's angles and origins (matched by image), e.g. the true poses")
+                   help="STAR whose rows give each particle's angles and origins (matched by image), "
+                        "e.g. the true poses")
     p.add_argument("--like-refine3d", action="store_true",
                    help="half maps, their FSC and the regularised full map as refine3d makes its final map")
     p.add_argument("--particle-diameter", type=float, default=None,

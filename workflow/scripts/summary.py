@@ -112,7 +112,8 @@ def describe(summary: dict) -> str:
     if "refined_vs_true_poses" in summary:
         c = summary["refined_vs_true_poses"]
         verdict = "reaches" if c["reaches_true_poses"] else "falls short of"
-        text += (f"; vs truth (FSC 0.5) {c['refined_fsc05']}, from the true poses (made alike) {c['true_poses_fsc05']}: "
+        text += (f"; vs truth (FSC 0.5) {c['refined_fsc05']}, "
+                 f"from the true poses (made alike) {c['true_poses_fsc05']}: "
                  f"the refined map {verdict} what the true poses allow (largest shortfall {c['largest_shortfall']:.3f} "
                  f"at {c['largest_shortfall_at_A']} Å)")
     return text
