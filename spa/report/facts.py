@@ -103,6 +103,12 @@ def resolutions(results) -> list[tuple[str, str]]:
         if key in summary:
             t = summary[key]
             rows.append((what, resolution_text(t["resolution_fsc05_A"], t.get("fsc05_at_nyquist"))))
+    if "refined_vs_true_poses" in summary:  # the true-pose map made, aligned and masked as the refined map
+        c = summary["refined_vs_true_poses"]
+        verdict = "reaches it" if c["reaches_true_poses"] else "falls short"
+        rows.append(("refined map vs the true-pose map made alike",
+                     f"{verdict}: largest FSC shortfall {c['largest_shortfall']:.3f} at {c['largest_shortfall_at_A']} Å "
+                     f"(mean {c['mean_shortfall']:.3f}; tolerance {c['tolerance']})"))
     if "nyquist_A" in summary:
         rows.append(("Nyquist (2 × pixel size)", f"{summary['nyquist_A']:.2f} Å"))
     return rows

@@ -248,7 +248,9 @@ def final_map():
 
 
 def ideal_map():
-    return result("reconstruct", "full.mrc")
+    """The map from the TRUE poses of refine3d's particles and halves, made as refine3d makes its final map
+    (the true_poses job): what the refined map is compared with."""
+    return result("true_poses", "run_class001.mrc")
 
 
 def truth_map():
@@ -271,7 +273,7 @@ if truth_map():
 
 # How each comparison is named in its figure's title (the report)
 FSC_TITLES = {"halves": "gold-standard half maps", "truth": "refined map vs the truth",
-              "ideal": "map from the true poses vs the truth"}
+              "ideal": "map from the true poses (made as the refined map) vs the truth"}
 
 
 def fsc_table(pair):
