@@ -125,7 +125,7 @@ def _read_fsc(path) -> dict:
 
 
 def quality(results) -> list[tuple[str, str]]:
-    """(what, value) rows: B-factor, local resolution, angular distribution, ResLog."""
+    """(what, value) rows: B-factor, local resolution, and the validation checks (numbers, verdicts)."""
     results = Path(results)
     rows = []
     post = _json(results / "postprocess" / "postprocess.json")
@@ -141,12 +141,19 @@ def quality(results) -> list[tuple[str, str]]:
                      f"{p.get('50', 0):.2f} Å ({p.get('5', 0):.2f}–{p.get('95', 0):.2f} Å)"))
     val = _json(results / "validate" / "validation.json")
     if val:
-        if val.get("sampling_compensation_factor") is not None:
-            rows.append(("angular distribution (sampling compensation factor)",
-                         f"{val['sampling_compensation_factor']:.2f} — {val.get('verdict', '')}".rstrip(" —")))
+        angular = val.get("angular") or {}
+        if angular.get("efficiency_E_od") is not None:
+            rows.append(("angular distribution (E_od; sampling compensation factor)",
+                         f"{angular['efficiency_E_od']:.2f}; {angular.get('sampling_compensation_factor', 0):.2f} — "
+                         f"{angular.get('verdict', '')}".rstrip(" —")))
         reslog = val.get("reslog") or {}
         if reslog.get("bfactor_A2") is not None:
             rows.append(("B-factor of the data (ResLog)", f"{reslog['bfactor_A2']:.0f} Å²"))
+        titles = {"reprojection": "class averages vs reprojections", "noise_substitution": "noise substitution",
+                  "noise_particles": "noise particles", "alignability": "pose alignability", "handedness": "hand"}
+        for key, title in titles.items():
+            if (val.get(key) or {}).get("verdict"):
+                rows.append((title, val[key]["verdict"]))
     return rows
 
 

@@ -280,6 +280,16 @@ def fsc_table(pair):
     return result("fsc", pair, "fsc.star")
 
 
+def validate_inputs(wildcards=None):
+    """Inputs of `spa validate`: the refinement, the class averages, and the truth map where there is one."""
+    inputs = {"particles": result("refine3d", "run_data.star"), "map": final_map(), "half1": half_maps()[0],
+              "half2": half_maps()[1],
+              "classes": result("class2d", "run_classes.mrcs")}
+    if truth_map():
+        inputs["truth"] = truth_map()
+    return inputs
+
+
 def stage_outputs():
     """The final outputs of every stage present in this config: the summary and the maps it describes, the
     postprocessing and validation, the front end's, and whatever a stage's .smk added with
