@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests" / "integration" / "slurm" / "cluster.sh"
 # the one-node test cluster has ~24 GB and 2 cores: the profile's site-sized requests are scaled down
 SMALL = ["--set-resources", *[f"{rule}:mem_mb=1500" for rule in
-                              ("simulate", "reconstruct", "class2d", "initial_model", "class3d", "refine3d",
+                              ("simulate", "reconstruct", "true_poses", "class2d", "initial_model", "class3d", "refine3d",
                                "postprocess", "locres")]]
 
 
