@@ -126,7 +126,9 @@ def main(args) -> int:
                     "phases randomised beyond where the unmasked FSC drops below 0.8, and the masked FSC corrected "
                     "for the mask (Chen et al. 2013). The resolution is where the corrected curve crosses 0.143."},
         {"file": "postprocess_guinier.png",
-         "title": f"Guinier plot: B-factor {result.bfactor_used:.0f} Å² used for sharpening",
+         "title": (f"Guinier plot: B-factor {result.bfactor_used:.0f} Å² used for sharpening"
+                   if result.bfactor_fitted or not result.bfactor_automatic else
+                   f"Guinier plot: no B-factor fitted (no shells between {args.fit_minres:g} Å and the resolution)"),
          "caption": "Log of the rotationally averaged amplitude against resolution squared; the dashed line is the "
                     f"fit between {args.fit_minres:g} Å and the resolution whose slope gives the B-factor."},
     ])

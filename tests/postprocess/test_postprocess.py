@@ -155,3 +155,5 @@ def test_no_bfactor_is_fitted_for_a_map_resolved_only_to_12_angstrom(truth, tmp_
     summary = json.loads((out / "postprocess.json").read_text())
     assert summary["bfactor_fitted"] is False and summary["bfactor_used_A2"] == 0.0
     assert np.isfinite(read_mrc(out / "postprocess.mrc")[0]).all()
+    titles = [f["title"] for f in json.loads((out / "figures.json").read_text())]
+    assert any("no B-factor fitted" in t for t in titles), titles
