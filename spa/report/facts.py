@@ -131,6 +131,8 @@ def quality(results) -> list[tuple[str, str]]:
     post = _json(results / "postprocess" / "postprocess.json")
     if post and post.get("bfactor_used_A2") is not None:
         how = "automatic, Guinier fit" if post.get("bfactor_automatic") else "given by the user"
+        if post.get("bfactor_automatic") and post.get("bfactor_fitted") is False:
+            how = "not fitted: the map is not resolved beyond the Guinier fit's 10 Å"
         rows.append(("B-factor used for sharpening", f"{post['bfactor_used_A2']:.0f} Å² ({how})"))
     if post and post.get("mask_volume_fraction") is not None:
         rows.append(("solvent mask", f"{100 * post['mask_volume_fraction']:.1f} % of the box"))
