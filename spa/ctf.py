@@ -47,6 +47,39 @@ def ctf_phase(box: int, pixel_size: float, defocus_u, defocus_v, defocus_angle, 
     return chi, k2
 
 
+class PhaseTerms:
+    """χ on chosen Fourier pixels, split into what depends on the defocus and what does not, so that a CTF
+    fit can evaluate χ for many (U, V, angle, phase shift) cheaply — the same χ as :func:`ctf_phase`:
+
+        χ = π·λ·k²·[½(U+V) + ½(U−V)·(cos 2θ·cos 2α + sin 2θ·sin 2α)] − (π/2)·Cs·λ³·k⁴ + φ + arctan(Q/√(1−Q²))
+
+    ``k`` is given in 1/Å with its azimuth (``kx``, ``ky`` arrays of any shape); defocus in Å, angles in
+    degrees, as :func:`ctf_2d`.
+    """
+
+    def __init__(self, kx, ky, voltage: float, cs: float, amplitude_contrast: float):
+        kx = np.asarray(kx, dtype=np.float64)
+        ky = np.asarray(ky, dtype=np.float64)
+        lam = electron_wavelength(voltage)
+        self.k2 = kx * kx + ky * ky
+        theta = np.arctan2(ky, kx)
+        self.cos2, self.sin2 = np.cos(2 * theta), np.sin(2 * theta)
+        self.defocus_scale = np.pi * lam * self.k2  # χ per Å of defocus
+        q = float(amplitude_contrast)
+        self.constant = -0.5 * np.pi * float(cs) * 1e7 * lam**3 * self.k2**2 + np.arctan(q / np.sqrt(1 - q * q))
+
+    def defocus(self, defocus_u, defocus_v, defocus_angle):
+        """Δf(θ) (Å) at each pixel."""
+        a = np.deg2rad(float(defocus_angle))
+        half = 0.5 * (float(defocus_u) - float(defocus_v))
+        return 0.5 * (float(defocus_u) + float(defocus_v)) + half * (self.cos2 * np.cos(2 * a) + self.sin2 * np.sin(2 * a))
+
+    def chi(self, defocus_u, defocus_v, defocus_angle, phase_shift=0.0):
+        """χ (radians) at each pixel; ``phase_shift`` in degrees."""
+        return self.defocus_scale * self.defocus(defocus_u, defocus_v, defocus_angle) + self.constant \
+            + np.deg2rad(float(phase_shift))
+
+
 def ctf_2d(
     box: int,
     pixel_size: float,

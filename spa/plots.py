@@ -33,10 +33,13 @@ def angstrom_axis(ax, box_angstrom: float) -> None:
     hi = max(hi, 1e-6)
     candidates = [100, 50, 30, 20, 15, 10, 8, 6, 5, 4, 3.5, 3, 2.5, 2, 1.5, 1.2, 1]
     ticks = [d for d in candidates if lo < 1.0 / d <= hi]
-    # keep ticks at least 6 % of the axis apart
+    # keep ticks at least 6 % of the axis apart, and at least ~0.4 inch on a narrow axis (labels such as
+    # "100" and "30" ran into each other on a 3-inch panel)
+    width_in = ax.get_position().width * ax.figure.get_figwidth()
+    spacing = max(0.06, 0.4 / max(width_in, 1e-3))
     kept: list[float] = []
     for d in ticks:
-        if not kept or (1.0 / d - 1.0 / kept[-1]) > 0.06 * (hi - lo):
+        if not kept or (1.0 / d - 1.0 / kept[-1]) > spacing * (hi - lo):
             kept.append(d)
     top = ax.twiny()
     top.set_xlim(lo, hi)

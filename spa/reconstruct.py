@@ -119,6 +119,16 @@ def reconstruct_table(table, star_path, *, symmetry: str = "C1", use_ctf: bool =
                       chunk_size: int = 512, client=None, backend: str | None = None, progress=None):
     """:func:`reconstruct_star` on rows already read (e.g. a subset): ``table`` from
     :func:`spa.io.star.read_particles` of ``star_path`` (image names resolve from it), one pixel and box size."""
+    bp, pixel_size = backproject_table(table, star_path, symmetry=symmetry, use_ctf=use_ctf, maxres=maxres,
+                                       chunk_size=chunk_size, client=client, backend=backend, progress=progress)
+    volume = get_backend(backend).to_numpy(bp.reconstruct())
+    return volume, pixel_size, len(table)
+
+
+def backproject_table(table, star_path, *, symmetry: str = "C1", use_ctf: bool = True, maxres: float | None = None,
+                      chunk_size: int = 512, client=None, backend: str | None = None, progress=None):
+    """The sums of a reconstruction (Σ CTF·X̂ and Σ CTF² on the padded grid) of ``table``'s particles at their
+    poses, before any division → ``(BackProjector, pixel size Å)``; arguments as :func:`reconstruct_table`."""
     pixel_size = float(table["rlnImagePixelSize"].iloc[0])
     from spa.io.images import ParticleImages
 
@@ -129,5 +139,4 @@ def reconstruct_table(table, star_path, *, symmetry: str = "C1", use_ctf: bool =
                     backend=backend)
     tasks = [(idx, table.iloc[idx].reset_index(drop=True)) for idx in make_chunks(len(table), chunk_size)]
     bp, _ = map_reduce(_insert_rows, tasks, broadcast=(source, settings), client=client, progress=progress)
-    volume = get_backend(backend).to_numpy(bp.reconstruct())
-    return volume, pixel_size, len(table)
+    return bp, pixel_size

@@ -60,3 +60,14 @@ def test_batched_parameters_and_bfactor_envelope():
     c0 = ctf_2d(64, 1.5, 20000, 19000, 45, 300, 2.7, 0.07)
     k2 = (32 / (64 * 1.5)) ** 2
     assert nyq[1] == pytest.approx(c0[0, 32] * np.exp(-100 * k2 / 4), rel=1e-4)
+
+
+def test_phase_terms_equal_ctf_phase():
+    from spa.ctf import PhaseTerms, ctf_phase
+    from spa.fourier import freq_2d
+
+    box, pixel = 64, 1.3
+    chi, _ = ctf_phase(box, pixel, 14000, 12500, 37.0, 300, 2.7, 0.07, 20.0)
+    ky, kx = freq_2d(box)
+    terms = PhaseTerms(kx.astype(np.float64) / pixel, ky.astype(np.float64) / pixel, 300, 2.7, 0.07)
+    assert np.allclose(terms.chi(14000, 12500, 37.0, 20.0), chi[0], atol=1e-4)

@@ -64,9 +64,10 @@ def test_the_workflow_has_the_rules_these_tests_read():
     assert {"class2d", "refine3d", "reconstruct", "motion", "ctf", "simulate"} <= set(rules)
     assert {"all", "select", "fsc", "cluster_config"} <= local <= set(rules)
     assert rules["initial_model"] == "initial-model" and rules["import_data"] == "import"
-    # the rules whose commands take the backend: the EM stages, reconstruct and motion (not simulate, ctf, ...)
+    # the rules whose commands take the backend: the EM stages, reconstruct (also as true_poses) and motion
+    # (not simulate, ctf, ...)
     assert {r for r, c in rules.items() if c and _uses_array_backend(c)} == {
-        "class2d", "initial_model", "class3d", "refine3d", "reconstruct", "motion"}
+        "class2d", "initial_model", "class3d", "refine3d", "reconstruct", "true_poses", "motion"}
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))
@@ -113,8 +114,8 @@ def _dry_run(tmp_path, *configs) -> dict[str, str]:
 
 def test_with_workers_on_slurm_every_dask_stage_drives_cluster_workers_from_one_core(tmp_path):
     """cluster.kind slurm, workers 4, cluster.workers 6: each rule that starts Dask workers (class2d, ...,
-    reconstruct, and motion on the movies path) takes 1 core and starts 6 workers from the cluster file —
-    not 4 cores of its own for workers that run elsewhere."""
+    true_poses, and motion and ctf on the movies path) takes 1 core and starts 6 workers from the cluster
+    file — not 4 cores of its own for workers that run elsewhere."""
     cfg = tmp_path / "cluster.yaml"
     cfg.write_text(yaml.safe_dump({"workers": 4, "cluster": {"kind": "slurm", "workers": 6}}))
     jobs = {**_dry_run(tmp_path, str(cfg)),
@@ -122,7 +123,7 @@ def test_with_workers_on_slurm_every_dask_stage_drives_cluster_workers_from_one_
     dask = {rule: block for rule, block in jobs.items() if re.search(r"--workers \d", block)}
     remote = {rule for rule, block in dask.items() if "--config results_movies/cluster.yaml" in block
               or "--config results/cluster.yaml" in block}
-    assert {"class2d", "initial_model", "refine3d", "reconstruct", "motion"} <= remote
+    assert {"class2d", "initial_model", "class3d", "refine3d", "true_poses", "motion", "ctf"} <= remote
     for rule, block in dask.items():
         threads = re.search(r"^\s+threads: (\d+)$", block, flags=re.MULTILINE)
         workers = int(re.search(r" --workers (\d+)", block).group(1))

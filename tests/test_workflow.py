@@ -28,10 +28,11 @@ SNAKEFILE = REPO / "Snakefile"
 SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
 DEFAULT_CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
-# The demo's stages and how many jobs each has (reconstruct: the map from the
-# true poses; class3d: two seeds; fsc: halves, truth, true poses vs truth).
+# The demo's stages and how many jobs each has (true_poses: the map from the true
+# poses of refine3d's particles, made as refine3d's; class3d: two seeds; fsc: halves,
+# truth, true poses vs truth).
 DEMO_JOBS = {"simulate": 1, "class2d": 1, "select": 1, "initial_model": 1, "class3d": 2, "class3d_consensus": 1,
-             "refine3d": 1, "reconstruct": 1, "fsc": 3, "mask": 1, "postprocess": 1, "locres": 1, "validate": 1,
+             "refine3d": 1, "true_poses": 1, "fsc": 3, "mask": 1, "postprocess": 1, "locres": 1, "validate": 1,
              "summary": 1, "report_config": 1, "report": 1, "all": 1}
 
 
@@ -71,8 +72,8 @@ def test_dry_run_shows_the_demo_graph(tmp_path):
 def test_results_folder_follows_config(tmp_path):
     run = snakemake(tmp_path, "--dry-run", "--cores", "1", "--config", "results=elsewhere")
     assert run.returncode == 0, run.stderr
-    assert "elsewhere/reconstruct/full.mrc" in run.stdout
-    assert "results/reconstruct" not in run.stdout
+    assert "elsewhere/true_poses/run_class001.mrc" in run.stdout
+    assert "results/true_poses" not in run.stdout
 
 
 def test_lint_finds_nothing_but_the_software_stack(tmp_path):
@@ -175,6 +176,11 @@ def test_demo_pipeline_end_to_end_on_tiny_preset(tmp_path):
     # the refined map (ab-initio start, poses found by the pipeline) comes within 25 % of
     # the map from the true poses of the same particles
     assert truth05 <= 1.25 * summary["true_poses"]["resolution_fsc05_A"], summary
+    # ... made and compared alike (the same particles and halves, reconstruction, alignment)
+    alike = summary["refined_vs_true_poses"]
+    assert alike["reaches_true_poses"] == (alike["largest_shortfall"] <= alike["tolerance"])
+    assert (results / "true_poses" / "run_class001.mrc").is_file()
+    assert alike["true_poses_fsc05"].endswith("Å") or alike["true_poses_fsc05"].endswith("Å)")
     # it ends with the report: every stage's figures on one page, which a browser shows without errors
     page = (results / "report" / "index.html").read_text(encoding="utf-8")
     assert re.findall(r'<section id="([^"]+)"', page) == REPORT_SECTIONS
@@ -205,7 +211,7 @@ def test_dag_starts_from_the_users_particles(tmp_path):
                     str(_user_config(tmp_path, star)))
     assert run.returncode == 0, run.stderr
     counts = job_counts(run.stdout + run.stderr)
-    assert "simulate" not in counts and "reconstruct" not in counts and counts["fsc"] == 1
+    assert "simulate" not in counts and "true_poses" not in counts and counts["fsc"] == 1
     assert f"--particles {star}" in run.stdout
     truth = tmp_path / "truth.mrc"
     truth.write_bytes(b"")
@@ -213,7 +219,7 @@ def test_dag_starts_from_the_users_particles(tmp_path):
     run = snakemake(tmp_path, "--dry-run", "--cores", "2", "--configfile", str(cfg))
     assert run.returncode == 0, run.stderr
     counts = job_counts(run.stdout + run.stderr)
-    assert counts["fsc"] == 3 and counts["reconstruct"] == 1 and "simulate" not in counts
+    assert counts["fsc"] == 3 and counts["true_poses"] == 1 and "simulate" not in counts
 
 
 def test_starting_from_micrographs_imports_them(tmp_path):

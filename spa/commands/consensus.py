@@ -23,7 +23,8 @@
       (Marabini et al. 2015) and pass the thresholds (fit resolution,
       astigmatism, defocus range, drift where the STAR has motion columns).
       Writes D/micrographs_selected.star (A's estimates), D/micrographs_rejected.star
-      (with rlnSpaRejectReason), D/ctf_consensus.json and ctf_consensus.png.
+      (with rlnSpaRejectReason; also micrographs B could not estimate),
+      D/ctf_consensus.json, ctf_consensus.png and ctf_selection_table.png.
 
 Runs are RELION particle STAR files (3.0 or 3.1) of the same particles.
 """
@@ -118,7 +119,8 @@ def add_args(p):
                                 ("--defocus-min", 3000.0, "smallest mean defocus kept, Å"),
                                 ("--defocus-max", 50000.0, "largest mean defocus kept, Å"),
                                 ("--max-consensus-resolution", 6.0, "the estimators must agree to at least this, Å"),
-                                ("--max-drift", 50.0, "largest total drift kept (rlnAccumMotionTotal), Å")):
+                                ("--max-drift", 50.0, "largest total drift kept (rlnAccumMotionTotal), Å"),
+                                ("--max-frame-shift", 0.0, "largest frame-to-frame shift kept (rlnSpaMaxFrameShiftAngst), Å")):
         t.add_argument(flag, type=float, default=default, help=f"{what} (default {default:g}; ≤ 0: off)")
     add_common_args(t)
     t.set_defaults(_consensus=_ctf)
@@ -131,11 +133,9 @@ def main(args) -> int:
 def _ctf(args) -> int:
     from pathlib import Path
 
-    import numpy as np
-
-    from spa.consensus.ctf import CtfRules, ctf_consensus
+    from spa.consensus.ctf import CtfRules, ctf_consensus, write_selection_figures
     from spa.io.star import read_micrographs, write_micrographs
-    from spa.plots import _pyplot, save_figure, write_figures_index
+    from spa.plots import write_figures_index
     from spa.provenance import make_record
 
     need = ("rlnMicrographName", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnCtfMaxResolution")
@@ -143,9 +143,10 @@ def _ctf(args) -> int:
     b, _ = read_micrographs(args.b, require=need)
     off = lambda v: None if v is None or v <= 0 else v  # noqa: E731
     rules = CtfRules(off(args.max_fit_resolution), off(args.max_astigmatism), off(args.defocus_min),
-                     off(args.defocus_max), off(args.max_consensus_resolution), off(args.max_drift))
+                     off(args.defocus_max), off(args.max_consensus_resolution), off(args.max_drift),
+                     off(args.max_frame_shift))
     table = ctf_consensus(a, b, optics, rules)
-    if table.empty:
+    if table.empty or not table.rlnSpaCtfConsensusResolution.notna().any():
         raise SpaInputError(args.b, f"no micrograph in common with {args.a} (matched by rlnMicrographName)")
     kept = table[table.rlnSpaRejectReason == ""].drop(columns=["rlnSpaRejectReason"])
     rejected = table[table.rlnSpaRejectReason != ""]
@@ -153,23 +154,14 @@ def _ctf(args) -> int:
     record = make_record(args.argv, None, None, rules=rules.__dict__, kept=len(kept), rejected=len(rejected))
     write_micrographs(out / "micrographs_selected.star", kept, optics, provenance=record)
     write_micrographs(out / "micrographs_rejected.star", rejected, optics, provenance=record)
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.scatter(0.5 * (table.rlnDefocusU + table.rlnDefocusV) / 1e4, table.rlnSpaCtfConsensusResolution,
-               c=np.where(table.rlnSpaRejectReason == "", "tab:green", "tab:red"), s=14)
-    ax.set_xlabel("mean defocus (µm)")
-    ax.set_ylabel("the two estimates agree to (Å)")
-    ax.set_title(f"CTF consensus: {len(kept)} kept (green), {len(rejected)} rejected (red)", fontsize=9)
-    fig.tight_layout()
+    write_figures_index(out, write_selection_figures(out, table, rules))
     from spa.io.atomic import atomic_path
 
-    save_figure(fig, out / "ctf_consensus.png", tight=False)
-    write_figures_index(out, [{"file": "ctf_consensus.png", "title": "CTF consensus and micrograph selection",
-                               "caption": "Per micrograph: the resolution to which the two estimators' CTFs stay "
-                                          "within 90° in phase, against defocus; red: rejected (reasons in "
-                                          "micrographs_rejected.star)."}])
+    both = table.rlnSpaDefocusDifference.dropna()
     summary = {"micrographs": len(table), "kept": len(kept), "rejected": len(rejected),
-               "reasons": rejected.rlnSpaRejectReason.tolist()}
+               "median_abs_defocus_difference_A": float(both.abs().median()),
+               "median_consensus_resolution_A": float(table.rlnSpaCtfConsensusResolution.dropna().median()),
+               "reasons": dict(zip(rejected.rlnMicrographName.astype(str), rejected.rlnSpaRejectReason))}
     with atomic_path(out / "ctf_consensus.json") as tmp:
         Path(tmp).write_text(json.dumps(summary, indent=1))
     print(json.dumps({k: v for k, v in summary.items() if k != "reasons"}))

@@ -2,18 +2,24 @@
 
   spa ctf --micrographs corrected_micrographs.star --method ctffind|zeros --output-dir D
 
---method ctffind: the background-subtracted amplitude spectrum (tiles of
---tile px) correlated with a CTF² model; exhaustive defocus scan, then U, V and
-the astigmatism angle refined (spa.ctf_estimation.fit2d). --method zeros: the
-defocus of each azimuthal wedge from its 1D profile, an ellipse through them
-(spa.ctf_estimation.zeros). Uses rlnMicrographNameNoDW (the sum without dose
-weighting) when the STAR has it. Writes D/micrographs_ctf.star (the input rows
-+ rlnDefocusU/V/Angle (RELION's convention), rlnCtfAstigmatism,
-rlnCtfFigureOfMerit, rlnCtfMaxResolution, rlnPhaseShift), per micrograph
-D/ctf/<micrograph>.star (a rerun with the same options skips it) and
-D/ctf_fit.png for the first micrographs (half data, half model) with
-figures.json. Search limits: --defocus-min/--defocus-max/--defocus-step (Å),
---low-resolution/--high-resolution (Å).
+--method ctffind (CTFFIND4-like, spa.ctf_estimation.fit2d): the
+background-subtracted amplitude spectrum (tiles of --tile px) correlated with
+a CTF² model; exhaustive defocus scan (and phase shift with --phase-shift),
+a 2D grid over the astigmatism, then U, V, the angle refined.  --method zeros
+(spa.ctf_estimation.zeros): the defocus of each azimuthal wedge from its 1D
+profile, an ellipse through them, the mean defocus refined on the
+equiphase-averaged profile, and the fit resolution from the significance of
+each Thon ring's amplitude.  Reads rlnMicrographNameNoDW (the sum without dose
+weighting) when the STAR has it.
+
+Writes D/micrographs_ctf.star (the input rows + rlnDefocusU/V/Angle in
+RELION's convention, rlnCtfAstigmatism, rlnCtfFigureOfMerit,
+rlnCtfMaxResolution, rlnPhaseShift), D/micrographs_failed.star (micrographs
+that could not be estimated, with the reason), per micrograph
+D/ctf/<micrograph>.star, and figures (the fits of up to four representative
+micrographs, an overview) with figures.json.  Resumable: a micrograph done
+with the same options is skipped, a new one is estimated alone (--restart
+redoes all).  Micrographs go to the Dask workers in batches (--batch-size).
 """
 
 from __future__ import annotations
@@ -21,118 +27,64 @@ from __future__ import annotations
 import json
 import sys
 
+from spa.commands._common import dask_client, load_config, option, progress_printer
+
+# CtfSearch field (= option) -> (type, default, key in the config's ctf section)
+FIELDS = {
+    "defocus_min": (float, 3000.0, "defocus_min"), "defocus_max": (float, 50000.0, "defocus_max"),
+    "defocus_step": (float, 200.0, "defocus_step"), "low_resolution": (float, 30.0, "low_resolution"),
+    "high_resolution": (float, 5.0, "high_resolution"), "tile": (int, 512, "tile"),
+    # the ctf section's max_astigmatism is the selection's threshold; the search bound has its own key
+    "max_astigmatism": (float, 3000.0, "search_max_astigmatism"),
+    "phase_shift_step": (float, 10.0, "phase_shift_step"),
+}
+
 
 def add_args(p):
     p.add_argument("--micrographs", required=True, help="micrographs STAR (motion correction's output or an import)")
     p.add_argument("--method", choices=["ctffind", "zeros"], default="ctffind", help="estimator (default ctffind)")
-    p.add_argument("--defocus-min", type=float, default=3000.0, help="Å (default 3000)")
-    p.add_argument("--defocus-max", type=float, default=50000.0, help="Å (default 50000)")
-    p.add_argument("--defocus-step", type=float, default=200.0, help="Å of the initial scan (default 200)")
-    p.add_argument("--low-resolution", type=float, default=30.0, help="fit from this resolution, Å (default 30)")
-    p.add_argument("--high-resolution", type=float, default=5.0, help="fit to this resolution, Å (default 5)")
-    p.add_argument("--tile", type=int, default=512, help="spectrum tile, px (default 512)")
+    g = p.add_argument_group("search")
+    g.add_argument("--defocus-min", type=float, default=None, help="smallest defocus searched, Å (default 3000)")
+    g.add_argument("--defocus-max", type=float, default=None, help="largest defocus searched, Å (default 50000)")
+    g.add_argument("--defocus-step", type=float, default=None, help="Å of the initial scan (default 200)")
+    g.add_argument("--max-astigmatism", type=float, default=None,
+                   help="largest astigmatism U − V searched, Å (default 3000; ctffind)")
+    g.add_argument("--low-resolution", type=float, default=None, help="fit from this resolution, Å (default 30)")
+    g.add_argument("--high-resolution", type=float, default=None, help="fit to this resolution, Å (default 5)")
+    g.add_argument("--tile", type=int, default=None, help="spectrum tile, px (default 512)")
+    g.add_argument("--phase-shift", action="store_true", default=None,
+                   help="also search an additional phase shift in [0, 180)° (phase plate; ctffind only)")
+    g.add_argument("--phase-shift-step", type=float, default=None, help="degrees of the phase scan (default 10)")
+    p.add_argument("--batch-size", type=int, default=None, help="micrographs per Dask task (default 4)")
     p.add_argument("--output-dir", required=True, help="job folder")
 
 
-def _figure(out, shown):
-    import numpy as np
-
-    from spa.ctf_estimation.spectrum import full_plane
-    from spa.plots import _pyplot, save_figure, write_figures_index
-
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 4.3), dpi=90, squeeze=False)
-    for ax, (name, data, model, fit) in zip(axes[0], shown):
-        d, m = full_plane(data), full_plane(model)
-        d = (d - d.mean()) / (d.std() + 1e-30)
-        m = (m - m.mean()) / (m.std() + 1e-30)
-        half = d.shape[1] // 2
-        img = np.concatenate([d[:, :half], m[:, half:]], axis=1)
-        ax.imshow(np.clip(img, -2.5, 2.5), cmap="gray")
-        ax.set_title(f"{name}: {fit.defocus_u:.0f}/{fit.defocus_v:.0f} Å, {fit.defocus_angle:.0f}°\n"
-                     f"fit to {fit.max_resolution:.1f} Å", fontsize=8)
-        ax.axis("off")
-    save_figure(fig, out / "ctf_fit.png")
-    write_figures_index(out, [{"file": "ctf_fit.png", "title": "CTF fits",
-                               "caption": "Left half of each spectrum: the micrograph's background-subtracted "
-                                          "amplitude spectrum; right half: the fitted CTF² model. The Thon rings "
-                                          "should continue across the middle."}])
-
-
 def main(args) -> int:
-    from pathlib import Path
-
-    import numpy as np
-    import pandas as pd
-
-    from spa.commands._common import progress_printer
-    from spa.ctf_estimation.fit2d import CtfFit, CtfSearch, SpectrumFit
-    from spa.ctf_estimation.zeros import ellipse, robust_wedges, sector_defoci
+    from spa.ctf_estimation.fit2d import CtfSearch
+    from spa.ctf_estimation.run import run_ctf
     from spa.errors import SpaInputError
-    from spa.io.images import resolve_image_path
-    from spa.io.mrc import read_mrc
-    from spa.io.star import read_micrographs, read_star, write_micrographs, write_star
-    from spa.provenance import make_record, read_record
+    from spa.provenance import make_record
 
-    search = CtfSearch(args.defocus_min, args.defocus_max, args.defocus_step, args.low_resolution,
-                       args.high_resolution, args.tile)
-    if not 0 < search.defocus_min < search.defocus_max or not search.high_resolution < search.low_resolution:
-        raise SpaInputError(args.micrographs, "need 0 < defocus-min < defocus-max and high- < low-resolution (Å)")
-    mics, optics = read_micrographs(args.micrographs)
-    for col in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"):
-        if col not in mics.columns:
-            raise SpaInputError(args.micrographs, f"the optics table lacks {col} (needed for the CTF)")
-    out = Path(args.output_dir)
-    options = {"method": args.method, **search.__dict__}
-    from spa.em.run import code_digest
-
-    options["code"] = code_digest()  # a micrograph done by other code is done again
-    progress = progress_printer("ctf: micrographs")
-    rows, shown = [], []
-    for i, row in enumerate(mics.itertuples(index=False)):
-        name = str(getattr(row, "rlnMicrographNameNoDW", None) or row.rlnMicrographName)
-        per = out / "ctf" / f"{Path(str(row.rlnMicrographName)).stem}.star"
-        previous = read_record(str(per)) if per.exists() else None
-        if isinstance(previous, dict) and previous.get("options") == options and previous.get("micrograph") == name:
-            rows.append(read_star(per)["ctf"].iloc[0].to_dict())
-        else:
-            path = resolve_image_path(name, args.micrographs)
-            if path is None:
-                raise SpaInputError(args.micrographs, f"micrograph {name} not found")
-            image, _ = read_mrc(path)
-            image = image.squeeze()
-            if image.ndim != 2 or not np.isfinite(image).all() or float(image.std()) == 0:
-                raise SpaInputError(path, "a micrograph must be one finite, non-constant 2D image")
-            fit = SpectrumFit(image, float(row.rlnMicrographPixelSize), float(row.rlnVoltage),
-                              float(row.rlnSphericalAberration), float(row.rlnAmplitudeContrast), search)
-            if args.method == "ctffind":
-                result = fit.fit()
-            else:
-                angles, defoci, quality = sector_defoci(fit)
-                if len(angles) < 3:
-                    raise SpaInputError(path, "too few usable sectors in its spectrum for --method zeros")
-                u, v, angle = ellipse(*robust_wedges(angles, defoci, quality))
-                result = CtfFit(u, v, angle, float(np.mean(quality)), fit.fit_resolution(u, v, angle))
-            values = {"rlnDefocusU": round(result.defocus_u, 2), "rlnDefocusV": round(result.defocus_v, 2),
-                      "rlnDefocusAngle": round(result.defocus_angle, 3),
-                      "rlnCtfAstigmatism": round(result.astigmatism, 2),
-                      "rlnCtfFigureOfMerit": round(result.figure_of_merit, 5),
-                      "rlnCtfMaxResolution": round(result.max_resolution, 3), "rlnPhaseShift": 0.0}
-            write_star(per, {"ctf": pd.DataFrame([values])},
-                       provenance=make_record(args.argv, None, None, options=options, micrograph=name))
-            rows.append(values)
-            if len(shown) < 3:
-                shown.append((Path(name).stem, fit.data, fit.model(result.defocus_u, result.defocus_v,
-                                                                   result.defocus_angle), result))
-        progress(i + 1, len(mics))
-    table = pd.concat([mics.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
-    record = make_record(args.argv, None, None, options=options, micrographs=len(table))
-    write_micrographs(out / "micrographs_ctf.star", table, optics, provenance=record)
-    if shown:
-        _figure(out, shown)
-    summary = {"micrographs": len(table), "method": args.method,
-               "median_defocus_A": float(np.median(0.5 * (table.rlnDefocusU + table.rlnDefocusV))),
-               "median_fit_resolution_A": float(np.median(table.rlnCtfMaxResolution))}
-    print(json.dumps(summary))
-    print(f"ctf ({args.method}): {len(table)} micrographs -> {out / 'micrographs_ctf.star'}", file=sys.stderr)
+    cfg = load_config(args, "ctf")
+    values = {}
+    for name, (kind, default, key) in FIELDS.items():
+        given = getattr(args, name, None)
+        values[name] = kind(given if given is not None else cfg.get(key, default))
+    values["phase_shift"] = bool(option(args, "phase_shift", cfg, False))
+    search = CtfSearch(**values)
+    if not 0 < search.defocus_min < search.defocus_max or not 0 < search.high_resolution < search.low_resolution:
+        raise SpaInputError(args.micrographs, "need 0 < defocus-min < defocus-max and 0 < high- < low-resolution (Å)")
+    if search.tile < 32 or search.defocus_step <= 0 or search.max_astigmatism < 0 or search.phase_shift_step <= 0:
+        raise SpaInputError(args.micrographs, "need --tile ≥ 32 px, --defocus-step > 0, --max-astigmatism ≥ 0 and "
+                                              "--phase-shift-step > 0")
+    if search.phase_shift and args.method != "ctffind":
+        raise SpaInputError(args.micrographs, "--phase-shift is searched by --method ctffind only")
+    record = make_record(args.argv, {"method": args.method, **search.__dict__}, None)
+    with dask_client(args, cfg) as client:
+        summary = run_ctf(args.micrographs, args.output_dir, args.method, search, client=client,
+                          batch_size=int(option(args, "batch_size", cfg, 4) or 4), provenance=record,
+                          progress=progress_printer("ctf: micrographs"), restart=bool(args.restart))
+    print(json.dumps({k: v for k, v in summary.items() if k != "star"}))
+    print(f"ctf ({args.method}): {summary['estimated']} estimated, {summary['done_before']} done before, "
+          f"{summary['failed']} failed -> {summary['star']}", file=sys.stderr)
     return 0

@@ -95,10 +95,14 @@ def main(args) -> int:
     result = postprocess(h1, h2, mask, pixel, bfactor=args.bfactor, mtf=mtf, seed=seed, fit_low=args.fit_minres)
     box = h1.shape[-1]
     label = resolution_text(result.curves.corrected, 0.143, box, pixel)
+    if result.bfactor_automatic and not result.bfactor_fitted:
+        print(f"postprocess: no B-factor fitted — fewer than 3 shells between {args.fit_minres:g} Å and the "
+              f"resolution ({label}); the map is not sharpened (give --bfactor, or a coarser --fit-minres)",
+              file=sys.stderr)
     out = Path(args.output_dir)
     summary = {"resolution_A": round(result.resolution, 3), "resolution": label,
                "at_nyquist": result.at_nyquist, "bfactor_used_A2": round(result.bfactor_used, 1),
-               "bfactor_automatic": result.bfactor_automatic,
+               "bfactor_automatic": result.bfactor_automatic, "bfactor_fitted": result.bfactor_fitted,
                "guinier_fit_correlation": round(result.guinier.correlation, 4),
                "randomise_from_A": round(box * pixel / max(result.curves.randomise_from, 1), 3),
                "mask_volume_fraction": round(float(mask.mean()), 4)}
@@ -122,7 +126,9 @@ def main(args) -> int:
                     "phases randomised beyond where the unmasked FSC drops below 0.8, and the masked FSC corrected "
                     "for the mask (Chen et al. 2013). The resolution is where the corrected curve crosses 0.143."},
         {"file": "postprocess_guinier.png",
-         "title": f"Guinier plot: B-factor {result.bfactor_used:.0f} Å² used for sharpening",
+         "title": (f"Guinier plot: B-factor {result.bfactor_used:.0f} Å² used for sharpening"
+                   if result.bfactor_fitted or not result.bfactor_automatic else
+                   f"Guinier plot: no B-factor fitted (no shells between {args.fit_minres:g} Å and the resolution)"),
          "caption": "Log of the rotationally averaged amplitude against resolution squared; the dashed line is the "
                     f"fit between {args.fit_minres:g} Å and the resolution whose slope gives the B-factor."},
     ])

@@ -68,6 +68,8 @@ OPTIONS = {
     "n_frames": ("n_frames", ("movies",)),
     "dose_per_frame": ("dose_per_frame", ("movies",)),
     "carbon_fraction": ("carbon_fraction", ("micrographs", "movies")),
+    "astigmatism": ("astigmatism", ("micrographs", "movies")),
+    "envelope_bfactor": ("bfactor", ("micrographs", "movies")),
     "contaminants": ("contaminants", ("micrographs", "movies")),
     "tiff": ("tiff", ("movies",)),
 }
@@ -106,6 +108,9 @@ def add_args(p):
     g.add_argument("--dose-per-frame", type=float, default=None, help="movies: dose per frame, e⁻/Å²")
     g.add_argument("--carbon-fraction", type=float, default=None, help="chance of a carbon edge per micrograph, 0-1")
     g.add_argument("--contaminants", type=float, default=None, help="mean number of contaminant blobs per micrograph")
+    g.add_argument("--astigmatism", type=float, default=None, help="largest astigmatism U − V, Å (default 500)")
+    g.add_argument("--envelope-bfactor", type=float, default=None,
+                   help="envelope exp(−B·k²/4) of the micrographs' CTF, Å² (default 0: none)")
     g.add_argument("--tiff", action="store_true", default=None, help="movies: write TIFF instead of MRC stacks")
 
 

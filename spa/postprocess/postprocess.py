@@ -7,6 +7,8 @@
 2. The average of the halves, masked, divided by the MTF (optional) and
    weighted per shell by √(2·FSC/(1+FSC)); its Guinier plot fitted between
    10 Å and the resolution gives the B-factor, unless the user gives one.
+   A map resolved to ~10 Å or worse has no such range: no B-factor is
+   fitted and none applied (``bfactor_fitted`` False).
 3. Sharpening by that B (RELION's sign: the B-factor *used* is negative),
    FSC weighting and a low-pass at the resolution give ``postprocess.mrc``;
    times the mask, ``postprocess_masked.mrc``.
@@ -33,6 +35,7 @@ class PostprocessResult:
     guinier: Guinier
     bfactor_used: float
     bfactor_automatic: bool
+    bfactor_fitted: bool  # automatic and a Guinier region to fit (else 0 is used: no sharpening)
     sharpened: np.ndarray
     sharpened_masked: np.ndarray
     guinier_weighted: np.ndarray
@@ -60,13 +63,14 @@ def postprocess(half1: np.ndarray, half2: np.ndarray, mask: np.ndarray, pixel_si
                        fsc_curve=curves.corrected, mtf=mtf)
     guinier = guinier_fit(weighted, pixel_size, resolution, low=fit_low)
     automatic = bfactor is None
-    used = -guinier.bfactor if automatic else float(bfactor)
+    fitted = automatic and guinier.ok
+    used = (-guinier.bfactor if fitted else 0.0) if automatic else float(bfactor)
     sharpened = sharpen(average, pixel_size, bfactor_used=used, resolution=resolution,
                         fsc_curve=curves.corrected, mtf=mtf)
     sharpened_masked = sharpened * mask
     return PostprocessResult(
         curves=curves, resolution=float(resolution), at_nyquist=bool(at_nyquist), guinier=guinier,
-        bfactor_used=float(used), bfactor_automatic=automatic, sharpened=sharpened,
+        bfactor_used=float(used), bfactor_automatic=automatic, bfactor_fitted=fitted, sharpened=sharpened,
         sharpened_masked=sharpened_masked.astype(np.float32), guinier_weighted=_log_amplitudes(weighted),
         guinier_sharpened=_log_amplitudes(sharpened_masked))
 
@@ -87,6 +91,7 @@ def star_blocks(result: PostprocessResult, box: int, pixel_size: float, names: d
         "rlnSpaResolutionAtNyquist": int(result.at_nyquist),
         "rlnBfactorUsedForSharpening": round(result.bfactor_used, 3),
         "rlnSpaBfactorAutomatic": int(result.bfactor_automatic),
+        "rlnSpaBfactorFitted": int(result.bfactor_fitted),
         "rlnFittedSlopeGuinierPlot": round(result.guinier.slope, 4),
         "rlnFittedInterceptGuinierPlot": round(result.guinier.intercept, 4),
         "rlnCorrelationFitGuinierPlot": round(result.guinier.correlation, 4),

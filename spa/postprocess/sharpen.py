@@ -23,6 +23,7 @@ import numpy as np
 from spa.fourier import radius_3d, shell_resolution, shells_3d
 
 GUINIER_LOW = 10.0  # Å: where the Guinier fit starts (RELION's default fit_minres)
+MIN_FIT_SHELLS = 3  # fewer shells between GUINIER_LOW and the resolution: no B-factor is fitted
 
 
 @dataclass
@@ -35,6 +36,12 @@ class Guinier:
     slope: float
     intercept: float
     correlation: float
+
+    @property
+    def ok(self) -> bool:
+        """Whether a B-factor was fitted: at least MIN_FIT_SHELLS shells between the fit's low end and the
+        resolution (a map resolved only to 12 Å has no Guinier region to fit)."""
+        return int(np.count_nonzero(self.fitted)) >= MIN_FIT_SHELLS
 
     @property
     def bfactor(self) -> float:
@@ -61,7 +68,11 @@ def spherical_amplitudes(volume: np.ndarray) -> np.ndarray:
 
 
 def guinier_fit(volume: np.ndarray, pixel_size: float, resolution: float, *, low: float = GUINIER_LOW) -> Guinier:
-    """Fit ln A(s) = a + b s² over the shells between ``low`` Å and ``resolution`` Å."""
+    """Fit ln A(s) = a + b s² over the shells between ``low`` Å and ``resolution`` Å.
+
+    With fewer than MIN_FIT_SHELLS shells there (the resolution at or worse than ~``low``) nothing is
+    fitted: slope 0, ``ok`` False.  (Fitting the lowest shells instead, where the molecule's shape
+    and not an envelope sets the amplitudes, gave B-factors of −3000 Å² that overflowed the sharpening.)"""
     box = volume.shape[-1]
     amp = spherical_amplitudes(volume)
     res = shell_resolution(box, pixel_size)[: len(amp)]
@@ -69,11 +80,8 @@ def guinier_fit(volume: np.ndarray, pixel_size: float, resolution: float, *, low
         s = np.where(np.isfinite(res), 1.0 / res, 0.0)
         ln_a = np.log(np.maximum(amp, 1e-30))
     fitted = (res <= low) & (res >= resolution) & (amp > 0)
-    if fitted.sum() < 3:  # resolution close to 10 Å: fit the last shells available
-        fitted = (s > 0) & (res >= resolution) & (amp > 0)
-        fitted[: max(1, int(fitted.nonzero()[0][0]) if fitted.any() else 1)] = False
-    if fitted.sum() < 2:
-        return Guinier(s**2, ln_a, fitted, 0.0, float(ln_a[1]) if len(ln_a) > 1 else 0.0, 0.0)
+    if fitted.sum() < MIN_FIT_SHELLS:
+        return Guinier(s**2, ln_a, np.zeros_like(fitted), 0.0, float(ln_a[1]) if len(ln_a) > 1 else 0.0, 0.0)
     x, y = s[fitted] ** 2, ln_a[fitted]
     slope, intercept = np.polyfit(x, y, 1)
     corr = float(np.corrcoef(x, y)[0, 1]) if len(x) > 2 else 1.0
@@ -111,7 +119,7 @@ def sharpen(volume: np.ndarray, pixel_size: float, *, bfactor_used: float, resol
     f = np.fft.rfftn(np.asarray(volume, np.float64))
     r = radius_3d(box)  # Fourier pixels
     s = r / (box * pixel_size)
-    gain = np.exp(-bfactor_used * s**2 / 4.0)
+    gain = np.exp(np.minimum(-bfactor_used * s**2 / 4.0, 700.0))  # no inf (× the low-pass's 0 would be NaN)
     if mtf is not None:
         freq, value = mtf
         gain = gain / np.interp(r / box, freq, value, left=value[0], right=value[-1])

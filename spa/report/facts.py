@@ -103,6 +103,12 @@ def resolutions(results) -> list[tuple[str, str]]:
         if key in summary:
             t = summary[key]
             rows.append((what, resolution_text(t["resolution_fsc05_A"], t.get("fsc05_at_nyquist"))))
+    if "refined_vs_true_poses" in summary:  # the true-pose map made, aligned and masked as the refined map
+        c = summary["refined_vs_true_poses"]
+        verdict = "reaches it" if c["reaches_true_poses"] else "falls short"
+        rows.append(("refined map vs the true-pose map made alike",
+                     f"{verdict}: largest FSC shortfall {c['largest_shortfall']:.3f} at {c['largest_shortfall_at_A']} Å "
+                     f"(mean {c['mean_shortfall']:.3f}; tolerance {c['tolerance']})"))
     if "nyquist_A" in summary:
         rows.append(("Nyquist (2 × pixel size)", f"{summary['nyquist_A']:.2f} Å"))
     return rows
@@ -119,12 +125,14 @@ def _read_fsc(path) -> dict:
 
 
 def quality(results) -> list[tuple[str, str]]:
-    """(what, value) rows: B-factor, local resolution, angular distribution, ResLog."""
+    """(what, value) rows: B-factor, local resolution, and the validation checks (numbers, verdicts)."""
     results = Path(results)
     rows = []
     post = _json(results / "postprocess" / "postprocess.json")
     if post and post.get("bfactor_used_A2") is not None:
         how = "automatic, Guinier fit" if post.get("bfactor_automatic") else "given by the user"
+        if post.get("bfactor_automatic") and post.get("bfactor_fitted") is False:
+            how = "not fitted: the map is not resolved beyond the Guinier fit's 10 Å"
         rows.append(("B-factor used for sharpening", f"{post['bfactor_used_A2']:.0f} Å² ({how})"))
     if post and post.get("mask_volume_fraction") is not None:
         rows.append(("solvent mask", f"{100 * post['mask_volume_fraction']:.1f} % of the box"))
@@ -135,12 +143,19 @@ def quality(results) -> list[tuple[str, str]]:
                      f"{p.get('50', 0):.2f} Å ({p.get('5', 0):.2f}–{p.get('95', 0):.2f} Å)"))
     val = _json(results / "validate" / "validation.json")
     if val:
-        if val.get("sampling_compensation_factor") is not None:
-            rows.append(("angular distribution (sampling compensation factor)",
-                         f"{val['sampling_compensation_factor']:.2f} — {val.get('verdict', '')}".rstrip(" —")))
+        angular = val.get("angular") or {}
+        if angular.get("efficiency_E_od") is not None:
+            rows.append(("angular distribution (E_od; sampling compensation factor)",
+                         f"{angular['efficiency_E_od']:.2f}; {angular.get('sampling_compensation_factor', 0):.2f} — "
+                         f"{angular.get('verdict', '')}".rstrip(" —")))
         reslog = val.get("reslog") or {}
         if reslog.get("bfactor_A2") is not None:
             rows.append(("B-factor of the data (ResLog)", f"{reslog['bfactor_A2']:.0f} Å²"))
+        titles = {"reprojection": "class averages vs reprojections", "noise_substitution": "noise substitution",
+                  "noise_particles": "noise particles", "alignability": "pose alignability", "handedness": "hand"}
+        for key, title in titles.items():
+            if (val.get(key) or {}).get("verdict"):
+                rows.append((title, val[key]["verdict"]))
     return rows
 
 

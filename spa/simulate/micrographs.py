@@ -9,7 +9,8 @@ Image formation (weak-phase object, relative intensity, per micrograph):
   integer pixel positions), a 1/f-like amorphous-ice texture, optionally a
   carbon film beyond a sharp, slightly curved hole edge, and contaminants
   (large blobs);
-* CTF — :func:`spa.ctf.ctf_2d` with the micrograph's astigmatic defocus,
+* CTF — :func:`spa.ctf.ctf_2d` with the micrograph's astigmatic defocus
+  (and the envelope exp(−B·k²/4) of ``bfactor``, default none),
   applied to the whole micrograph (so Thon rings are visible in its spectrum);
 * κ — contrast scale, set so that a particle's SNR (variance of its
   CTF-modulated signal over its extraction box / shot-noise variance) equals
@@ -71,6 +72,7 @@ class MicrographSpec:
     voltage: float = 300.0
     cs: float = 2.7
     amplitude_contrast: float = 0.1
+    bfactor: float = 0.0  # Å²: envelope exp(−B·k²/4) of the CTF (beam coherence, drift, detector), 0 = none
     ice_texture: float = 1.0  # SD of the ice texture relative to a particle's projection SD
     ice_gradient: float = 0.05  # SD of the smooth relative intensity change from ice thickness
     carbon_fraction: float = 0.5  # chance that a micrograph shows a carbon edge
@@ -159,7 +161,8 @@ def place_particles(rng, forbidden: np.ndarray, size: int, box: int, min_dist: f
 
 
 def _ctf(spec, size, defocus) -> np.ndarray:
-    return ctf_2d(size, spec.pixel_size, defocus[0], defocus[1], defocus[2], spec.voltage, spec.cs, spec.amplitude_contrast)
+    return ctf_2d(size, spec.pixel_size, defocus[0], defocus[1], defocus[2], spec.voltage, spec.cs, spec.amplitude_contrast,
+                  bfactor=spec.bfactor)
 
 
 def contrast_scale(spec: MicrographSpec, molecules: list[Molecule], seed: int) -> tuple[float, float]:

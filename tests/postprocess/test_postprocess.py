@@ -131,3 +131,29 @@ def test_command_writes_relion_files_and_rejects_bad_input(tmp_path, truth):
     assert main(["postprocess", "--half1", str(tmp_path / "h1.mrc"), "--half2", str(tmp_path / "small.mrc"),
                  "--output-dir", str(bad)]) == 1
     assert not bad.exists()
+
+
+def test_no_bfactor_is_fitted_for_a_map_resolved_only_to_12_angstrom(truth, tmp_path):
+    """A map resolved to ~12 Å has no Guinier region between 10 Å and its resolution: no B-factor is fitted
+    and the map is not sharpened (fitting the lowest shells instead gave −3000 Å² and NaN maps)."""
+    from spa.cli import main
+    from spa.io.mrc import read_mrc, write_mrc
+
+    signal = lowpass(truth, PIXEL, 20.0, ndim=3)
+    h1, h2 = _halves(signal, signal.std(), seed=6)
+    mask, _ = solvent_mask(signal, PIXEL)
+    result = postprocess(h1, h2, mask, PIXEL, seed=0)
+    assert 11.0 < result.resolution < 20.0
+    assert result.bfactor_automatic and not result.bfactor_fitted and result.bfactor_used == 0.0
+    assert np.isfinite(result.sharpened).all()
+    # the command says so in postprocess.json and on stderr
+    write_mrc(tmp_path / "h1.mrc", h1, PIXEL)
+    write_mrc(tmp_path / "h2.mrc", h2, PIXEL)
+    out = tmp_path / "pp"
+    assert main(["postprocess", "--half1", str(tmp_path / "h1.mrc"), "--half2", str(tmp_path / "h2.mrc"),
+                 "--output-dir", str(out)]) == 0
+    summary = json.loads((out / "postprocess.json").read_text())
+    assert summary["bfactor_fitted"] is False and summary["bfactor_used_A2"] == 0.0
+    assert np.isfinite(read_mrc(out / "postprocess.mrc")[0]).all()
+    titles = [f["title"] for f in json.loads((out / "figures.json").read_text())]
+    assert any("no B-factor fitted" in t for t in titles), titles

@@ -110,3 +110,14 @@ def test_surface_without_scikit_image_falls_back_to_a_projection(tmp_path, monke
     vol, _ = _sphere(box=24, radius=6)
     entry = write_surface(tmp_path / "s.png", vol, 2.0, "sphere")
     assert "depth-shaded projection" in entry["caption"] and (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_the_like_with_like_comparison_is_a_summary_row(tmp_path):
+    from spa.report.facts import resolutions
+
+    alike = {"refined_fsc05": "≥ Nyquist (4.00 Å)", "true_poses_fsc05": "≥ Nyquist (4.00 Å)",
+             "largest_shortfall": 0.1253, "largest_shortfall_at_A": 4.36, "mean_shortfall": 0.0468,
+             "tolerance": 0.05, "reaches_true_poses": False}
+    (tmp_path / "summary.json").write_text(json.dumps({"nyquist_A": 4.0, "refined_vs_true_poses": alike}))
+    rows = dict(resolutions(tmp_path))
+    assert rows["refined map vs the true-pose map made alike"].startswith("falls short: largest FSC shortfall 0.125 at 4.36 Å")

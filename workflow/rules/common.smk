@@ -107,6 +107,8 @@ USER_PARTICLES = bool(INPUT.get("particles"))
 SIMULATED_MOVIES = bool((config["simulate"].get("movies") or {}).get("enabled")) and not INPUT.get("movies")
 MOVIES = bool(INPUT.get("movies")) or SIMULATED_MOVIES
 MICROGRAPHS = bool(INPUT.get("micrographs")) and not MOVIES
+# simulated micrographs with their truth (config/examples/micrographs_ctf.yaml) -> CTF -> consensus
+SIMULATED_MICROGRAPHS = bool((config["simulate"].get("micrographs") or {}).get("enabled")) and not (MOVIES or MICROGRAPHS)
 
 
 def preprocess_targets():
@@ -179,10 +181,38 @@ PICKED_PARTICLES = (MOVIES or MICROGRAPHS) and bool(config["pick"].get("use_for_
 
 
 def micrographs_for_ctf():
-    """The micrographs the CTF is estimated on: motion correction's, or the imported ones (a run that starts
-    from particles never asks for the CTF rules)."""
+    """The micrographs the CTF is estimated on: motion correction's, the imported ones, or simulated ones
+    (simulate.micrographs.enabled; a run that starts from particles never asks for the CTF rules)."""
     targets = preprocess_targets()
+    if not targets and SIMULATED_MICROGRAPHS:
+        return result("simulate_micrographs", "micrographs.star")
     return targets[0] if targets else result("import", "micrographs.star")
+
+
+# ctf section keys -> `spa ctf` options (the estimators' search) and `spa consensus ctf` options (the
+# selection rules); null leaves the command's default
+CTF_SEARCH_OPTIONS = {"defocus_min": "--defocus-min", "defocus_max": "--defocus-max", "defocus_step": "--defocus-step",
+                      "search_max_astigmatism": "--max-astigmatism", "low_resolution": "--low-resolution",
+                      "high_resolution": "--high-resolution", "tile": "--tile", "batch_size": "--batch-size"}
+CTF_SELECTION_OPTIONS = {"max_fit_resolution": "--max-fit-resolution", "max_astigmatism": "--max-astigmatism",
+                         "max_consensus_resolution": "--max-consensus-resolution", "max_drift": "--max-drift",
+                         "max_frame_shift": "--max-frame-shift",
+                         "selection_defocus_min": "--defocus-min", "selection_defocus_max": "--defocus-max"}
+
+
+def ctf_options(wildcards):
+    """`spa ctf` options of one estimator (the phase shift only for ctffind, the estimator that searches it)."""
+    cfg = config["ctf"]
+    out = " ".join(option(flag, cfg.get(key)) for key, flag in CTF_SEARCH_OPTIONS.items())
+    if cfg.get("phase_shift") and wildcards.method == "ctffind":
+        out += " --phase-shift"
+    return " ".join(out.split())
+
+
+def ctf_selection_options():
+    """`spa consensus ctf` rule options; a rule set to null is switched off (0)."""
+    cfg = config["ctf"]
+    return " ".join(f"{flag} {0 if cfg.get(key) is None else cfg[key]}" for key, flag in CTF_SELECTION_OPTIONS.items())
 
 
 def input_particles():
@@ -218,7 +248,9 @@ def final_map():
 
 
 def ideal_map():
-    return result("reconstruct", "full.mrc")
+    """The map from the TRUE poses of refine3d's particles and halves, made as refine3d makes its final map
+    (the true_poses job): what the refined map is compared with."""
+    return result("true_poses", "run_class001.mrc")
 
 
 def truth_map():
@@ -241,11 +273,21 @@ if truth_map():
 
 # How each comparison is named in its figure's title (the report)
 FSC_TITLES = {"halves": "gold-standard half maps", "truth": "refined map vs the truth",
-              "ideal": "map from the true poses vs the truth"}
+              "ideal": "map from the true poses (made as the refined map) vs the truth"}
 
 
 def fsc_table(pair):
     return result("fsc", pair, "fsc.star")
+
+
+def validate_inputs(wildcards=None):
+    """Inputs of `spa validate`: the refinement, the class averages, and the truth map where there is one."""
+    inputs = {"particles": result("refine3d", "run_data.star"), "map": final_map(), "half1": half_maps()[0],
+              "half2": half_maps()[1],
+              "classes": result("class2d", "run_classes.mrcs")}
+    if truth_map():
+        inputs["truth"] = truth_map()
+    return inputs
 
 
 def stage_outputs():
@@ -280,6 +322,8 @@ def _stage_outputs():
     post = [result("postprocess", "postprocess.json"), result("locres", "locres.json"),
             result("validate", "validation.json")]
     front = [result("extract", "particles.star")] if (MOVIES or MICROGRAPHS) else []
+    if SIMULATED_MICROGRAPHS:
+        front = [result("ctf", "consensus", "micrographs_selected.star")]
     return [result("summary.json"), final_map(), *half_maps(), *runs, *post, *preprocess_targets(), *front]
 
 

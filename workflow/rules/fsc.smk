@@ -1,6 +1,7 @@
 # Fourier shell correlation between two maps (names in FSC_PAIRS, common.smk):
 # "halves" is the gold-standard FSC (read at 0.143), "truth" compares the
-# final map with the simulated ground truth (read at 0.5).
+# final map with the simulated ground truth (read at 0.5), "ideal" the map
+# from the true poses (made as the final map is) with the same truth, alike.
 
 
 rule fsc:
@@ -21,8 +22,9 @@ rule fsc:
     params:
         outdir=lambda w, output: os.path.dirname(output.table),
         mask=option("--mask", config["fsc"]["mask"]),
-        # an ab-initio map lives in its own frame (and hand): align it to the truth first
-        align=lambda w: "--align" if w.pair == "truth" else "",
+        # an ab-initio map lives in its own frame (and hand): align it to the truth first; the true-pose
+        # map ("ideal") goes through the same alignment, so that the two are compared alike
+        align=lambda w: "--align" if w.pair in ("truth", "ideal") else "",
         title=lambda w: FSC_TITLES.get(w.pair, w.pair),
         common=spa_common(),
     shell:

@@ -33,6 +33,33 @@ rule simulate_movies:
         "{params.common} > {log} 2>&1"
 
 
+rule simulate_micrographs:
+    """Micrographs with their truth (defocus, astigmatism, carbon, contaminants) for the CTF stages
+    (simulate.micrographs.enabled, config/examples/micrographs_ctf.yaml)."""
+    output:
+        star=result("simulate_micrographs", "micrographs.star"),
+        truth=result("simulate_micrographs", "truth", "micrographs_ctf.star"),
+    log:
+        log_file("simulate_micrographs"),
+    benchmark:
+        benchmark_file("simulate_micrographs")
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        outdir=lambda w, output: os.path.dirname(output.star),
+        preset=config["simulate"]["micrographs"]["preset"],
+        overrides=" ".join(
+            option(f"--{key.replace('_', '-')}", value)
+            for key, value in config["simulate"]["micrographs"].items()
+            if key not in ("enabled", "preset")
+        ),
+        common=spa_common(seed=config["simulate"]["seed"]),
+    shell:
+        "spa simulate --kind micrographs --output-dir {params.outdir} --preset {params.preset} {params.overrides} "
+        "{params.common} > {log} 2>&1"
+
+
 rule import_data:
     """Movies (or micrographs) into RELION STAR files with optics groups; the gain oriented and checked."""
     input:
