@@ -46,6 +46,7 @@ localrules:
     select,
     fsc,
     class3d_consensus,
+    ctf_consensus,
     report_config,
     report,
 

@@ -6,7 +6,7 @@
 * ``kind: scheduler`` (or ``scheduler``/``address`` given): connect to that
   scheduler (e.g. ``tcp://host:8786``);
 * ``kind: slurm``: start workers as SLURM jobs with ``dask_jobqueue.SLURMCluster``
-  and scale to ``workers`` jobs (or adapt between ``adaptive.minimum`` and
+  and scale to ``workers`` jobs (or adapt between ``adaptive.minimum``, at least 1, and
   ``adaptive.maximum``).  Only the keys the config *sets* are passed: anything
   it leaves out comes from the site's own dask-jobqueue configuration
   (``~/.config/dask/jobqueue.yaml``, ``jobqueue.slurm.*``), as an admin set it;
@@ -69,6 +69,39 @@ def _announce(cluster, what: str) -> None:
     print(f"dask: {what}; dashboard {link or '(none)'}", file=sys.stderr, flush=True)
 
 
+def _queue_state(cluster) -> str | None:
+    """The worker jobs as squeue shows them (``123 PENDING (Resources), ...``); None when none was submitted."""
+    import subprocess
+
+    ids = [str(job.job_id) for job in getattr(cluster, "workers", {}).values() if getattr(job, "job_id", None)]
+    if not ids:
+        return None
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T (%r)"], capture_output=True,
+                             text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    rows = [" ".join(line.split()) for line in out.splitlines() if line.strip()]
+    return "squeue: " + ", ".join(rows) if rows else f"jobs {', '.join(ids)} are no longer queued"
+
+
+def _wait_for_slurm_workers(client, cluster, n: int, timeout: float) -> None:
+    """Wait until ``n`` worker jobs have connected; else a one-line error saying how many did, the
+    ``cluster.start_timeout`` that ran out and why squeue says the others wait (the caller cancels them)."""
+    try:
+        client.wait_for_workers(n, timeout=timeout)
+    except TimeoutError as exc:
+        from spa.errors import SpaInputError
+
+        arrived = getattr(exc, "available_workers", len(client.scheduler_info().get("workers", {})))
+        started = f"{arrived} of {n} SLURM worker job(s) started within {timeout:g} s (cluster.start_timeout"
+        queue = _queue_state(cluster)
+        if queue is None:  # sbatch refused them (unknown partition or account, ...): its error is logged above
+            raise SpaInputError("cluster", f"{started}): sbatch submitted none (its error is above)") from None
+        raise SpaInputError("cluster", f"{started}; raise it for a busy queue) — {queue}; "
+                                       "the worker jobs were cancelled") from None
+
+
 def make_client(workers: int | None = None, scheduler: str | None = None, config: dict | None = None,
                 processes: bool = True):
     """A ``distributed.Client`` as described in the module docstring, or None for in-process runs."""
@@ -91,20 +124,25 @@ def make_client(workers: int | None = None, scheduler: str | None = None, config
         from dask_jobqueue import SLURMCluster  # noqa: PLC0415
         from distributed import Client  # noqa: PLC0415
 
-        cluster = SLURMCluster(**slurm_kwargs(cfg))
+        cluster, client = SLURMCluster(**slurm_kwargs(cfg)), None
         try:
             adaptive = cfg.get("adaptive") or {}
             n = int(workers or 1)
             if adaptive.get("maximum"):
-                cluster.adapt(minimum_jobs=int(adaptive.get("minimum") or 0), maximum_jobs=int(adaptive["maximum"]))
+                # at least one job: with none, and no task submitted yet, Dask's adaptive target stays at zero
+                # and the stage would wait for a worker until start_timeout (measured on SLURM)
                 n = max(1, int(adaptive.get("minimum") or 1))
+                cluster.adapt(minimum_jobs=n, maximum_jobs=max(n, int(adaptive["maximum"])))
             else:
                 cluster.scale(jobs=n)
             _announce(cluster, f"SLURM cluster, {n} worker job(s)")
             client = Client(cluster)
-            client.wait_for_workers(n, timeout=float(cfg.get("start_timeout") or 300))
+            _wait_for_slurm_workers(client, cluster, n, float(cfg.get("start_timeout") or 300))
         except BaseException:
-            cluster.close()
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()
+            cluster.close()  # cancels the worker jobs, queued or running
             raise
         return client
     if workers is None or int(workers) <= 1:

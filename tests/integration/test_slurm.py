@@ -26,8 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests" / "integration" / "slurm" / "cluster.sh"
 # the one-node test cluster has ~24 GB and 2 cores: the profile's site-sized requests are scaled down
 SMALL = ["--set-resources", *[f"{rule}:mem_mb=1500" for rule in
-                              ("simulate", "reconstruct", "true_poses", "class2d", "initial_model", "class3d", "refine3d",
-                               "postprocess", "locres")]]
+                              yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())["set-resources"]]]
 
 
 def _unavailable(reason: str):
@@ -185,3 +184,64 @@ def test_em_stage_with_slurm_workers_equals_a_local_run(slurm, tmp_path):
     assert not running & _queued()
     assert not (tmp_path / "stopped" / "run_classes.mrcs").exists()
     shutil.rmtree(tmp_path / "scratch", ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_particles(tmp_path_factory):
+    """60 tiny simulated particles (a STAR file), for the stages that only need something to run on."""
+    out = tmp_path_factory.mktemp("tiny")
+    subprocess.run([sys.executable, "-m", "spa.cli", "simulate", "--kind", "particles", "--preset", "tiny",
+                    "--n-particles", "60", "--output-dir", str(out)], check=True, capture_output=True, env=_env())
+    return out / "particles.star"
+
+
+def _class2d_on_slurm(particles, out, cluster: dict, tmp_path) -> subprocess.CompletedProcess:
+    cfg = tmp_path / "cluster.yaml"
+    cfg.write_text(yaml.safe_dump({"cluster": {"kind": "slurm", "cores": 1, "memory": "1GB", "walltime": "00:05:00",
+                                               "log_directory": str(tmp_path / "worker_logs"), **cluster}}))
+    return subprocess.run([sys.executable, "-m", "spa.cli", "class2d", "--particles", str(particles), "--classes", "2",
+                           "--iter", "1", "--config", str(cfg), "--output-dir", str(out)],
+                          capture_output=True, text=True, env=_env(), timeout=300)
+
+
+def test_adaptive_worker_jobs_from_a_minimum_of_zero(slurm, tiny_particles, tmp_path):
+    """adaptive {minimum: 0, maximum: 2}: the stage gets a worker job (with none, Dask's adaptive target stays
+    at zero until tasks exist, and the stage waited for a worker until start_timeout), runs, and its worker
+    jobs are gone at the end."""
+    _need("dask_jobqueue")
+    start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 2))
+    run = _class2d_on_slurm(tiny_particles, tmp_path / "out", {"adaptive": {"minimum": 0, "maximum": 2},
+                                                                "start_timeout": 60}, tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "out" / "run_classes.mrcs").exists()
+    workers = {job for name, job in _sacct_since(start, "-o", "JobName,JobID") if name.startswith("dask-worker")}
+    assert 1 <= len(workers) <= 2, workers
+    for _ in range(20):
+        if not workers & _queued():
+            break
+        time.sleep(0.5)
+    assert not workers & _queued()
+
+
+def test_worker_jobs_that_do_not_start_in_time_are_a_clear_error(slurm, tiny_particles, tmp_path):
+    """Worker jobs still queued when cluster.start_timeout runs out (here: held until an hour from now): the
+    stage stops with one line saying how many started, the timeout, and why squeue says they wait; the
+    queued jobs are cancelled and no output folder is left behind."""
+    _need("dask_jobqueue")
+    # two fixed worker jobs (--workers 2 from the cluster section)
+    run = _class2d_on_slurm(tiny_particles, tmp_path / "out", {"workers": 2, "start_timeout": 4,
+                                                                "job_extra_directives": ["--begin=now+1hour"]},
+                            tmp_path)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("spa class2d: error: cluster: 0 of 2 SLURM worker job(s) started within 4 s "
+                           "(cluster.start_timeout; raise it for a busy queue) — squeue: "), last
+    workers = set(re.findall(r"(\d+) PENDING \(BeginTime\)", last))
+    assert len(workers) == 2, last
+    for _ in range(20):
+        if not workers & _queued():
+            break
+        time.sleep(0.5)
+    assert not workers & _queued()  # cancelled, not left waiting for their begin time
+    assert not (tmp_path / "out").exists()

@@ -92,10 +92,11 @@ rule motion:
         log_file("motion"),
     benchmark:
         benchmark_file("motion")
-    threads: config["workers"]
+    threads: em_threads()
     resources:
         mem_mb=8000,
         runtime=240,
+        dask_workers=dask_workers(),
     params:
         outdir=lambda w, output: os.path.dirname(output[0]),
         options=" ".join(
@@ -112,4 +113,4 @@ rule motion:
         common=spa_common(em=True),
     shell:
         "spa motion --movies {input.movies} --output-dir {params.outdir} {params.options} {params.switches} "
-        "{params.common} --workers {threads} > {log} 2>&1"
+        "{params.common} --workers {resources.dask_workers} > {log} 2>&1"
