@@ -40,6 +40,9 @@ def add_args(p):
     p.add_argument("--poses-from", default=None,
                    help="STAR whose rows give each particle's angles and origins (matched by image), "
                         "e.g. the true poses")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="with --poses-from: leave out particles it lacks (e.g. false picks, which have no true "
+                        "pose) instead of stopping")
     p.add_argument("--like-refine3d", action="store_true",
                    help="half maps, their FSC and the regularised full map as refine3d makes its final map")
     p.add_argument("--particle-diameter", type=float, default=None,
@@ -80,7 +83,11 @@ def _particles(args, use_ctf: bool):
         from spa.refine3d.true_poses import with_true_poses
 
         truth, _ = read_particles(args.poses_from)
-        table = with_true_poses(table, args.particles, truth, args.poses_from)
+        n_refined = len(table)
+        table = with_true_poses(table, args.particles, truth, args.poses_from, skip_missing=args.skip_missing)
+        if len(table) < n_refined:
+            print(f"reconstruct: {n_refined - len(table)} of {n_refined} particles have no row in "
+                  f"{args.poses_from}: left out (--skip-missing)", file=sys.stderr)
     if table["rlnImagePixelSize"].nunique() > 1 or ("rlnImageSize" in table and table["rlnImageSize"].nunique() > 1):
         raise SpaInputError(args.particles, "particles from optics groups with different pixel or box sizes")
     return table

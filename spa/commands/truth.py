@@ -14,7 +14,8 @@ micrographs matched by file stem).  Writes
 * Truth/class001.mrc … — the true map(s) resampled to the particles' pixel
   size and box, to compare the maps made from the picked particles with;
 * Truth/picking_truth.json — picked, true, matched, precision and recall, per
-  micrograph and in total.
+  micrograph and in total, and the true particles of the whole simulation
+  (micrographs rejected before picking included).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def main(args) -> int:
     if not len(matched):
         raise SpaInputError(args.particles, f"no picked particle lies within {max_distance:g} Å of a true centre")
 
+    summary["true_in_simulation"] = int(sum(len(t) for t in truth.values()))  # rejected micrographs' too
     out = Path(args.output_dir)
     record = make_record(args.argv, None, None, **{k: v for k, v in summary.items() if k != "micrographs"})
     pixel = float(optics.rlnImagePixelSize.iloc[0])

@@ -54,20 +54,26 @@ def _image_keys(table: pd.DataFrame, star_path) -> list[tuple[int, str]]:
     return [(int(i), os.path.normpath(os.path.abspath(f))) for i, f in zip(index, files)]
 
 
-def with_true_poses(refined: pd.DataFrame, refined_star, truth: pd.DataFrame, truth_star) -> pd.DataFrame:
+def with_true_poses(refined: pd.DataFrame, refined_star, truth: pd.DataFrame, truth_star, *,
+                    skip_missing: bool = False) -> pd.DataFrame:
     """``refined``'s rows (same order, same rlnRandomSubset if any, CTF and optics) with the poses of the same
     images in ``truth`` (angles in degrees, origins in Å, RELION's conventions).
 
     Both tables as :func:`spa.io.star.read_particles` returns them (image names resolve from the current
     directory).  A refined particle missing from the truth, or a truth without pose columns, is a
-    :class:`SpaInputError` naming the file."""
+    :class:`SpaInputError` naming the file; with ``skip_missing`` such particles are left out instead (picked
+    particles: a false pick has no true pose)."""
     missing = [c for c in POSE_COLUMNS if c not in truth]
     if missing:
         raise SpaInputError(truth_star, f"no true poses: missing column(s) {', '.join(missing)}")
     position = {key: row for row, key in enumerate(_image_keys(truth, truth_star))}
     keys = _image_keys(refined, refined_star)
     absent = [k for k in keys if k not in position]
-    if absent:
+    if absent and skip_missing:
+        present = np.array([k in position for k in keys])
+        refined = refined[present].reset_index(drop=True)
+        keys = [k for k in keys if k in position]
+    elif absent:
         index, file = absent[0]
         raise SpaInputError(truth_star, f"{len(absent)} particle(s) of {refined_star} are not in it "
                                         f"(first: image {index + 1} of {file})")

@@ -177,7 +177,23 @@ def import_inputs(wildcards=None):
     return files
 
 
-PICKED_PARTICLES = (MOVIES or MICROGRAPHS) and bool(config["pick"].get("use_for_particles")) and not USER_PARTICLES
+PICKED_PARTICLES = ((MOVIES or MICROGRAPHS or SIMULATED_MICROGRAPHS) and bool(config["pick"].get("use_for_particles"))
+                    and not USER_PARTICLES)
+
+
+def simulated_truth_dir():
+    """The truth folder of simulated movies or micrographs (None for the user's data): where `spa truth` finds
+    the true centres, poses and map of the particles picked from them."""
+    if SIMULATED_MOVIES:
+        return result("simulate_movies", "truth")
+    if SIMULATED_MICROGRAPHS:
+        return result("simulate_micrographs", "truth")
+    return None
+
+
+# particles picked from simulated data: their truth comes from matching picks to the true centres (rule
+# picked_truth, workflow/rules/micrographs.smk)
+PICKED_TRUTH = PICKED_PARTICLES and simulated_truth_dir() is not None
 
 
 def micrographs_for_ctf():
@@ -234,8 +250,10 @@ def refine3d_particles():
 
 def particles_with_poses():
     """STAR file with the TRUE poses (reconstruction of the ideal map); None when there is none."""
+    if PICKED_TRUTH:
+        return result("picked_truth", "particles.star")  # the true particles among the picks
     if USER_PARTICLES or PICKED_PARTICLES:
-        return INPUT.get("truth_particles")  # picked particles have no true poses row by row
+        return INPUT.get("truth_particles")
     return result("simulate", "truth", "particles.star")
 
 
@@ -257,8 +275,10 @@ def truth_map():
     """The true map (None when there is none)."""
     if USER_PARTICLES:
         return INPUT.get("truth_map")
+    if PICKED_TRUTH:
+        return result("picked_truth", "class001.mrc")  # resampled to the particles' pixel size and box
     if PICKED_PARTICLES:
-        return INPUT.get("truth_map")  # the movie simulation's map has its own box: compare by hand
+        return INPUT.get("truth_map")
     return result("simulate", "truth", "class001.mrc")
 
 
@@ -331,5 +351,8 @@ def summary_inputs(wildcards=None):
     """The FSC tables the summary reads: the halves always, the truth comparisons where there is a truth."""
     return {**{pair: fsc_table(pair) for pair in FSC_PAIRS},
             "postprocess": result("postprocess", "postprocess.json"), "locres": result("locres", "locres.json"),
-            "validation": result("validate", "validation.json")}
+            "validation": result("validate", "validation.json"),
+            **({"picking_truth": result("picked_truth", "picking_truth.json"),
+                "picked_truth_particles": result("picked_truth", "particles.star"),
+                "refined_particles": result("refine3d", "run_data.star")} if PICKED_TRUTH else {})}
 

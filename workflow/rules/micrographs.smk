@@ -39,3 +39,29 @@ rule extract:
     shell:
         "spa extract --micrographs {input.micrographs} --coordinates {input.coordinates} --box {params.box} "
         "{params.rescale} --output-dir {params.outdir} {params.common} > {log} 2>&1"
+
+
+if PICKED_TRUTH:
+
+    rule picked_truth:
+        """The truth of particles picked from simulated movies or micrographs: each extracted particle matched
+        to the true particle it was picked from (its pose, the picking offset as origin), the true map at the
+        particles' sampling, and the pickers' precision and recall against the true centres."""
+        input:
+            particles=rules.extract.output.particles,
+            simulated=result("simulate_movies", "movies.star") if SIMULATED_MOVIES
+            else result("simulate_micrographs", "micrographs.star"),
+        output:
+            particles=result("picked_truth", "particles.star"),
+            map=result("picked_truth", "class001.mrc"),
+            summary=result("picked_truth", "picking_truth.json"),
+        log:
+            log_file("picked_truth"),
+        params:
+            outdir=lambda w, output: os.path.dirname(output.particles),
+            truth=simulated_truth_dir(),
+            diameter=option("--diameter", config["pick"]["diameter_max"]),
+            common=spa_common(),
+        shell:
+            "spa truth --particles {input.particles} --truth-dir {params.truth} {params.diameter} "
+            "--output-dir {params.outdir} {params.common} > {log} 2>&1"

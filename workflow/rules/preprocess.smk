@@ -18,14 +18,9 @@ rule simulate_movies:
         outdir=lambda w, output: os.path.dirname(output.star),
         preset=config["simulate"]["movies"]["preset"],
         overrides=" ".join(
-            option(flag, config["simulate"]["movies"].get(key))
-            for flag, key in [
-                ("--n-micrographs", "n_micrographs"),
-                ("--micrograph-size", "micrograph_size"),
-                ("--n-frames", "n_frames"),
-                ("--dose-per-frame", "dose_per_frame"),
-                ("--pixel-size", "pixel_size"),
-            ]
+            option(f"--{key.replace('_', '-')}", value)
+            for key, value in config["simulate"]["movies"].items()
+            if key not in ("enabled", "preset")
         ),
         common=spa_common(seed=config["simulate"]["seed"]),
     shell:

@@ -65,7 +65,8 @@ if particles_with_poses():
             diameter=option("--particle-diameter", config["particle_diameter"]),
             common=spa_common(em=True),
             split=em_split(lanes=False),
+            skip="--skip-missing" if PICKED_TRUTH else "",  # false picks have no true pose
         shell:
-            "spa reconstruct --particles {input.particles} --poses-from {input.poses} --like-refine3d "
+            "spa reconstruct --particles {input.particles} --poses-from {input.poses} --like-refine3d {params.skip} "
             "--sym {params.sym} {params.diameter} --output-dir {params.outdir} "
             "{params.split} {params.common} --workers {resources.dask_workers} > {log} 2>&1"

@@ -95,6 +95,27 @@ def summarise(halves_star: str, truth_star: str | None, final_map: str, ideal_st
     return out
 
 
+def picked_particles_truth(picking_json: str, truth_particles: str, refined_particles: str) -> dict:
+    """How the picked particles compare with the simulation's true particles: the pickers' precision and
+    recall (spa truth) and the fraction of all true particles that reached the final refinement."""
+    from spa.io.star import read_particles
+
+    with open(picking_json) as fh:
+        picking = json.load(fh)
+    true_names = set(read_particles(truth_particles)[0].rlnImageName.astype(str))
+    refined = read_particles(refined_particles)[0].rlnImageName.astype(str)
+    true_refined = int(sum(name in true_names for name in refined))
+    total = picking.get("true_in_simulation") or picking["true_on_these_micrographs"]
+    return {
+        "true_particles_in_simulation": total,
+        "picked": picking["picked"], "picks_matching_a_true_particle": picking["matched"],
+        "picking_precision": round(picking["precision"], 4), "picking_recall": round(picking["recall"], 4),
+        "refined_particles": int(len(refined)), "refined_true_particles": true_refined,
+        "refined_precision": round(true_refined / len(refined), 4) if len(refined) else 0.0,
+        "true_particles_reaching_refinement": round(true_refined / total, 4) if total else 0.0,
+    }
+
+
 def write_summary(summary: dict, path: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
@@ -109,6 +130,11 @@ def describe(summary: dict) -> str:
     if "postprocess" in summary:
         text += (f"; postprocess: {summary['postprocess']['resolution']}, B-factor "
                  f"{summary['postprocess']['bfactor_used_A2']} Å²")
+    if "picked_particles" in summary:
+        p = summary["picked_particles"]
+        text += (f"; picking: precision {p['picking_precision']:.2f}, recall {p['picking_recall']:.2f}; "
+                 f"{100 * p['true_particles_reaching_refinement']:.0f} % of the true particles reached the "
+                 f"refinement ({p['refined_true_particles']} of {p['refined_particles']} refined particles are true)")
     if "refined_vs_true_poses" in summary:
         c = summary["refined_vs_true_poses"]
         verdict = "reaches" if c["reaches_true_poses"] else "falls short of"
@@ -173,6 +199,10 @@ if "snakemake" in globals():
     post = str(sm.input.postprocess) if "postprocess" in sm.input.keys() else None
     locres = str(sm.input.locres) if "locres" in sm.input.keys() else None
     result = summarise(str(sm.input.halves), truth, str(sm.input.map), ideal, post, locres)
+    if "picking_truth" in sm.input.keys():
+        result["picked_particles"] = picked_particles_truth(str(sm.input.picking_truth),
+                                                            str(sm.input.picked_truth_particles),
+                                                            str(sm.input.refined_particles))
     if "validation" in sm.input.keys():
         with open(str(sm.input.validation)) as fh:
             result["validation"] = json.load(fh)
