@@ -209,8 +209,15 @@ def run_zarr(jobs, out: Path, opts: ExtractOptions, common: str, seed: int, *, c
     stack, done = _prepare_state(out, opts.output_box, total, chunk, dtype, pixel)
     markers = _read_markers(done, len(keys))
     todo = [k for k, key in enumerate(keys) if markers[k] != key]
+    per_task = max(1, int(chunks_per_task))
+    if client is not None:  # enough tasks to keep every worker busy
+        try:
+            workers = max(1, len(client.scheduler_info()["workers"]))
+        except Exception:  # noqa: BLE001 - an adaptive cluster without workers yet
+            workers = 1
+        per_task = max(1, min(per_task, len(todo) // (2 * workers)))
     tasks = []
-    for run in _task_runs(todo, max(1, int(chunks_per_task))):
+    for run in _task_runs(todo, per_task):
         needed = sorted({p for k in run for p, _, _ in segments[k]})
         tasks.append((run, [keys[k] for k in run], [(int(starts[p]), jobs[p]) for p in needed]))
     written = 0
