@@ -6,7 +6,8 @@ chunk).  The plan fixes every particle's index before any pixel is read, so
 the stack is created at its full size and filled chunk by chunk: a task takes
 a run of consecutive chunks, extracts the micrographs whose particles fall in
 them (one micrograph in memory at a time; a micrograph that straddles two
-tasks is extracted by both — same seed, same images) and writes each chunk
+tasks is read by both, each extracting its own particles: a particle's image
+does not depend on which others are extracted with it) and writes each chunk
 whole as soon as it is full.  Writes are chunk-aligned and disjoint, so tasks
 run in parallel on Dask workers without locks, and memory does not grow with
 N (measured: benchmarks/bench_extract.py).
@@ -51,6 +52,9 @@ from spa.errors import SpaInputError
 from spa.extraction.extract import ExtractOptions, extract
 from spa.extraction.plan import MicrographJob, output_optics, total_dropped
 
+#: particles extracted together (a micrograph's rows 0-63, 64-127, …): batched reductions and FFTs round the
+#: same way whichever of a micrograph's particles a task extracts
+BLOCK = 64
 STATE = ".extract"
 STACK = "particles.zarr"
 STAR = "particles.star"
@@ -58,8 +62,10 @@ FORMATS = ("zarr", "mrcs")
 
 
 # -- one micrograph ----------------------------------------------------------------------------
-def micrograph_images(job: MicrographJob, opts: ExtractOptions, seed: int, backend_name: str | None) -> np.ndarray:
-    """The (n, B', B') float32 host images of a job's kept particles, in table order."""
+def micrograph_images(job: MicrographJob, opts: ExtractOptions, seed: int, backend_name: str | None,
+                      rows: slice = slice(None)) -> np.ndarray:
+    """The (n, B', B') float32 host images of a job's kept particles ``rows`` (table order).  A particle's
+    image does not depend on which others are extracted with it (its dust noise is seeded by its number)."""
     from spa.backend import get_backend
     from spa.io.mrc import read_mrc
 
@@ -68,11 +74,19 @@ def micrograph_images(job: MicrographJob, opts: ExtractOptions, seed: int, backe
     if image.ndim != 2:
         raise SpaInputError(job.path, f"a micrograph must be one 2D image, found shape {image.shape}")
     be = get_backend(backend_name)
-    rng = np.random.default_rng([int(seed), job.index])
-    images, keep = extract(be.xp.asarray(image), job.x, job.y, opts, rng, ctf=job.ctf, pixel_size=job.pixel_size)
-    if not keep.all():
-        raise SpaInputError(job.path, "the micrograph changed while it was being extracted")
-    return be.to_numpy(images)
+    micrograph = be.xp.asarray(image)
+    first, stop, _ = rows.indices(job.n)
+    lo, hi = first // BLOCK * BLOCK, min(job.n, -(-stop // BLOCK) * BLOCK)
+    x, y, parts = job.x, job.y, []
+    for b in range(lo, hi, BLOCK):  # fixed blocks: the same float operations whichever rows are asked for
+        sel = slice(b, min(b + BLOCK, job.n))
+        ctf = None if job.ctf is None else {k: (np.asarray(v)[sel] if np.ndim(v) else v) for k, v in job.ctf.items()}
+        images, keep = extract(micrograph, x[sel], y[sel], opts, (int(seed), job.index), ctf=ctf,
+                               pixel_size=job.pixel_size, ids=np.arange(job.n)[sel])
+        if not keep.all():
+            raise SpaInputError(job.path, "the micrograph changed while it was being extracted")
+        parts.append(be.to_numpy(images))
+    return np.concatenate(parts)[first - lo:stop - lo]
 
 
 # -- Zarr: a chunk plan ----------------------------------------------------------------------
@@ -114,11 +128,13 @@ def write_chunks(stack: str, done: str, opts: ExtractOptions, seed: int, backend
     buffers: dict[int, list] = {}  # chunk -> [array, images filled]
     written = 0
     for start, job in jobs:
-        images = micrograph_images(job, opts, seed, backend_name)
-        for k in range(start // chunk, (start + job.n - 1) // chunk + 1):
-            if k not in wanted:
-                continue
-            lo, hi = max(start, k * chunk), min(start + job.n, (k + 1) * chunk)
+        mine = [k for k in range(start // chunk, (start + job.n - 1) // chunk + 1) if k in wanted]
+        first = max(start, mine[0] * chunk) - start  # only the rows this task's chunks hold
+        stop = min(start + job.n, (mine[-1] + 1) * chunk) - start
+        images = micrograph_images(job, opts, seed, backend_name, slice(first, stop))
+        start += first  # stack index of images[0]
+        for k in mine:
+            lo, hi = max(start, k * chunk), min(start + len(images), (k + 1) * chunk)
             size = min(chunk, total - k * chunk)
             buf = buffers.setdefault(k, [np.empty((size, *images.shape[1:]), np.float32), 0])
             buf[0][lo - k * chunk:hi - k * chunk] = images[lo - start:hi - start]

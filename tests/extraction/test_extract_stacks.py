@@ -185,6 +185,7 @@ def test_zarr_and_mrcs_stacks_hold_the_same_images(sim, monkeypatch):
     pd.testing.assert_frame_equal(z_table.drop(columns="rlnImageName"), m_table.drop(columns="rlnImageName"))
 
 
+@pytest.mark.filterwarnings("ignore:Data array contains NaN values")
 def test_resumes_after_a_bad_micrograph_without_half_written_output(sim, tmp_path, capsys):
     work = shutil.copytree(sim / "sim", tmp_path / "sim")
     index = tmp_path / "autopick.star"
