@@ -43,6 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "postprocess": ("spa.commands.postprocess", "masked FSC with phase randomisation, B-factor, sharpened map"),
     "locres": ("spa.commands.locres", "local resolution of two half maps and the locally filtered map"),
     "validate": ("spa.commands.validate", "validate a refinement (angular distribution, reprojections, ResLog, noise tests, alignability, hand)"),
+    "truth": ("spa.commands.truth", "ground truth (poses, map) for particles picked from simulated micrographs"),
     "consensus": ("spa.commands.consensus", "keep what repeated runs agree on (classes, poses)"),
     "report": ("spa.commands.report", "the run report: one HTML page with a summary and every stage's figures"),
     "provenance": ("spa.commands.provenance", "print what made an output file"),
