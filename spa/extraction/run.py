@@ -31,6 +31,8 @@ particles; the ``.star``'s provenance holds the micrograph's key and is
 written last), skipped on a rerun when the key matches, then
 ``particles.star``.
 
+Before the STAR, ``particles.png`` (a sample of the particles) and ``figures.json`` for the report.
+
 In both, rlnImageName is relative to the folder of ``particles.star``
 (``000001@particles.zarr``, ``000001@particles/micrographs/mic0001.mrcs``):
 spa resolves image paths beside the STAR file (:mod:`spa.io.images`), so the
@@ -354,5 +356,10 @@ def run_extraction(jobs, mic_optics, output_dir, opts: ExtractOptions, *, fmt: s
     record.update({k: v for k, v in summary.items() if k != "written"})
     if "layout" in done:
         record["layout"] = done["layout"]
-    write_particles(out / STAR, particles, optics, record)
+    from spa.extraction.figures import particle_gallery
+
+    optics_cols = [c for c in optics.columns if c != "rlnOpticsGroup"]
+    particle_gallery(out, particles.merge(optics[["rlnOpticsGroup", *optics_cols]], on="rlnOpticsGroup", how="left"),
+                     out / STAR)
+    write_particles(out / STAR, particles, optics, record)  # last: the STAR says the extraction is complete
     return summary

@@ -74,7 +74,8 @@ def test_particles_at_true_centres_correlate_with_clean_projections(sim):
     out = sim / "zarr"
     assert _extract(sim, out, "--chunk", "16") == 0
     table, optics, images = _images(out / "particles.star")
-    assert sorted(p.name for p in out.iterdir()) == ["particles.star", "particles.zarr"]
+    assert sorted(p.name for p in out.iterdir()) == ["figures.json", "particles.png", "particles.star",
+                                                     "particles.zarr"]
     assert read_star(out / "particles.star")["particles"].rlnImageName.iloc[0] == "000001@particles.zarr"
     assert len(table) == 42 and int(optics.rlnCtfDataArePhaseFlipped.iloc[0]) == 0
     clean = _clean_projections(table, BOX)
