@@ -5,22 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 
-def particle_gallery(folder, particles: pd.DataFrame, star_path, *, count: int = 40, columns: int = 10) -> None:
-    """``particles.png`` (``count`` particles evenly spaced through the stack, grey scale ±3 σ of the
+def particle_gallery(folder, rows, images: np.ndarray, n: int, *, columns: int = 10) -> None:
+    """``particles.png`` (the particles at stack rows ``rows``, 0-based, of ``n``; grey scale ±3 σ of the
     background) and ``figures.json`` in ``folder``."""
-    from spa.io.images import ParticleImages
     from spa.plots import _pyplot, save_figure, write_figures_index
 
-    n = len(particles)
-    if not n:
+    if not len(rows):
         return
-    rows = np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int))
-    source = ParticleImages(particles.iloc[rows].reset_index(drop=True), star_path)
-    images = source.read_all()
-    source.close()
     plt = _pyplot()
     box, nrow = images.shape[-1], -(-len(rows) // columns)
     mosaic = np.full((nrow * (box + 2), columns * (box + 2)), np.nan, np.float32)  # one image: fast to draw

@@ -120,21 +120,30 @@ def _write_marker(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _samples_of(images: np.ndarray, first: int, sample) -> dict[int, np.ndarray]:
+    """The images (stack indices ``first`` …) whose index is in ``sample``: the figure's particles."""
+    idx = np.asarray(sample, np.int64)
+    idx = idx[(idx >= first) & (idx < first + len(images))]
+    return {int(i): images[i - first].copy() for i in idx}
+
+
 def write_chunks(stack: str, done: str, opts: ExtractOptions, seed: int, backend_name, chunk: int, total: int,
-                 chunk_ids: list[int], keys: list[str], jobs: list[tuple[int, MicrographJob]]):
+                 sample, chunk_ids: list[int], keys: list[str], jobs: list[tuple[int, MicrographJob]]):
     """A task: fill chunks ``chunk_ids`` of ``stack`` from ``jobs`` ((first stack index, job), in order) and
-    write each chunk's marker once it is on disk.  Returns (None, particles written) for map_reduce."""
+    write each chunk's marker once it is on disk.  Returns (None, (particles written, {index: image} of the
+    ``sample`` indices it extracted)) for map_reduce."""
     from spa.io import zarrstack
 
     wanted = {k: key for k, key in zip(chunk_ids, keys)}
     buffers: dict[int, list] = {}  # chunk -> [array, images filled]
-    written = 0
+    written, samples = 0, {}
     for start, job in jobs:
         mine = [k for k in range(start // chunk, (start + job.n - 1) // chunk + 1) if k in wanted]
         first = max(start, mine[0] * chunk) - start  # only the rows this task's chunks hold
         stop = min(start + job.n, (mine[-1] + 1) * chunk) - start
         images = micrograph_images(job, opts, seed, backend_name, slice(first, stop))
         start += first  # stack index of images[0]
+        samples.update(_samples_of(images, start, sample))
         for k in mine:
             lo, hi = max(start, k * chunk), min(start + len(images), (k + 1) * chunk)
             size = min(chunk, total - k * chunk)
@@ -149,7 +158,7 @@ def write_chunks(stack: str, done: str, opts: ExtractOptions, seed: int, backend
         del images
     if buffers:  # the plan and the micrographs disagree: never leave a chunk marked that is not whole
         raise RuntimeError(f"chunks {sorted(buffers)} of {stack} were not filled")
-    return None, written
+    return None, (written, samples)
 
 
 def _task_runs(todo: list[int], per_task: int) -> list[list[int]]:
@@ -207,8 +216,10 @@ def _prepare_state(out: Path, box: int, total: int, chunk: int, dtype, pixel: fl
 
 
 def run_zarr(jobs, out: Path, opts: ExtractOptions, common: str, seed: int, *, chunk: int, dtype, pixel: float,
-             client=None, backend_name=None, chunks_per_task: int = 8, provenance=None, progress=None) -> dict:
-    """Fill ``out/particles.zarr`` (module docstring); returns {"written": images extracted now, "layout": key}."""
+             client=None, backend_name=None, chunks_per_task: int = 8, provenance=None, progress=None,
+             sample=()) -> dict:
+    """Fill ``out/particles.zarr`` (module docstring); returns {"written": images extracted now, "layout": key,
+    "samples": {index: image} of the ``sample`` indices extracted now}."""
     import zarr
 
     from spa.parallel import map_reduce
@@ -221,7 +232,7 @@ def run_zarr(jobs, out: Path, opts: ExtractOptions, common: str, seed: int, *, c
     if final.exists() and not (out / STATE).exists() and (out / STAR).exists():
         try:
             if zarr.open_group(str(final), mode="r").attrs.get("layout") == layout:
-                return {"written": 0, "layout": layout}  # finished with these inputs: nothing to do
+                return {"written": 0, "layout": layout, "samples": {}}  # finished with these inputs
         except Exception:  # noqa: BLE001 - an unreadable stack is rebuilt below
             pass
     stack, done = _prepare_state(out, opts.output_box, total, chunk, dtype, pixel)
@@ -238,16 +249,19 @@ def run_zarr(jobs, out: Path, opts: ExtractOptions, common: str, seed: int, *, c
     for run in _task_runs(todo, per_task):
         needed = sorted({p for k in run for p, _, _ in segments[k]})
         tasks.append((run, [keys[k] for k in run], [(int(starts[p]), jobs[p]) for p in needed]))
-    written = 0
+    written, samples = 0, {}
     if tasks:
-        _, counts = map_reduce(write_chunks, tasks, client=client, progress=progress,
-                               broadcast=(str(stack), str(done), opts, int(seed), backend_name, int(chunk), total))
-        written = int(sum(counts))
+        _, results = map_reduce(write_chunks, tasks, client=client, progress=progress,
+                                broadcast=(str(stack), str(done), opts, int(seed), backend_name, int(chunk), total,
+                                           list(sample)))
+        written = int(sum(r[0] for r in results))
+        for r in results:
+            samples.update(r[1])
     group = zarr.open_group(str(stack), mode="r+")
     group.attrs.update({"chunk_keys": keys, "layout": layout, "provenance": provenance or {}})
     os.replace(stack, final)
     shutil.rmtree(out / STATE, ignore_errors=True)
-    return {"written": written, "layout": layout}
+    return {"written": written, "layout": layout, "samples": samples}
 
 
 # -- MRCS: one stack per micrograph ---------------------------------------------------------------
@@ -259,16 +273,18 @@ def mrcs_stem(job: MicrographJob) -> Path:
 
 
 def write_mrcs_batch(out: str, opts: ExtractOptions, seed: int, backend_name, dtype, common: str, optics, provenance,
-                     batch: list[MicrographJob]):
-    """A task: each micrograph's ``.mrcs`` then its ``.star`` (the record of its key, written last)."""
+                     sample, batch: list[tuple[int, MicrographJob]]):
+    """A task: each micrograph's ``.mrcs`` then its ``.star`` (the record of its key, written last).  Returns
+    (None, (particles written, {index: image} of the ``sample`` indices))."""
     from spa.io.mrc import write_mrcs
     from spa.io.star import write_particles
     from spa.provenance import make_record
 
-    written = 0
-    for job in batch:
+    written, samples = 0, {}
+    for start, job in batch:
         stem = Path(out) / mrcs_stem(job)
         images = micrograph_images(job, opts, seed, backend_name)
+        samples.update(_samples_of(images, start, sample))
         record = make_record((provenance or {}).get("command"), None, seed, key=f"{common}-{job.key}",
                              dropped_at_edges=job.dropped)
         write_mrcs(stem.with_suffix(".mrcs"), images, job.pixel_size * opts.box / opts.output_box,
@@ -277,31 +293,51 @@ def write_mrcs_batch(out: str, opts: ExtractOptions, seed: int, backend_name, dt
         table.insert(0, "rlnImageName", [f"{k:06d}@{stem.name}.mrcs" for k in range(1, job.n + 1)])
         write_particles(stem.with_suffix(".star"), table, optics[optics.rlnOpticsGroup == job.group], record)
         written += job.n
-    return None, written
+    return None, (written, samples)
 
 
 def run_mrcs(jobs, out: Path, opts: ExtractOptions, common: str, seed: int, *, dtype, optics, client=None,
-             backend_name=None, batch_size: int = 4, provenance=None, progress=None) -> dict:
+             backend_name=None, batch_size: int = 4, provenance=None, progress=None, sample=()) -> dict:
     from spa.parallel import make_chunks, map_reduce
     from spa.provenance import read_record
 
-    todo = []
+    todo, start = [], 0
     for job in jobs:
+        start += job.n
         stem = out / mrcs_stem(job)
         record = read_record(str(stem.with_suffix(".star"))) if stem.with_suffix(".star").exists() else None
         if not (isinstance(record, dict) and record.get("key") == f"{common}-{job.key}"
                 and stem.with_suffix(".mrcs").exists()):
-            todo.append(job)
-    written = 0
+            todo.append((start - job.n, job))
+    written, samples = 0, {}
     if todo:
         tasks = [([todo[i] for i in idx],) for idx in make_chunks(len(todo), max(1, int(batch_size)))]
-        _, counts = map_reduce(write_mrcs_batch, tasks, client=client, progress=progress,
-                               broadcast=(str(out), opts, int(seed), backend_name, dtype, common, optics, provenance))
-        written = int(sum(counts))
-    return {"written": written}
+        _, results = map_reduce(write_mrcs_batch, tasks, client=client, progress=progress,
+                                broadcast=(str(out), opts, int(seed), backend_name, dtype, common, optics, provenance,
+                                           list(sample)))
+        written = int(sum(r[0] for r in results))
+        for r in results:
+            samples.update(r[1])
+    return {"written": written, "samples": samples}
 
 
 # -- the whole extraction ----------------------------------------------------------------------
+#: particles shown in particles.png
+GALLERY = 40
+
+
+def _sample_images(sample, extracted: dict, particles: pd.DataFrame, optics: pd.DataFrame, out: Path) -> np.ndarray:
+    """The figure's particles: as the tasks returned them, or (those a rerun skipped) read back one by one."""
+    from spa.io.images import ParticleImages
+
+    missing = [int(i) for i in sample if int(i) not in extracted]
+    if missing:
+        rows = particles.iloc[missing].merge(optics, on="rlnOpticsGroup", how="left")
+        source = ParticleImages(rows, out / STAR)
+        for k, i in enumerate(missing):
+            extracted[i] = source.read([k])[0]
+        source.close()
+    return np.stack([extracted[int(i)] for i in sample])
 def particle_table(jobs: list[MicrographJob], fmt: str) -> pd.DataFrame:
     """Every kept particle in stack order, rlnImageName first (relative to the output folder)."""
     tables, first = [], 1
@@ -343,12 +379,14 @@ def run_extraction(jobs, mic_optics, output_dir, opts: ExtractOptions, *, fmt: s
     pixel = float(optics.rlnImagePixelSize.iloc[0])
     chunk = int(chunk or DEFAULT_CHUNK)
     common = common_key(opts, seed, format=fmt, float16=bool(float16), chunk=chunk if fmt == "zarr" else None)
+    total = sum(j.n for j in jobs)
+    sample = np.unique(np.linspace(0, total - 1, min(GALLERY, total)).round().astype(np.int64))
     if fmt == "zarr":
         done = run_zarr(jobs, out, opts, common, seed, chunk=chunk, dtype=dtype, pixel=pixel, client=client,
-                        backend_name=backend_name, provenance=provenance, progress=progress)
+                        backend_name=backend_name, provenance=provenance, progress=progress, sample=sample)
     else:
         done = run_mrcs(jobs, out, opts, common, seed, dtype=dtype, optics=optics, client=client,
-                        backend_name=backend_name, provenance=provenance, progress=progress)
+                        backend_name=backend_name, provenance=provenance, progress=progress, sample=sample)
     particles = particle_table(jobs, fmt)
     summary = {"particles": len(particles), "dropped_at_edges": dropped, "micrographs": len(jobs),
                "written": done["written"], "box": opts.output_box, "pixel_size": round(pixel, 4), "format": fmt}
@@ -358,8 +396,6 @@ def run_extraction(jobs, mic_optics, output_dir, opts: ExtractOptions, *, fmt: s
         record["layout"] = done["layout"]
     from spa.extraction.figures import particle_gallery
 
-    optics_cols = [c for c in optics.columns if c != "rlnOpticsGroup"]
-    particle_gallery(out, particles.merge(optics[["rlnOpticsGroup", *optics_cols]], on="rlnOpticsGroup", how="left"),
-                     out / STAR)
+    particle_gallery(out, sample, _sample_images(sample, done["samples"], particles, optics, out), len(particles))
     write_particles(out / STAR, particles, optics, record)  # last: the STAR says the extraction is complete
     return summary
