@@ -41,7 +41,8 @@ def add_args(p):
     p.add_argument("--micrographs", required=True,
                    help="micrographs STAR, with CTF (micrographs_ctf.star) or without (micrographs.star)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--coordinates", help="coordinate index (autopick.star: rlnMicrographName → rlnMicrographCoordinates)")
+    src.add_argument("--coordinates",
+                     help="coordinate index (autopick.star: rlnMicrographName → rlnMicrographCoordinates)")
     src.add_argument("--reextract", metavar="PARTICLES_STAR",
                      help="re-extract these particles, recentred on their origins (rlnOriginX/YAngst)")
     p.add_argument("--box", type=int, required=True, help="box on the micrograph, px (even)")

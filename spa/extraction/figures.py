@@ -28,5 +28,5 @@ def particle_gallery(folder, rows, images: np.ndarray, n: int, *, columns: int =
     save_figure(fig, Path(folder) / "particles.png")
     write_figures_index(folder, [{
         "file": "particles.png", "title": "Extracted particles",
-        "caption": f"{len(rows)} of the {n} extracted particles, evenly spaced through the stack, after contrast inversion and normalisation: protein should be "
-                   "white on a background of mean 0 and σ 1, shown from −3 σ (black) to +3 σ (white)."}])
+        "caption": f"{len(rows)} of the {n} extracted particles, evenly spaced through the stack, after contrast "
+                   "inversion and normalisation: protein should be white on a background of mean 0 and σ 1, shown from −3 σ (black) to +3 σ (white)."}])

@@ -2,7 +2,6 @@
 recentring, Zarr and MRCS stacks, resuming, and bad input."""
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
