@@ -398,4 +398,7 @@ def run_extraction(jobs, mic_optics, output_dir, opts: ExtractOptions, *, fmt: s
 
     particle_gallery(out, sample, _sample_images(sample, done["samples"], particles, optics, out), len(particles))
     write_particles(out / STAR, particles, optics, record)  # last: the STAR says the extraction is complete
+    # the other format's images of an earlier run here: no STAR refers to them any more
+    for stale in ((out / "particles",) if fmt == "zarr" else (out / STACK, out / STATE)):
+        shutil.rmtree(stale, ignore_errors=True)
     return summary
