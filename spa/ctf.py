@@ -133,7 +133,9 @@ def ctf_from_table(table, box: int, pixel_size: float | None = None, *, xp=np, r
     The table must carry rlnDefocusU/V/Angle, rlnVoltage, rlnSphericalAberration,
     rlnAmplitudeContrast (optics merged in, see :func:`spa.io.star.read_particles`)
     and optionally rlnPhaseShift, rlnCtfBfactor.  Rows may come from different
-    optics groups (voltage/Cs/Q are taken per group).
+    optics groups (voltage/Cs/Q are taken per group).  Rows whose optics group
+    says rlnCtfDataArePhaseFlipped = 1 (images phase-flipped at extraction)
+    get |CTF|.
     """
     if pixel_size is None:
         pixel_size = float(table["rlnImagePixelSize"].iloc[0])
@@ -150,4 +152,8 @@ def ctf_from_table(table, box: int, pixel_size: float | None = None, *, xp=np, r
             volt, cs, q, ps, bf, rfft=rfft, xp=xp,
         )
         out[xp.asarray(idx)] = c
+    if "rlnCtfDataArePhaseFlipped" in table and len(table):
+        flipped = np.flatnonzero(table["rlnCtfDataArePhaseFlipped"].to_numpy() != 0)
+        if flipped.size:
+            out[xp.asarray(flipped)] = xp.abs(out[xp.asarray(flipped)])
     return out

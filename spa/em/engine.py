@@ -42,7 +42,8 @@ def particle_arrays(table, pixel_size: float) -> dict:
     rlnAmplitudeContrast, optional rlnPhaseShift, rlnCtfBfactor), optics group
     (rlnOpticsGroup → 0-based ``group``) and current offsets in pixels
     (rlnOriginX/YAngst ÷ pixel size → ``centres``).  ``has_ctf`` is False when
-    the defocus columns are missing.
+    the defocus columns are missing; ``phase_flipped`` is True for particles whose
+    optics group says rlnCtfDataArePhaseFlipped = 1 (their CTF is taken as |CTF|).
     """
     n = len(table)
     out = {}
@@ -59,6 +60,9 @@ def particle_arrays(table, pixel_size: float) -> dict:
         out["q"] = table["rlnAmplitudeContrast"].to_numpy(np.float64)
         out["phase_shift"] = table["rlnPhaseShift"].to_numpy(np.float64) if "rlnPhaseShift" in table else np.zeros(n)
         out["bfactor"] = table["rlnCtfBfactor"].to_numpy(np.float64) if "rlnCtfBfactor" in table else np.zeros(n)
+        # images phase-flipped at extraction hold |CTF| · P: the model uses |CTF| for them
+        out["phase_flipped"] = (table["rlnCtfDataArePhaseFlipped"].to_numpy() != 0) \
+            if "rlnCtfDataArePhaseFlipped" in table else np.zeros(n, bool)
     og = table["rlnOpticsGroup"].to_numpy() if "rlnOpticsGroup" in table else np.ones(n, int)
     out["group"] = np.unique(og, return_inverse=True)[1].reshape(-1).astype(np.int64)
     cx = table["rlnOriginXAngst"].to_numpy(np.float64) / pixel_size if "rlnOriginXAngst" in table else np.zeros(n)
@@ -110,6 +114,7 @@ def particle_ctfs(p: dict, box: int, pixel_size: float, *, do_ctf: bool = True, 
 
     ``premultiplied``: the images were already multiplied by their CTF
     (RELION's --ctf_multiplied), so the reference is modulated by CTF².
+    Phase-flipped particles (``p["phase_flipped"]``) get |CTF|.
     """
     n = len(p["group"])
     if not (do_ctf and bool(p["has_ctf"])):
@@ -122,6 +127,9 @@ def particle_ctfs(p: dict, box: int, pixel_size: float, *, do_ctf: bool = True, 
         out[xp.asarray(sel)] = ctf_2d(box, pixel_size, p["defocus_u"][sel], p["defocus_v"][sel],
                                       p["defocus_angle"][sel], volt, cs, q, p["phase_shift"][sel], p["bfactor"][sel],
                                       xp=xp).reshape(len(sel), box, -1)
+    flipped = p.get("phase_flipped")
+    if flipped is not None and np.any(flipped):
+        out[xp.asarray(np.flatnonzero(flipped))] = xp.abs(out[xp.asarray(np.flatnonzero(flipped))])
     if ignore_first_peak:
         out = xp.where(xp.asarray(first_peak_mask(p, box, pixel_size)), xp.float32(1.0), out)
     if premultiplied:
