@@ -35,10 +35,15 @@ rule extract:
         outdir=lambda w, output: os.path.dirname(output.particles),
         box=config["extract"]["box"],
         rescale=option("--rescale", config["extract"]["rescale"]),
+        stack=lambda w: " ".join([f"--format {config['extract']['format']} --chunk {config['extract']['chunk']}",
+                                  f"--dust {config['extract']['dust']}",
+                                  option("--bg-radius", config["extract"]["bg_radius"]),
+                                  "--phase-flip" if config["extract"]["phase_flip"] else "",
+                                  "--float16" if config["extract"]["float16"] else ""]),
         common=spa_common(),
     shell:
         "spa extract --micrographs {input.micrographs} --coordinates {input.coordinates} --box {params.box} "
-        "{params.rescale} --output-dir {params.outdir} {params.common} > {log} 2>&1"
+        "{params.rescale} {params.stack} --output-dir {params.outdir} {params.common} > {log} 2>&1"
 
 
 if PICKED_TRUTH:
