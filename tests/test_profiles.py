@@ -64,10 +64,10 @@ def test_the_workflow_has_the_rules_these_tests_read():
     assert {"class2d", "refine3d", "reconstruct", "motion", "ctf", "simulate"} <= set(rules)
     assert {"all", "select", "fsc", "cluster_config"} <= local <= set(rules)
     assert rules["initial_model"] == "initial-model" and rules["import_data"] == "import"
-    # the rules whose commands take the backend: the EM stages, reconstruct (also as true_poses) and motion
-    # (not simulate, ctf, ...)
+    # the rules whose commands take the backend: the EM stages, reconstruct (also as true_poses), motion and
+    # extract (not simulate, ctf, ...)
     assert {r for r, c in rules.items() if c and _uses_array_backend(c)} == {
-        "class2d", "initial_model", "class3d", "refine3d", "reconstruct", "true_poses", "motion"}
+        "class2d", "initial_model", "class3d", "refine3d", "reconstruct", "true_poses", "motion", "extract"}
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))
