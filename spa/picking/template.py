@@ -70,6 +70,7 @@ class TemplateOptions:
     threshold: float = 4.0
     min_distance: float | None = None  # Å between picks; None: 0.8 × diameter
     lowpass: float = 20.0  # Å: finest detail compared
+    highpass: float | None = None  # Å: coarsest detail compared; None: 2 × diameter
     angular_step: float | None = None  # in-plane step; None: lowpass/2 of arc at the particle's radius
     invert: bool = True  # micrographs black on white (as recorded), templates white on black
     whiten: bool = True
@@ -276,7 +277,8 @@ def score_map(micrograph, pixel_size: float, templates: TemplateSet, opts: Templ
     kx = xp.asarray(np.fft.rfftfreq(cols)[None, :] / apix, dtype=xp.float32)
     s = xp.sqrt(ky * ky + kx * kx)  # 1/Å
     dk = 1.0 / (min(rows, cols) * apix)
-    band = _soft_step(s, 1.0 / opts.diameter, min(0.5 / opts.diameter, 2 * dk), xp) \
+    hp = 1.0 / (opts.highpass or 2.0 * opts.diameter)
+    band = _soft_step(s, hp, min(0.5 * hp, 2 * dk), xp) \
         * (1.0 - _soft_step(s, 1.0 / opts.lowpass, min(0.1 / opts.lowpass, 2 * dk) + 1e-9, xp))
     band[0, 0] = 0.0
     if opts.whiten:
