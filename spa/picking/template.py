@@ -236,6 +236,15 @@ def _bin(xp, be, image, factor: int):
     return (be.irfftn(cropped, s=(out_r, out_c)) / factor**2).astype(xp.float32)
 
 
+def _rfft_padded(be, images, shape):
+    """rfft over the last two axes of ``images`` zero-padded (at the end) to ``shape``."""
+    if be.name == "numpy":
+        import scipy.fft as sfft
+
+        return sfft.rfftn(images, s=shape, axes=(-2, -1), workers=be.fft_workers)
+    return be.xp.fft.rfftn(images, s=shape, axes=(-2, -1))
+
+
 def _ctf_grid(shape, pixel: float, ctf: CTFParams):
     """sin χ on the rfft grid of a (rows, cols) image at ``pixel`` Å (host, float32)."""
     from spa.ctf import PhaseTerms
@@ -313,24 +322,24 @@ def score_map(micrograph, pixel_size: float, templates: TemplateSet, opts: Templ
     wgt[:, 1:cols // 2 + (cols % 2)] = 2.0
     hfilt2 = (filt * C) ** 2 * wgt
     box = temps.shape[-1]
-    ri = xp.asarray((np.arange(box) - box // 2) % rows)
-    ci = xp.asarray((np.arange(box) - box // 2) % cols)
     best = xp.full((rows, cols), -xp.inf, dtype=xp.float32)
     which = xp.zeros((rows, cols), dtype=xp.int32)
     temps_x = xp.asarray(temps)
     for lo in range(0, len(temps), max(1, opts.batch)):
-        t = temps_x[lo:lo + opts.batch]
-        big = xp.zeros((len(t), rows, cols), dtype=xp.float32)
-        big[:, ri[:, None], ci[None, :]] = t  # template centre at the origin
-        T = be.rfftn(big, axes=(-2, -1))
+        # templates at the top-left corner, zero-padded by the FFT itself: the correlation peaks box//2 pixels
+        # before the centre, undone once on the final map
+        T = _rfft_padded(be, temps_x[lo:lo + opts.batch], (rows, cols))
         norm = xp.sqrt(xp.sum((T.real**2 + T.imag**2) * hfilt2, axis=(-2, -1)) / (rows * cols))
         corr = be.irfftn(data[None] * xp.conj(T), s=(rows, cols), axes=(-2, -1))
-        ncc = corr / (xp.maximum(norm, 1e-30)[:, None, None] * spread[None])
-        k = xp.argmax(ncc, axis=0)
-        top = xp.take_along_axis(ncc, k[None], axis=0)[0]
+        corr /= xp.maximum(norm, 1e-30)[:, None, None]
+        k = xp.argmax(corr, axis=0)
+        top = xp.max(corr, axis=0)
         better = top > best
         best = xp.where(better, top, best)
         which = xp.where(better, (k + lo).astype(xp.int32), which)
+    shift = (box // 2, box // 2)
+    best = xp.roll(best, shift, axis=(0, 1)) / spread  # the local spread is the same for every template
+    which = xp.roll(which, shift, axis=(0, 1))
     return be.to_numpy(best), be.to_numpy(which), factor, (source, psis)
 
 
