@@ -1,12 +1,31 @@
 """Pick particles on micrographs (like RELION's AutoPick): writes RELION's coordinate files.
 
-  spa pick --micrographs micrographs.star --method log --diameter-min 90 --diameter-max 130 --output-dir D
+  spa pick --micrographs micrographs.star --method log --diameter 120 --output-dir D
+  spa pick --micrographs micrographs_ctf.star --method template --diameter 120 \
+           --templates selected_classes.mrcs [--template-classes 1,3] --output-dir D
+  spa pick --micrographs micrographs_ctf.star --method template --diameter 120 \
+           --reference map.mrc [--projections 100] --output-dir D
 
---method log (Laplacian of Gaussian, needs only the particle size in Å; see
-spa.picking.log): blobs of local band-limited power between the two diameters,
-a figure of merit in robust standard deviations of the response
-(--threshold, default 2), picks at least --min-distance Å apart (default 0.8 ×
-the smallest diameter), none closer than half the largest diameter to an edge.
+Options every method shares: --diameter D (particle diameter, Å), --threshold
+(figure of merit, robust σ; default per method), --min-distance (Å, default
+0.8 × the (smallest) diameter).
+
+--method log (Laplacian of Gaussian, needs only the particle size; see
+spa.picking.log): blobs of local band-limited power between --diameter-min
+and --diameter-max (default 0.75 × and 1.1 × --diameter), a figure of merit in
+robust standard deviations of the response (--threshold, default 2), none
+closer than half the largest diameter to an edge.
+
+--method template (see spa.picking.template): normalised cross-correlation of
+the inverted, whitened, low-passed micrograph (--lowpass Å, default 20) with
+templates multiplied by each micrograph's CTF (the micrographs STAR's
+rlnDefocusU/V/Angle and optics; --no-ctf to ignore it), over in-plane
+rotations (--angular-step °).  Templates: --templates, an MRC stack of 2D
+class averages (white on black; --template-classes picks 1-based images;
+--template-pixel-size overrides the header), or --reference, a 3D map
+projected along --projections even directions.  Figure of merit: the best NCC
+in robust σ of the score map (--threshold, default 4); the raw NCC is
+written as rlnSpaTemplateNCC.
 
 Writes D/coordinates/<micrograph>_autopick.star per micrograph
 (rlnCoordinateX = column, rlnCoordinateY = row, 0-based pixel of the centre;
@@ -23,17 +42,36 @@ import json
 import sys
 
 
+METHODS = ("log", "template")
+
+
 def add_args(p):
     p.add_argument("--micrographs", required=True, help="micrographs STAR (RELION 3.0/3.1; rlnMicrographName)")
-    p.add_argument("--method", choices=["log"], default="log", help="picker (default log)")
-    p.add_argument("--diameter-min", type=float, required=True, help="smallest particle diameter, Å")
-    p.add_argument("--diameter-max", type=float, required=True, help="largest particle diameter, Å")
-    p.add_argument("--threshold", type=float, default=2.0, help="figure-of-merit threshold, robust σ (default 2)")
-    p.add_argument("--min-distance", type=float, default=None, help="closest two picks, Å (default 0.8 × diameter-min)")
+    p.add_argument("--method", choices=METHODS, default="log", help="picker (default log)")
     p.add_argument("--output-dir", required=True, help="job folder for the coordinate files")
+    g = p.add_argument_group("every method")
+    g.add_argument("--diameter", type=float, default=None, help="particle diameter, Å")
+    g.add_argument("--threshold", type=float, default=None,
+                   help="figure-of-merit threshold, robust σ (default: log 2, template 4)")
+    g.add_argument("--min-distance", type=float, default=None, help="closest two picks, Å (default 0.8 × diameter)")
+    g = p.add_argument_group("--method log")
+    g.add_argument("--diameter-min", type=float, default=None, help="smallest particle diameter, Å (default 0.75 × --diameter)")
+    g.add_argument("--diameter-max", type=float, default=None, help="largest particle diameter, Å (default 1.1 × --diameter)")
+    g = p.add_argument_group("--method template")
+    g.add_argument("--templates", default=None, help="MRC stack of 2D class averages (white on black)")
+    g.add_argument("--template-classes", default=None, help="1-based images of --templates to use, e.g. 1,3 (default all)")
+    g.add_argument("--template-pixel-size", type=float, default=None, help="templates' pixel size, Å (default: header)")
+    g.add_argument("--reference", default=None, help="3D map (MRC) whose projections are the templates")
+    g.add_argument("--projections", type=int, default=100, help="projection directions of --reference (default 100)")
+    g.add_argument("--lowpass", type=float, default=20.0, help="finest detail compared, Å (default 20)")
+    g.add_argument("--angular-step", type=float, default=None,
+                   help="in-plane rotation step, ° (default: lowpass/2 of arc at the particle's radius)")
+    g.add_argument("--no-ctf", action="store_true", help="do not multiply the templates by the micrograph's CTF")
+    g.add_argument("--no-invert", action="store_true",
+                   help="micrographs are white on black already (default: protein dark, as recorded)")
 
 
-def _figure(out, shown):
+def _figure(out, shown, title: str = "LoG"):
     from scipy import ndimage
 
     from spa.plots import _pyplot, save_figure, write_figures_index
@@ -47,9 +85,109 @@ def _figure(out, shown):
         ax.set_title(f"{name}: {len(picks)} picks", fontsize=9)
         ax.axis("off")
     save_figure(fig, out / "picks.png")
-    write_figures_index(out, [{"file": "picks.png", "title": "Picks (LoG)",
+    write_figures_index(out, [{"file": "picks.png", "title": f"Picks ({title})",
                                "caption": "The first micrographs (low-passed) with a circle of the particle "
                                           "diameter at every pick."}])
+
+
+class Picker:
+    """One method's picking of one micrograph: ``pick(image, pixel Å, micrograph row) → picks``, the options
+    recorded for resumability, the diameter (Å) drawn in the figure and the method's title."""
+
+    def __init__(self, pick, options: dict, diameter: float, title: str):
+        self.pick, self.options, self.diameter, self.title = pick, options, diameter, title
+
+
+def _log_picker(args, mics) -> Picker:
+    """--method log: --diameter-min/--diameter-max, or 0.75/1.1 × --diameter."""
+    from spa.picking.log import LoGOptions, pick_log
+
+    d_min, d_max = args.diameter_min, args.diameter_max
+    if args.diameter is not None:
+        d_min = d_min if d_min is not None else 0.75 * args.diameter
+        d_max = d_max if d_max is not None else 1.1 * args.diameter
+    if d_min is None or d_max is None:
+        raise ValueError("--method log needs --diameter, or --diameter-min and --diameter-max (Å)")
+    opts = LoGOptions(d_min, d_max, threshold=2.0 if args.threshold is None else args.threshold,
+                      min_distance=args.min_distance)
+    options = {"method": "log", **{k: getattr(opts, k) for k in ("diameter_min", "diameter_max", "threshold",
+                                                                 "min_distance", "radii", "high_resolution")}}
+    return Picker(lambda image, pixel, row: pick_log(image, pixel, opts), options, d_max, "LoG")
+
+
+def _template_set(args):
+    """The templates of --templates (with --template-classes) or --reference (with --projections)."""
+    import hashlib
+
+    import numpy as np
+
+    from spa.errors import SpaInputError
+    from spa.io.mrc import read_mrc
+    from spa.picking.template import TemplateSet, project_map
+
+    if (args.templates is None) == (args.reference is None):
+        raise ValueError("--method template needs one of --templates (2D class averages) or --reference (3D map)")
+    path = args.templates or args.reference
+    data, pixel = read_mrc(path)
+    pixel = args.template_pixel_size or pixel
+    digest = hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()[:16]
+    if args.reference is not None:
+        if data.ndim != 3 or len(set(data.shape)) != 1:
+            raise SpaInputError(path, f"--reference must be a cubic 3D map, not shape {data.shape}")
+        if args.projections < 1:
+            raise SpaInputError(path, "--projections must be ≥ 1")
+        images = project_map(data, args.projections)
+        chosen = None
+    else:
+        images = data[None] if data.ndim == 2 else data
+        chosen = None
+        if args.template_classes:
+            try:
+                chosen = sorted({int(c) for c in str(args.template_classes).split(",") if c.strip()})
+            except ValueError:
+                raise SpaInputError(path, f"--template-classes must be 1-based numbers like 1,3, "
+                                          f"not {args.template_classes!r}") from None
+            bad = [c for c in chosen if not 1 <= c <= len(images)]
+            if bad or not chosen:
+                raise SpaInputError(path, f"--template-classes {bad or chosen}: the stack holds {len(images)} images")
+            images = images[np.asarray(chosen) - 1]
+    try:
+        templates = TemplateSet(images, pixel, source=str(path))
+    except ValueError as exc:
+        raise SpaInputError(path, str(exc)) from None
+    return templates, {"templates_file": str(path), "templates_sha256": digest, "template_pixel_size": pixel,
+                       "template_classes": chosen,
+                       "projections": args.projections if args.reference is not None else None}
+
+
+def _template_picker(args, mics) -> Picker:
+    """--method template: NCC with CTF-modulated templates (spa.picking.template)."""
+    from spa.errors import SpaInputError
+    from spa.picking.template import CTF_COLUMNS, CTFParams, TemplateOptions, pick_template
+
+    if args.diameter is None:
+        raise ValueError("--method template needs --diameter (Å)")
+    opts = TemplateOptions(args.diameter, threshold=4.0 if args.threshold is None else args.threshold,
+                           min_distance=args.min_distance, lowpass=args.lowpass, angular_step=args.angular_step,
+                           invert=not args.no_invert)
+    missing = [c for c in CTF_COLUMNS if c not in mics.columns]
+    if missing and not args.no_ctf:
+        raise SpaInputError(args.micrographs, f"--method template multiplies the templates by each micrograph's CTF "
+                                              f"but the STAR lacks {', '.join(missing)} (give the CTF stage's "
+                                              "micrographs STAR, or --no-ctf)")
+    templates, source = _template_set(args)
+    options = {"method": "template", "diameter": opts.diameter, "threshold": opts.threshold,
+               "min_distance": opts.min_distance, "lowpass": opts.lowpass, "highpass": opts.highpass,
+               "angular_step": opts.psi_step(), "invert": opts.invert, "ctf": not args.no_ctf, **source}
+
+    def pick(image, pixel, row):
+        ctf = None if args.no_ctf else CTFParams.from_row(row)
+        return pick_template(image, pixel, templates, opts, ctf)
+
+    return Picker(pick, options, args.diameter, "template")
+
+
+PICKERS = {"log": _log_picker, "template": _template_picker}
 
 
 def main(args) -> int:
@@ -64,16 +202,9 @@ def main(args) -> int:
     from spa.io.star import read_micrographs, write_star
     from spa.picking.coordinates import (coordinate_file_name, read_coordinates, write_coordinate_index,
                                          write_coordinates)
-    from spa.picking.log import LoGOptions, pick_log
     from spa.provenance import make_record, read_record
 
     from spa.commands._common import progress_printer
-
-    try:
-        opts = LoGOptions(args.diameter_min, args.diameter_max, threshold=args.threshold,
-                          min_distance=args.min_distance)
-    except ValueError as exc:
-        raise SpaInputError(args.micrographs, str(exc)) from None
     from spa.io.star import read_star
 
     listed = read_star(args.micrographs).get("micrographs")
@@ -85,9 +216,12 @@ def main(args) -> int:
         raise SpaInputError(args.micrographs, "no micrographs listed (for a CTF consensus's micrographs_selected.star: "
                                               "every micrograph was rejected, the reasons are in "
                                               "micrographs_rejected.star beside it)")
+    try:
+        picker = PICKERS[args.method](args, mics)
+    except ValueError as exc:
+        raise SpaInputError(args.micrographs, str(exc)) from None
     out = Path(args.output_dir)
-    options = {"method": args.method, **{k: getattr(opts, k) for k in ("diameter_min", "diameter_max", "threshold",
-                                                                          "min_distance", "radii", "high_resolution")}}
+    options = dict(picker.options)
     from spa.em.run import code_digest
 
     options["code"] = code_digest()  # a micrograph done by other code is done again
@@ -110,11 +244,11 @@ def main(args) -> int:
             if not np.isfinite(image).all() or float(image.std()) == 0.0:
                 raise SpaInputError(path, "micrograph is empty or holds NaN/inf values")
             pixel = float(row.rlnMicrographPixelSize) if hasattr(row, "rlnMicrographPixelSize") else pixel
-            picks = pick_log(image, pixel, opts)
+            picks = picker.pick(image, pixel, row)
             write_coordinates(coord, picks, provenance=make_record(args.argv, None, None, options=options,
                                                                    micrograph=str(path)))
             if len(shown) < 3:
-                shown.append((Path(name).stem, image, picks, args.diameter_max / pixel))
+                shown.append((Path(name).stem, image, picks, picker.diameter / pixel))
         names.append(name)
         files.append(str(coord))
         counts.append(len(picks))
@@ -124,7 +258,7 @@ def main(args) -> int:
     write_star(out / "pick_summary.star", {"picks": pd.DataFrame({"rlnMicrographName": names,
                                                                    "spaNumberOfPicks": counts})}, provenance=record)
     if shown:
-        _figure(out, shown)
+        _figure(out, shown, picker.title)
     summary = {"micrographs": len(names), "picks": int(sum(counts)), "median_per_micrograph": float(np.median(counts))}
     print(json.dumps(summary))
     print(f"pick: {summary['picks']} picks on {len(names)} micrographs -> {out / 'autopick.star'}", file=sys.stderr)

@@ -1,0 +1,71 @@
+"""Picks from a score map: local maxima above a threshold, at least a distance apart, away from the edges.
+
+Shared by the pickers whose score maps are images (template matching, learned scorers).  The figure of merit
+is the score in robust standard deviations of the map, (S − median) / (1.4826·MAD), computed over the map
+inside the edge margin; positions are refined to sub-pixel by a parabola through each peak and its neighbours.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+
+def robust_z(values: np.ndarray) -> tuple[float, float]:
+    """(median, 1.4826·MAD) of ``values``: the mean and standard deviation of its Gaussian bulk."""
+    med = float(np.median(values))
+    mad = float(np.median(np.abs(values - med))) * 1.4826
+    return med, max(mad, 1e-12)
+
+
+def refine_peaks(score: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-pixel peak positions: the vertex of a parabola through each peak and its two neighbours, per axis
+    (a shift of at most half a pixel)."""
+    r = np.clip(rows, 1, score.shape[0] - 2)
+    c = np.clip(cols, 1, score.shape[1] - 2)
+
+    def vertex(minus, centre, plus):
+        denom = minus - 2 * centre + plus
+        return np.where(np.abs(denom) > 1e-12, 0.5 * (minus - plus) / np.where(denom == 0, 1, denom), 0.0)
+
+    dy = vertex(score[r - 1, c], score[r, c], score[r + 1, c])
+    dx = vertex(score[r, c - 1], score[r, c], score[r, c + 1])
+    return rows + np.clip(dy, -0.5, 0.5), cols + np.clip(dx, -0.5, 0.5)
+
+
+def pick_peaks(score: np.ndarray, distance: float, edge: float, threshold: float):
+    """(rows, cols, figure of merit) of the picks on ``score`` (rows, cols), best first.
+
+    ``distance``: closest two picks (pixels of the map); ``edge``: pixels kept free at each edge;
+    ``threshold``: smallest figure of merit (robust σ).  Greedy: the best maximum is taken, every candidate
+    closer than ``distance`` is dropped, and so on.
+    """
+    score = np.asarray(score, np.float32)
+    e = int(np.ceil(edge))
+    inner = score[e:score.shape[0] - e, e:score.shape[1] - e]
+    if inner.size == 0:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    med, sd = robust_z(inner)
+    fom = (score - med) / sd
+    size = max(3, int(2 * np.floor(distance / 2) + 1))
+    peaks = (score == ndimage.maximum_filter(score, size=size, mode="nearest")) & (fom >= threshold)
+    rows, cols = np.nonzero(peaks)
+    keep = (rows >= edge) & (cols >= edge) & (rows < score.shape[0] - edge) & (cols < score.shape[1] - edge)
+    rows, cols = rows[keep], cols[keep]
+    merit = fom[rows, cols]
+    order = np.argsort(-merit, kind="stable")
+    rows, cols, merit = rows[order], cols[order], merit[order]
+    if len(rows) > 1:  # maxima on a plateau or closer than the distance: the best of each cluster
+        pts = np.column_stack([rows, cols]).astype(float)
+        near = cKDTree(pts).query_ball_point(pts, np.nextafter(distance, 0))
+        dropped = np.zeros(len(rows), bool)
+        chosen = []
+        for i in range(len(rows)):
+            if not dropped[i]:
+                chosen.append(i)
+                dropped[near[i]] = True
+        idx = np.asarray(chosen, int)
+        rows, cols, merit = rows[idx], cols[idx], merit[idx]
+    fine_rows, fine_cols = refine_peaks(score, rows, cols)
+    return fine_rows, fine_cols, merit
