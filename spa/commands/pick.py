@@ -8,6 +8,11 @@ a figure of merit in robust standard deviations of the response
 (--threshold, default 2), picks at least --min-distance Å apart (default 0.8 ×
 the smallest diameter), none closer than half the largest diameter to an edge.
 
+--method learned --positives agreed/autopick.star [--negatives a/autopick.star ...]
+(spa.picking.learned): a scorer trained on these micrographs, positives = picks
+several pickers agree on, negatives = random background and single-picker picks;
+picks where its probability ≥ --min-score (default 0.5), --diameter-max is the diameter.
+
 Writes D/coordinates/<micrograph>_autopick.star per micrograph
 (rlnCoordinateX = column, rlnCoordinateY = row, 0-based pixel of the centre;
 rlnAutopickFigureOfMerit), D/autopick.star (data_coordinate_files:
@@ -25,12 +30,15 @@ import sys
 
 def add_args(p):
     p.add_argument("--micrographs", required=True, help="micrographs STAR (RELION 3.0/3.1; rlnMicrographName)")
-    p.add_argument("--method", choices=["log"], default="log", help="picker (default log)")
+    p.add_argument("--method", choices=["log", "learned"], default="log", help="picker (default log)")
     p.add_argument("--diameter-min", type=float, required=True, help="smallest particle diameter, Å")
     p.add_argument("--diameter-max", type=float, required=True, help="largest particle diameter, Å")
     p.add_argument("--threshold", type=float, default=2.0, help="figure-of-merit threshold, robust σ (default 2)")
     p.add_argument("--min-distance", type=float, default=None, help="closest two picks, Å (default 0.8 × diameter-min)")
     p.add_argument("--output-dir", required=True, help="job folder for the coordinate files")
+    from spa.commands._pick_learned import add_learned_args
+
+    add_learned_args(p)  # --method learned: --positives, --negatives, --min-score, --rounds
 
 
 def _figure(out, shown):
@@ -68,6 +76,11 @@ def main(args) -> int:
     from spa.provenance import make_record, read_record
 
     from spa.commands._common import progress_printer
+
+    if args.method == "learned":
+        from spa.commands._pick_learned import main_learned
+
+        return main_learned(args)
 
     try:
         opts = LoGOptions(args.diameter_min, args.diameter_max, threshold=args.threshold,
