@@ -358,7 +358,7 @@ def _pick(args) -> int:
         opts = LearnedOptions(diameter, threshold=rescue_threshold, seed=seed_of(args, cfg))
         positives = {n: merged[n][kept_mask[n]] for n in names if kept_mask[n].any()}
         try:
-            scorer, scorer_info = train_scorer(load, positives, {}, opts, rounds=1)
+            scorer, scorer_info = train_scorer(load, positives, {}, opts, rounds=0)
         except ValueError as exc:
             raise SpaInputError(args.micrographs, f"learned rescue: {exc}") from None
         for name in names:
