@@ -49,7 +49,7 @@ def sim(tmp_path_factory):
     agreed = {n: merge_picks([picks["log_a"][n], picks["log_b"][n]], 0.3 * DIAMETER) for n in images}
     agreed = {n: m[m.rlnSpaPickerVotes == 2] for n, m in agreed.items()}
     opts = LearnedOptions(DIAMETER)
-    scorer, info = train_scorer(lambda n: (images[n], 1.0), agreed, {}, opts, rounds=2)
+    scorer, info = train_scorer(lambda n: (images[n], 1.0), agreed, {}, opts, rounds=1)
     picks["learned"] = {n: pick_learned(scorer, *feature_maps(im, 1.0, opts), 1.0) for n, im in images.items()}
     return {"dir": out, "star": star, "images": images, "truth": truth, "picks": picks, "agreed": agreed}
 
