@@ -26,6 +26,17 @@
       (with rlnSpaRejectReason; also micrographs B could not estimate),
       D/ctf_consensus.json, ctf_consensus.png and ctf_selection_table.png.
 
+  spa consensus pick --micrographs M.star --picks A/autopick.star B/autopick.star [C ...] --diameter Å
+                     --mode and|or|at-least [--min-pickers K] [--distance 0.3] [--rescue] --output-dir D
+      Picks of several pickers (RELION coordinate files as spa pick writes them) merged within
+      --distance × --diameter (default 0.3 ×): the merged coordinate is the mean of the agreeing picks;
+      AND keeps what every picker found, OR everything, at-least K what K pickers found.  --rescue also
+      keeps positions fewer pickers found where a scorer trained on the kept picks (spa.picking.learned)
+      gives at least --rescue-threshold.  Writes D/autopick.star + D/coordinates/*_autopick.star
+      (rlnAutopickFigureOfMerit = fraction of pickers, rlnSpaPickerVotes, rlnSpaPickers), D/consensus_pick.star
+      and .json (picks per picker, found by exactly / at least k, all, rescued), consensus_table.png,
+      consensus_picks.png and figures.json.
+
 Runs are RELION particle STAR files (3.0 or 3.1) of the same particles.
 """
 
@@ -124,6 +135,27 @@ def add_args(p):
         t.add_argument(flag, type=float, default=default, help=f"{what} (default {default:g}; ≤ 0: off)")
     add_common_args(t)
     t.set_defaults(_consensus=_ctf)
+
+
+    k = sub.add_parser("pick", help="picks several pickers agree on (AND, OR, at-least-k, learned rescue)",
+                       description=__doc__, formatter_class=p.formatter_class)
+    k.add_argument("--micrographs", required=True, help="micrographs STAR the picks belong to (rlnMicrographName)")
+    k.add_argument("--picks", nargs="+", required=True, metavar="STAR",
+                   help="autopick.star of each picker (two or more; rlnMicrographName → coordinate STAR)")
+    k.add_argument("--diameter", type=float, required=True, help="particle diameter, Å")
+    k.add_argument("--mode", choices=["and", "or", "at-least"], default=None,
+                   help="and: found by every picker; or: by any; at-least: by --min-pickers (default at-least "
+                        "with --min-pickers, else and)")
+    k.add_argument("--min-pickers", type=int, default=None, metavar="K", help="pickers that must agree (--mode at-least)")
+    k.add_argument("--distance", type=float, default=None,
+                   help="largest distance between agreeing picks, as a fraction of the diameter (default 0.3)")
+    k.add_argument("--rescue", action="store_true", default=None,
+                   help="also keep positions fewer pickers found where a scorer trained on the kept picks vouches")
+    k.add_argument("--rescue-threshold", type=float, default=None,
+                   help="probability the learned scorer must give a rescued position (default 0.5)")
+    k.add_argument("--output-dir", required=True, help="folder for autopick.star, coordinates/ and the report")
+    add_common_args(k)
+    k.set_defaults(_consensus=_pick)
 
 
 def main(args) -> int:
@@ -266,4 +298,103 @@ def _poses(args) -> int:
         "median_angular_difference_deg", "p90_angular_difference_deg", "global_rotation_angle_deg",
     )
     print(json.dumps({k: summary[k] for k in keys}))
+    return 0
+
+
+def _pick(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+    import pandas as pd
+
+    from spa.io.images import resolve_image_path
+    from spa.io.mrc import read_mrc
+    from spa.io.star import read_micrographs
+    from spa.picking.consensus import agreement_counts, merge_picks, required_votes
+    from spa.picking.consensus_report import agreement_table, write_figures, write_outputs
+    from spa.picking.coordinates import read_pick_sets
+    from spa.plots import write_figures_index
+    from spa.provenance import make_record
+
+    cfg = load_config(args, "consensus")
+    paths = list(args.picks)
+    if len(paths) < 2:
+        raise SpaInputError(paths[0], f"a pick consensus needs at least 2 pickers (--picks), got {len(paths)}")
+    min_pickers = option(args, "min_pickers", cfg, None)
+    mode = option(args, "mode", cfg, None) or ("at-least" if min_pickers is not None else "and")
+    diameter = float(args.diameter)
+    fraction = float(option(args, "distance", cfg, 0.3))
+    rescue = bool(option(args, "rescue", cfg, False))
+    rescue_threshold = float(option(args, "rescue_threshold", cfg, 0.5))
+    try:
+        need = required_votes(mode, len(paths), min_pickers)
+    except ValueError as exc:
+        raise SpaInputError(None, str(exc)) from None
+    if diameter <= 0 or not 0 < fraction <= 1 or not 0 <= rescue_threshold <= 1:
+        raise SpaInputError(None, "need --diameter > 0 Å, 0 < --distance ≤ 1 and 0 ≤ --rescue-threshold ≤ 1")
+    mics, _ = read_micrographs(args.micrographs)
+    if mics.empty:
+        raise SpaInputError(args.micrographs, "no micrographs listed")
+    names = mics.rlnMicrographName.astype(str).tolist()
+    pixel = dict(zip(names, mics.rlnMicrographPixelSize.astype(float)))
+    sets = [read_pick_sets(p, names) for p in paths]
+
+    def load(name):
+        path = resolve_image_path(name, args.micrographs)
+        if path is None:
+            raise SpaInputError(args.micrographs, f"micrograph {name} not found")
+        image, _ = read_mrc(path)
+        return np.asarray(image, np.float32).squeeze(), pixel[name]
+
+    merged, kept_mask = {}, {}
+    for name in names:
+        m = merge_picks([s[name] for s in sets], fraction * diameter / pixel[name])
+        m["rlnSpaRescued"] = 0
+        merged[name], kept_mask[name] = m, m.rlnSpaPickerVotes.to_numpy() >= need
+    rescued_total, scorer_info = 0, None
+    if rescue and any(kept_mask[n].sum() for n in names) and any((~kept_mask[n]).sum() for n in names):
+        from spa.picking.learned import LearnedOptions, score_coordinates, train_scorer
+
+        opts = LearnedOptions(diameter, threshold=rescue_threshold, seed=seed_of(args, cfg))
+        positives = {n: merged[n][kept_mask[n]] for n in names if kept_mask[n].any()}
+        try:
+            scorer, scorer_info = train_scorer(load, positives, {}, opts, rounds=0)
+        except ValueError as exc:
+            raise SpaInputError(args.micrographs, f"learned rescue: {exc}") from None
+        for name in names:
+            candidates = np.flatnonzero(~kept_mask[name])
+            if not len(candidates):
+                continue
+            image, px = load(name)
+            m = merged[name]
+            score = score_coordinates(scorer, image, px, m.iloc[candidates][["rlnCoordinateX", "rlnCoordinateY"]])
+            m["rlnSpaLearnedScore"] = np.nan
+            m.loc[m.index[candidates], "rlnSpaLearnedScore"] = score
+            ok = candidates[score >= rescue_threshold]
+            m.loc[m.index[ok], "rlnSpaRescued"] = 1
+            kept_mask[name][ok] = True
+            rescued_total += len(ok)
+    kept = {n: merged[n][kept_mask[n]].reset_index(drop=True) for n in names}
+    everything = pd.concat(list(merged.values()), ignore_index=True)
+    counts = agreement_counts(everything, len(paths))
+    n_kept = int(sum(len(v) for v in kept.values()))
+    table = agreement_table([str(Path(p).parent.name or p) for p in paths], counts, rescued_total, n_kept)
+    summary = {"micrographs": len(names), "pickers": paths, "mode": mode, "min_votes": need,
+               "distance_fraction": fraction, "distance_angstrom": fraction * diameter,
+               "picks_per_picker": counts["per_picker"], "found_by_exactly_k": counts["exactly"],
+               "found_by_at_least_k": counts["at_least"], "found_by_all": counts["at_least"][-1],
+               "rescued": rescued_total, "kept": n_kept, "rescue_scorer": scorer_info}
+    settings = {k: summary[k] for k in ("pickers", "mode", "min_votes", "distance_fraction")}
+    record = make_record(args.argv, cfg, seed_of(args, cfg), settings={**settings, "diameter": diameter,
+                                                                      "rescue": rescue,
+                                                                      "rescue_threshold": rescue_threshold})
+    out = Path(args.output_dir)
+    write_outputs(out, merged, kept, table, summary, record)
+    shown = [(Path(n).stem, *load(n)[:1], merged[n], kept_mask[n], diameter / pixel[n]) for n in names[:3]]
+    write_figures_index(out, write_figures(out, table, shown, len(paths), need))
+    if n_kept == 0:
+        print("consensus pick: warning: no position passes the consensus", file=sys.stderr)
+    print(json.dumps({k: summary[k] for k in ("micrographs", "picks_per_picker", "found_by_all", "rescued", "kept")}))
+    print(f"consensus pick: kept {n_kept} positions ({mode}, ≥ {need} of {len(paths)} pickers) -> {out}",
+          file=sys.stderr)
     return 0

@@ -27,6 +27,11 @@ projected along --projections even directions.  Figure of merit: the best NCC
 in robust σ of the score map (--threshold, default 4); the raw NCC is
 written as rlnSpaTemplateNCC.
 
+--method learned --positives agreed/autopick.star [--negatives a/autopick.star ...]
+(spa.picking.learned): a scorer trained on these micrographs, positives = picks
+several pickers agree on, negatives = random background and single-picker picks;
+picks where its probability ≥ --min-score (default 0.5), --diameter-max is the diameter.
+
 Writes D/coordinates/<micrograph>_autopick.star per micrograph
 (rlnCoordinateX = column, rlnCoordinateY = row, 0-based pixel of the centre;
 rlnAutopickFigureOfMerit), D/autopick.star (data_coordinate_files:
@@ -42,7 +47,7 @@ import json
 import sys
 
 
-METHODS = ("log", "template")
+METHODS = ("log", "template", "learned")
 
 
 def add_args(p):
@@ -69,6 +74,9 @@ def add_args(p):
     g.add_argument("--no-ctf", action="store_true", help="do not multiply the templates by the micrograph's CTF")
     g.add_argument("--no-invert", action="store_true",
                    help="micrographs are white on black already (default: protein dark, as recorded)")
+    from spa.commands._pick_learned import add_learned_args
+
+    add_learned_args(p)  # --method learned: --positives, --negatives, --min-score, --rounds
 
 
 def _figure(out, shown, title: str = "LoG"):
@@ -205,6 +213,15 @@ def main(args) -> int:
     from spa.provenance import make_record, read_record
 
     from spa.commands._common import progress_printer
+
+    if args.method == "learned":
+        from spa.commands._pick_learned import main_learned
+
+        if args.diameter_max is None:
+            args.diameter_max = args.diameter
+        if args.diameter_max is None:
+            raise SpaInputError(args.micrographs, "--method learned needs --diameter (or --diameter-max), Å")
+        return main_learned(args)
     from spa.io.star import read_star
 
     listed = read_star(args.micrographs).get("micrographs")

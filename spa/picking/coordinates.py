@@ -61,3 +61,21 @@ def match_to_truth(picks: pd.DataFrame, truth: pd.DataFrame, max_distance: float
     return {"picks": len(p), "true": len(t), "matched": matched,
             "precision": matched / len(p) if len(p) else 0.0, "recall": matched / len(t) if len(t) else 0.0,
             "rms_px": float(np.sqrt(np.mean(dist**2))) if len(dist) else float("nan")}
+
+
+def read_pick_sets(index_path, micrograph_names: list[str]) -> dict[str, pd.DataFrame]:
+    """One picker's picks, by micrograph: RELION's ``autopick.star`` index read and each coordinate STAR
+    checked (finite rlnCoordinateX/Y).  Index rows are matched to ``micrograph_names`` (the micrographs
+    STAR) by rlnMicrographName, else by file name; a row for a micrograph not in that list is an error
+    naming the index.  Micrographs the index does not list get no picks (an empty table)."""
+    from spa.extraction.plan import _checked_coordinates, coordinate_files
+
+    by_base = {Path(n).name: n for n in micrograph_names}
+    out = {n: pd.DataFrame({"rlnCoordinateX": [], "rlnCoordinateY": []}) for n in micrograph_names}
+    for name, path in coordinate_files(index_path).items():
+        key = name if name in out else by_base.get(Path(name).name)
+        if key is None:
+            raise SpaInputError(index_path, f"lists coordinates for micrograph {name}, which is not in the "
+                                            f"micrographs STAR ({len(micrograph_names)} micrographs)")
+        out[key] = _checked_coordinates(path)
+    return out
