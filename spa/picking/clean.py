@@ -9,16 +9,17 @@ particle radius spans ≥ 8 pixels, as the LoG picker does):
   I/⟨I⟩ − 1) lower than ``contaminant_threshold`` robust σ (median/MAD over
   the micrograph) below the median.  Only the dark side is used: protein at
   particle scale hardly moves the mean (the CTF removes its low frequencies).
-* **aggregate** — clumps of overlapping particles carry far more signal at
-  particle scale than one particle: the band energy between ``high_resolution``
-  (15 Å) and the particle diameter, smoothed over σ = radius, more than
-  ``aggregate_threshold`` times the micrograph's median of that map, on
-  an area larger than one particle.
+* **aggregate** — clumps of overlapping particles carry far more signal than
+  one particle: the local energy at 6-12 Å of the relative intensity (the
+  texture map below), smoothed over σ = radius, more than
+  ``aggregate_threshold`` times its median over the micrograph (outside
+  contaminants), on an area larger than half a particle.
 * **carbon** — the film beyond a hole's edge has a different noise texture
   (and density): the local energy at 6-12 Å of the relative intensity,
   smoothed over σ = radius, is higher there.  The edge of a hole is a large
   circle, nearly straight across a micrograph: every line and gently curved
-  arc (directions every 4°, radii of curvature ≥ 1.5 micrograph widths) is
+  arc (directions every 4°; straight, or the arc of a hole 1.5, 2 or 3 micrograph
+  widths in radius, bulging towards the carbon) is
   tried as the edge, and the one that best separates a high-texture side
   (≥ ``carbon_min_fraction`` of the area) from the rest is the carbon edge when
   the difference of log texture energy between the sides exceeds
@@ -53,10 +54,9 @@ class CleanOptions:
     margin: float = 0.0  # Å added to the particle radius when growing the masks
     kinds: tuple[str, ...] = KINDS
     contaminant_threshold: float = 5.0  # robust σ of the local mean, dark side
-    aggregate_threshold: float = 10.0  # × median local particle-band energy
+    aggregate_threshold: float = 2.2  # × the micrograph's median texture energy
     carbon_threshold: float = 6.0  # σ of the log texture-energy map between the two sides of the edge
     carbon_min_fraction: float = 0.05  # smallest share of the micrograph a carbon side may have
-    high_resolution: float = 15.0  # Å: fine end of the particle band (aggregates)
 
     def __post_init__(self):
         if not self.diameter > 0:
@@ -80,29 +80,45 @@ def _band(x: np.ndarray, fine: float, coarse: float) -> np.ndarray:
     return ndimage.gaussian_filter(x, fine / 2.5) - ndimage.gaussian_filter(x, coarse / 2.5)
 
 
-def relative_intensity(micrograph: np.ndarray, radius_px: float) -> np.ndarray:
-    """I / ⟨I⟩ − 1 with ⟨I⟩ a Gaussian mean over σ = 2 radii (flat-fields ice-thickness ramps); for
+def relative_intensity(micrograph: np.ndarray, radius_px: float | None) -> np.ndarray:
+    """I / ⟨I⟩ − 1 with ⟨I⟩ a Gaussian mean over σ = 2 radii (flat-fields ice-thickness ramps; the median
+    when ``radius_px`` is None); for
     micrographs without a positive mean (already normalised data), (I − median) / robust σ."""
     img = np.asarray(micrograph, np.float64)
     med, sd = _robust(img[:: max(1, img.shape[0] // 256), :: max(1, img.shape[1] // 256)])
     if med <= 5 * sd:  # not a positive intensity (e.g. zero-mean simulated noise): no division by a mean
         return (img - med) / sd
+    if radius_px is None:  # relative to the micrograph's median
+        return img / med - 1.0
     local = ndimage.gaussian_filter(img, 2 * radius_px)
     return img / np.maximum(local, 1e-6 * med) - 1.0
 
 
 def contaminant_core(x_binned: np.ndarray, radius_b: float, threshold: float) -> np.ndarray:
+    """Dark blobs: local mean below ``threshold`` robust σ; each blob's extent is where it is darker than
+    half its deepest value (the smoothing would otherwise widen it by its σ)."""
     mean = ndimage.gaussian_filter(x_binned, radius_b / 2)
     med, sd = _robust(mean)
-    return (mean - med) / sd < -threshold
+    z = (mean - med) / sd
+    seeds = z < -threshold
+    if not seeds.any():
+        return seeds
+    depth = ndimage.gaussian_filter(x_binned, 1.0) - med  # lightly smoothed, keeps the blob's edge sharp
+    labels, n = ndimage.label(z < -0.5 * threshold)
+    deepest = ndimage.minimum(depth, labels, np.arange(1, n + 1))
+    seeded = np.unique(labels[seeds])
+    core = np.zeros_like(seeds)
+    for k in seeded[seeded > 0]:
+        core |= (labels == k) & (depth < 0.5 * deepest[k - 1])
+    return core
 
 
-def aggregate_core(band_energy: np.ndarray, radius_b: float, threshold: float, exclude: np.ndarray) -> np.ndarray:
-    e = ndimage.gaussian_filter(band_energy, radius_b)
+def aggregate_core(texture: np.ndarray, radius_b: float, threshold: float, exclude: np.ndarray) -> np.ndarray:
+    """Where the log texture energy exceeds the clean micrograph's median by log(``threshold``), on an area
+    larger than half a particle (one particle alone stays below)."""
     ok = ~exclude
-    ref = float(np.median(e[ok])) if ok.any() else float(np.median(e))
-    core = (e > threshold * max(ref, 1e-30)) & ok
-    # larger than one particle: an isolated bright particle gives a small core at most
+    ref = float(np.median(texture[ok])) if ok.any() else float(np.median(texture))
+    core = (texture > ref + np.log(threshold)) & ok
     labels, n = ndimage.label(core)
     if n:
         sizes = ndimage.sum(core, labels, np.arange(1, n + 1))
@@ -111,45 +127,83 @@ def aggregate_core(band_energy: np.ndarray, radius_b: float, threshold: float, e
     return core
 
 
-def carbon_side(texture: np.ndarray, radius_b: float, exclude: np.ndarray, threshold: float,
-                min_fraction: float) -> tuple[np.ndarray, dict]:
-    """Half-plane / gentle-arc split with the largest texture difference (see the module docstring)."""
-    rows, cols = texture.shape
+def _noise_sd(field: np.ndarray, radius_b: float) -> float:
+    """SD of a smooth map's fluctuations: from differences of samples one radius apart (robust)."""
     step = max(1, int(round(radius_b)))
-    noise = np.concatenate([np.diff(texture[::step], axis=0).ravel(), np.diff(texture[:, ::step], axis=1).ravel()])
-    sd = _robust(noise)[1] / np.sqrt(2.0)
-    w = (~exclude).astype(np.float64)
-    n_ok = w.sum()
+    d = np.concatenate([np.diff(field[::step], axis=0).ravel(), np.diff(field[:, ::step], axis=1).ravel()])
+    return _robust(d)[1] / np.sqrt(2.0)
+
+
+_CURVATURES = (0.0, 1 / 3.0, 1 / 2.0, 1 / 1.5)  # micrograph width / radius of the hole
+
+
+def _profiles(texture, weight, theta_deg, curv):
+    """Distance ``t`` (px, ≥ 0) of every pixel across a candidate edge (towards the carbon) and the weighted
+    count and sum of ``texture`` per t.  The edge of a hole of radius R bulges towards the carbon:
+    u_edge(v) ≈ e − v²/(2R), so t = u + v²/(2R) is constant along it."""
+    rows, cols = texture.shape
     yy, xx = np.mgrid[:rows, :cols].astype(np.float64)
     yy -= rows / 2
     xx -= cols / 2
-    width = float(max(rows, cols))
-    best = {"score": -np.inf}
-    for theta in np.deg2rad(np.arange(0, 360, 4)):
-        u = xx * np.cos(theta) + yy * np.sin(theta)  # towards the candidate carbon side
-        v = -xx * np.sin(theta) + yy * np.cos(theta)
-        for curv in (0.0, 1 / 1.5, 1 / 2.5, -1 / 1.5, -1 / 2.5):  # 1 / (radius in micrograph widths)
-            t = np.rint(u + curv * v**2 / (2 * width)).astype(np.int64)
-            t -= t.min()
-            cnt = np.bincount(t.ravel(), w.ravel())
-            tot = np.bincount(t.ravel(), (w * texture).ravel())
+    th = np.deg2rad(theta_deg)
+    u = xx * np.cos(th) + yy * np.sin(th)
+    v = -xx * np.sin(th) + yy * np.cos(th)
+    t = np.rint(u + curv * v**2 / (2 * float(max(rows, cols)))).astype(np.int64)
+    t -= t.min()
+    return t, np.bincount(t.ravel(), weight.ravel()), np.bincount(t.ravel(), (weight * texture).ravel())
+
+
+def carbon_side(score: np.ndarray, line: np.ndarray, radius_b: float, exclude: np.ndarray, threshold: float,
+                min_fraction: float) -> tuple[np.ndarray, dict]:
+    """The carbon side of a micrograph (bool map) from a score map in units of its noise SD.
+
+    Detection: over straight and arc-shaped splits, the one a two-sample test prefers (difference of the
+    sides' mean score × √(share above · share below)); carbon when that difference ≥ ``threshold``.
+    Location: near that split (±24°, every curvature), the arc along which the fine-scale energy ``line``
+    peaks most (in robust σ of its profile): the split test alone drifts into the ice when some texture
+    or an ice-thickness ramp lies beside the edge."""
+    weight = (~exclude).astype(np.float64)
+    n_ok = weight.sum()
+    best = {"power": -np.inf}
+    for theta in range(0, 360, 4):
+        for curv in _CURVATURES:
+            t, cnt, tot = _profiles(score, weight, theta, curv)
             below, s_below = np.cumsum(cnt), np.cumsum(tot)
             above, s_above = n_ok - below, tot.sum() - s_below
             valid = (above >= min_fraction * n_ok) & (below >= 0.5 * n_ok)  # carbon: the smaller, far side
             if not valid.any():
                 continue
-            diff = np.where(valid, s_above / np.maximum(above, 1) - s_below / np.maximum(below, 1), -np.inf)
-            k = int(np.argmax(diff))
-            if diff[k] > best["score"]:
-                best = {"score": float(diff[k]), "theta": float(np.rad2deg(theta)), "curvature": curv, "cut": k,
-                        "t": t}
-    if not np.isfinite(best["score"]):
-        return np.zeros_like(texture, bool), {"carbon_z": 0.0}
-    z = best["score"] / max(sd, 1e-12)
-    info = {"carbon_z": float(z), "carbon_angle": best["theta"], "carbon_curvature": best["curvature"]}
-    if z < threshold:
-        return np.zeros_like(texture, bool), info
-    return best["t"] > best["cut"], info
+            diff = s_above / np.maximum(above, 1) - s_below / np.maximum(below, 1)
+            power = np.where(valid, diff * np.sqrt(np.maximum(above * below, 0.0)) / n_ok, -np.inf)
+            k = int(np.argmax(power))
+            if power[k] > best["power"]:
+                best = {"power": float(power[k]), "z": float(diff[k]), "theta": theta, "curvature": curv, "cut": k}
+    if not np.isfinite(best["power"]):
+        return np.zeros_like(score, bool), {"carbon_z": 0.0}
+    info = {"carbon_z": best["z"]}
+    if best["z"] < threshold:
+        return np.zeros_like(score, bool), info
+    # the edge itself: a hole's edge is a step of the specimen's thickness, which the CTF turns into a thin
+    # bright/dark fringe; averaged along the right arc, its energy (``line``) peaks sharply across it
+    edge = {"step": -np.inf}
+    for theta in range(best["theta"] - 24, best["theta"] + 25, 2):
+        for curv in _CURVATURES:
+            t, cnt, tot = _profiles(line, weight, theta, curv)
+            share_above = (n_ok - np.cumsum(cnt)) / n_ok  # share beyond each t
+            ok = (cnt > 0.25 * cnt.max()) & (share_above >= min_fraction) & (share_above <= 0.5)
+            if not ok.any():
+                continue
+            prof = tot / np.maximum(cnt, 1)
+            med, sd = _robust(prof[cnt > 0.25 * cnt.max()])
+            peak = np.where(ok, (prof - med) / sd, -np.inf)
+            k = int(np.argmax(peak))
+            if peak[k] > edge["step"]:
+                edge = {"step": float(peak[k]), "theta": theta % 360, "curvature": curv, "mask": t >= k}
+    if not np.isfinite(edge["step"]):
+        return np.zeros_like(score, bool), info
+    info.update({"carbon_angle": float(edge["theta"]), "carbon_curvature": edge["curvature"],
+                 "carbon_step": edge["step"]})
+    return edge["mask"], info
 
 
 def clean_micrograph(micrograph: np.ndarray, pixel_size: float, opts: CleanOptions) -> tuple[np.ndarray, dict]:
@@ -159,6 +213,7 @@ def clean_micrograph(micrograph: np.ndarray, pixel_size: float, opts: CleanOptio
     factor = max(1, int(radius // 8))
     rb = radius / factor
     x = relative_intensity(micrograph, radius)
+    x_flat = relative_intensity(micrograph, None)
     xb = fourier_bin(x, factor).astype(np.float64)
     shape_b = xb.shape
     info: dict = {}
@@ -167,25 +222,35 @@ def clean_micrograph(micrograph: np.ndarray, pixel_size: float, opts: CleanOptio
         cores["contaminant"] = contaminant_core(xb, rb, opts.contaminant_threshold)
     grow = (radius + opts.margin / pixel_size) / factor
 
-    def grown(core):
+    def grown(core, by=grow):
         if not core.any():
             return core
-        return ndimage.distance_transform_edt(~core) <= grow
+        return ndimage.distance_transform_edt(~core) <= by
 
     bad_cont = grown(cores["contaminant"])
+    # a contaminant's dark edge rings (CTF fringes) and halo reach a few radii beyond it
+    near_cont = grown(cores["contaminant"], 3 * rb)
+    # texture: local energy at 6-12 Å of the relative intensity, smoothed over the particle radius
+    fine = _band(x, max(6.0 / pixel_size, 2.0), max(12.0 / pixel_size, 4.0))
+    texture = np.log(ndimage.gaussian_filter(fourier_bin(fine**2, factor).astype(np.float64), rb).clip(1e-30))
     if "aggregate" in opts.kinds:
-        apix = pixel_size * factor
-        band = _band(xb, max(opts.high_resolution / apix, 2.0), opts.diameter / apix)
-        cores["aggregate"] = aggregate_core(band**2, rb, opts.aggregate_threshold, bad_cont)
+        # a contaminant's dark edge rings (CTF fringes) raise the texture for a few radii around it
+        cores["aggregate"] = aggregate_core(texture, rb, opts.aggregate_threshold, near_cont)
     if "carbon" in opts.kinds:
-        fine = _band(x, max(6.0 / pixel_size, 2.0), max(12.0 / pixel_size, 4.0))
-        texture = np.log(ndimage.gaussian_filter(fourier_bin(fine**2, factor).astype(np.float64), rb).clip(1e-30))
-        exclude = bad_cont | grown(cores["aggregate"])
-        cores["carbon"], carbon_info = carbon_side(texture, rb, exclude, opts.carbon_threshold,
+        exclude = near_cont | grown(cores["aggregate"])
+        # carbon: more texture and (thicker) darker; each map in units of its own noise SD
+        dark = -ndimage.gaussian_filter(fourier_bin(x_flat, factor).astype(np.float64), rb)
+        score = texture / _noise_sd(texture, rb) + dark / _noise_sd(dark, rb)
+        line = ndimage.gaussian_filter(fourier_bin(_band(x, max(6.0 / pixel_size, 2.0), 30.0 / pixel_size)**2,
+                                                   factor).astype(np.float64), 1.0)
+        cores["carbon"], carbon_info = carbon_side(score, line, rb, exclude, opts.carbon_threshold,
                                                    opts.carbon_min_fraction)
         info.update(carbon_info)
     labels_b = np.zeros(shape_b, np.uint8)
-    for kind in ("carbon", "aggregate", "contaminant"):  # later kinds win
+    # the carbon side is a fit, not a blob: grown by half a radius only (+ margin), since particles sit
+    # right up to a hole's edge and the fitted edge is already on the ice side of the fringe
+    labels_b[grown(cores["carbon"], (0.5 * radius + opts.margin / pixel_size) / factor)] = LABELS["carbon"]
+    for kind in ("aggregate", "contaminant"):  # later kinds win
         labels_b[grown(cores[kind])] = LABELS[kind]
     # back to full size: pixel (i, j) of the binned map covers (i·f … i·f + f − 1, …)
     rows = np.minimum(np.arange(micrograph.shape[0]) // factor, shape_b[0] - 1)
