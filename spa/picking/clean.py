@@ -54,7 +54,7 @@ class CleanOptions:
     margin: float = 0.0  # Å added to the particle radius when growing the masks
     kinds: tuple[str, ...] = KINDS
     contaminant_threshold: float = 5.0  # robust σ of the local mean, dark side
-    aggregate_threshold: float = 2.2  # × the micrograph's median texture energy
+    aggregate_threshold: float = 1.8  # × the micrograph's median texture energy
     carbon_threshold: float = 6.0  # σ of the log texture-energy map between the two sides of the edge
     carbon_min_fraction: float = 0.05  # smallest share of the micrograph a carbon side may have
 
