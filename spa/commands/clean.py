@@ -10,8 +10,8 @@ spa.picking.clean): contaminants are very dark blobs (local mean below
 texture than the micrograph's median (--aggregate-threshold ×), larger than a
 particle; carbon is the far side of a straight or gently curved hole edge with
 more texture and a darker mean (--carbon-threshold, in noise SD), located
-along the edge's CTF fringe.  Masks grow by the particle radius (carbon: half
-of it) + --margin Å.
+along the edge's CTF fringe.  Masks grow by the particle radius (carbon and
+aggregates: half of it) + --margin Å.
 
 Writes D/coordinates/<micrograph>_autopick.star (the kept picks, as spa pick
 writes them) and D/autopick.star (RELION's coordinate index), the dropped picks
@@ -42,8 +42,8 @@ def add_args(p):
                                                             "carbon,contaminant,aggregate)")
     p.add_argument("--contaminant-threshold", type=float, default=5.0,
                    help="contaminants: local mean this many robust σ below the median (default 5)")
-    p.add_argument("--aggregate-threshold", type=float, default=1.8,
-                   help="aggregates: fine texture energy this many times the median (default 1.8)")
+    p.add_argument("--aggregate-threshold", type=float, default=1.5,
+                   help="aggregates: fine texture energy this many times the median (default 1.5)")
     p.add_argument("--carbon-threshold", type=float, default=6.0,
                    help="carbon: texture+darkness difference across the edge, noise SD (default 6)")
     p.add_argument("--output-dir", required=True, help="job folder")

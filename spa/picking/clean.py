@@ -27,8 +27,11 @@ particle radius spans ≥ 8 pixels, as the LoG picker does):
   differences of samples one radius apart).  Contaminant and aggregate pixels
   are left out of that fit.
 
-Every mask is grown by the particle radius + ``margin`` (a pick whose box
-would reach into a bad region is dropped).  The label map has the kinds of
+Contaminant masks grow by the particle radius + ``margin`` (a particle that
+would touch the blob is dropped); carbon and aggregate masks by half a radius
++ ``margin`` (the carbon side is a fit and particles sit right up to a hole's
+edge; an aggregate core comes from a map smoothed over a radius and already
+reaches beyond the clump).  The label map has the kinds of
 ``spa simulate``'s truth: 0 clean, 1 carbon, 2 contaminant, 3 aggregate
 (contaminant wins over aggregate, aggregate over carbon).
 """
@@ -54,7 +57,7 @@ class CleanOptions:
     margin: float = 0.0  # Å added to the particle radius when growing the masks
     kinds: tuple[str, ...] = KINDS
     contaminant_threshold: float = 5.0  # robust σ of the local mean, dark side
-    aggregate_threshold: float = 1.8  # × the micrograph's median texture energy
+    aggregate_threshold: float = 1.5  # × the micrograph's median texture energy
     carbon_threshold: float = 6.0  # σ of the log texture-energy map between the two sides of the edge
     carbon_min_fraction: float = 0.05  # smallest share of the micrograph a carbon side may have
 
@@ -247,11 +250,12 @@ def clean_micrograph(micrograph: np.ndarray, pixel_size: float, opts: CleanOptio
                                                    opts.carbon_min_fraction)
         info.update(carbon_info)
     labels_b = np.zeros(shape_b, np.uint8)
-    # the carbon side is a fit, not a blob: grown by half a radius only (+ margin), since particles sit
-    # right up to a hole's edge and the fitted edge is already on the ice side of the fringe
-    labels_b[grown(cores["carbon"], (0.5 * radius + opts.margin / pixel_size) / factor)] = LABELS["carbon"]
-    for kind in ("aggregate", "contaminant"):  # later kinds win
-        labels_b[grown(cores[kind])] = LABELS[kind]
+    # grown by half a radius only (+ margin): the carbon side is a fit and particles sit right up to a hole's
+    # edge; an aggregate's core comes from a map smoothed over a radius, so it already reaches beyond the clump
+    half = (0.5 * radius + opts.margin / pixel_size) / factor
+    labels_b[grown(cores["carbon"], half)] = LABELS["carbon"]
+    labels_b[grown(cores["aggregate"], half)] = LABELS["aggregate"]
+    labels_b[grown(cores["contaminant"])] = LABELS["contaminant"]  # later kinds win
     # back to full size: pixel (i, j) of the binned map covers (i·f … i·f + f − 1, …)
     rows = np.minimum(np.arange(micrograph.shape[0]) // factor, shape_b[0] - 1)
     cols = np.minimum(np.arange(micrograph.shape[1]) // factor, shape_b[1] - 1)
