@@ -7,13 +7,17 @@ particle radius spans ≥ 8 pixels, as the LoG picker does):
 * **contaminant** — ice crystals, ethane and dirt are thick and very dark: the
   local mean (Gaussian of σ = radius/2 over the relative intensity
   I/⟨I⟩ − 1) lower than ``contaminant_threshold`` robust σ (median/MAD over
-  the micrograph) below the median.  Only the dark side is used: protein at
+  the micrograph) below the median — σ widened to the dark tail's spread
+  when dense, strong particles make that tail heavy (10th percentile below
+  −1.28 σ), so that only what is far darker than a particle counts.  Only the dark side is used: protein at
   particle scale hardly moves the mean (the CTF removes its low frequencies).
 * **aggregate** — clumps of overlapping particles carry far more signal than
   one particle: the local energy at 6-12 Å of the relative intensity (the
   texture map below), smoothed over σ = radius, more than
   ``aggregate_threshold`` times its median over the micrograph (outside
-  contaminants), on an area larger than half a particle.
+  contaminants) and by at least 5 SD of that map's place-to-place
+  fluctuation (dense, strong particles raise it on their own), on an area
+  larger than half a particle.
 * **carbon** — the film beyond a hole's edge has a different noise texture
   (and density): the local energy at 6-12 Å of the relative intensity,
   smoothed over σ = radius, is higher there.  The edge of a hole is a large
@@ -103,6 +107,11 @@ def contaminant_core(x_binned: np.ndarray, radius_b: float, threshold: float) ->
     mean = ndimage.gaussian_filter(x_binned, radius_b / 2)
     med, sd = _robust(mean)
     z = (mean - med) / sd
+    # where particles are dense and strong they fill the dark tail themselves (a normal tail has its 10th
+    # percentile at −1.28 σ): the threshold then scales with that tail, so that only what is far darker
+    # than a particle counts as contamination
+    tail = max(1.0, -float(np.percentile(z, 10)) / 1.2816)
+    threshold = threshold * tail
     seeds = z < -threshold
     if not seeds.any():
         return seeds
@@ -121,7 +130,10 @@ def aggregate_core(texture: np.ndarray, radius_b: float, threshold: float, exclu
     larger than half a particle (one particle alone stays below)."""
     ok = ~exclude
     ref = float(np.median(texture[ok])) if ok.any() else float(np.median(texture))
-    core = (texture > ref + np.log(threshold)) & ok
+    # and ≥ 5 SD of the map's own fluctuations from place to place: where strong particles are dense, each
+    # raises the texture on its own, and a crowd of them is not an aggregate
+    floor = 5.0 * _noise_sd(texture, radius_b)
+    core = (texture > ref + max(np.log(threshold), floor)) & ok
     labels, n = ndimage.label(core)
     if n:
         sizes = ndimage.sum(core, labels, np.arange(1, n + 1))
