@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("spa.commands.convert", "convert particle stacks between RELION .mrcs and spa .zarr"),
     "ctf": ("spa.commands.ctf", "estimate the CTF of micrographs (CTFFIND-like or sector zeros)"),
     "pick": ("spa.commands.pick", "pick particles on micrographs (LoG), RELION coordinate files"),
+    "clean": ("spa.commands.clean", "mask carbon, contamination and aggregates on micrographs; drop picks inside"),
     "extract": ("spa.commands.extract", "extract particle images from micrographs at picked coordinates"),
     "class2d": ("spa.commands.class2d", "2D classification (regularised likelihood)"),
     "select": ("spa.commands.select", "select 2D classes (by hand or automatically), recentre, remove duplicates"),

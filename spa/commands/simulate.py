@@ -71,6 +71,7 @@ OPTIONS = {
     "astigmatism": ("astigmatism", ("micrographs", "movies")),
     "envelope_bfactor": ("bfactor", ("micrographs", "movies")),
     "contaminants": ("contaminants", ("micrographs", "movies")),
+    "aggregates": ("aggregates", ("micrographs", "movies")),
     "tiff": ("tiff", ("movies",)),
 }
 
@@ -108,6 +109,9 @@ def add_args(p):
     g.add_argument("--dose-per-frame", type=float, default=None, help="movies: dose per frame, e⁻/Å²")
     g.add_argument("--carbon-fraction", type=float, default=None, help="chance of a carbon edge per micrograph, 0-1")
     g.add_argument("--contaminants", type=float, default=None, help="mean number of contaminant blobs per micrograph")
+    g.add_argument("--aggregates", type=float, default=None,
+                   help="mean number of particle aggregates per micrograph (default 0); truth/regions/*.mrc "
+                        "labels carbon 1, contaminant 2, aggregate 3")
     g.add_argument("--astigmatism", type=float, default=None, help="largest astigmatism U − V, Å (default 500)")
     g.add_argument("--envelope-bfactor", type=float, default=None,
                    help="envelope exp(−B·k²/4) of the micrographs' CTF, Å² (default 0: none)")

@@ -35,7 +35,17 @@ Files (under the output directory):
   0-based like RELION's extraction centre), the true rlnAngleRot/Tilt/Psi
   and rlnClassNumber;
 * ``truth/class00k.mrc`` — the true maps at box ``particle_box`` and the
-  micrograph pixel size.
+  micrograph pixel size;
+* ``truth/regions/micNNNN.mrc`` — label map (float16 MRC) of the regions a cleaning
+  step should mask (:data:`REGION_LABELS`: 0 clean ice, 1 carbon film,
+  2 contaminant, 3 aggregate), same shape as the micrograph.
+
+Aggregates (``aggregates``: mean number per micrograph, default 0) are compact
+clumps of 8-16 overlapping copies of the particle at random poses, spread
+0.6 radii (SD) around a centre: dense protein at particle scale that a
+picker finds but that no one wants.  They are not in the truth coordinates.
+They draw from their own random stream, so with ``aggregates=0`` every other
+output is the same, byte for byte, as without the option.
 """
 
 from __future__ import annotations
@@ -77,6 +87,7 @@ class MicrographSpec:
     ice_gradient: float = 0.05  # SD of the smooth relative intensity change from ice thickness
     carbon_fraction: float = 0.5  # chance that a micrograph shows a carbon edge
     contaminants: float = 0.7  # mean number of contaminant blobs per micrograph
+    aggregates: float = 0.0  # mean number of particle aggregates per micrograph
     conformations: int = 1
     symmetry: str = "C1"
     n_domains: int = 3
@@ -91,6 +102,7 @@ class MicrographSpec:
             (self.snr > 0 and self.dose > 0, "SNR and dose must be > 0"),
             (0 < self.defocus_min <= self.defocus_max, "need 0 < defocus min ≤ defocus max (Å)"),
             (self.conformations >= 1, "conformations must be ≥ 1"),
+            (self.aggregates >= 0, "mean number of aggregates must be ≥ 0"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -111,6 +123,11 @@ class Scene:
     coordinates: pd.DataFrame  # rlnCoordinateX/Y (px), poses, rlnClassNumber
     defocus: tuple[float, float, float]  # U, V (Å), angle (°)
     carbon: bool
+    regions: np.ndarray | None = None  # (size, size) uint8 label map, see REGION_LABELS
+
+
+# labels of truth/regions/<micrograph>.mrc
+REGION_LABELS = {0: "clean", 1: "carbon", 2: "contaminant", 3: "aggregate"}
 
 
 def molecules_for(spec: MicrographSpec, seed: int) -> list[Molecule]:
@@ -142,6 +159,23 @@ def _contaminants(rng, size: int, count: int) -> np.ndarray:
         c = rng.uniform(0, size, 2)
         out = np.maximum(out, _soft_disk((size, size), c, rng.uniform(0.03, 0.08) * size, 6.0))
     return out
+
+
+def _aggregates(rng, size: int, box: int, radius_px: float, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centres (n, 2) int (row, col) of the particles of ``count`` aggregates and the aggregates' region (bool):
+    the union of the member discs (particle radius)."""
+    members = []
+    region = np.zeros((size, size), bool)
+    lo, hi = box // 2 + 1, size - box // 2 - 1
+    for _ in range(count):
+        centre = rng.uniform(lo + radius_px, hi - radius_px, 2)
+        k = int(rng.integers(8, 17))
+        pts = np.clip(np.rint(centre + rng.normal(0.0, 0.6 * radius_px, (k, 2))), lo, hi - 1).astype(np.int64)
+        members.append(pts)
+        for r, c in pts:
+            region |= _soft_disk((size, size), (r, c), radius_px, 1.0) > 0.5
+    pts = np.concatenate(members) if members else np.zeros((0, 2), np.int64)
+    return pts, region
 
 
 def place_particles(rng, forbidden: np.ndarray, size: int, box: int, min_dist: float, target: int) -> np.ndarray:
@@ -191,7 +225,13 @@ def make_scene(spec: MicrographSpec, index: int, seed: int, molecules: list[Mole
 
     box = spec.particle_box
     radius_px = 0.5 * spec.diameter / p
-    forbidden = (carbon_mask > 0.01) | (blobs > 0.01)
+    clumps = np.zeros((0, 2), np.int64)
+    clump_region = np.zeros((size, size), bool)
+    if spec.aggregates > 0:  # own stream: with none, the scene is what it was without the option
+        arng = np.random.default_rng([int(seed), 9, int(index)])
+        clumps, clump_region = _aggregates(arng, size, box, radius_px, int(arng.poisson(spec.aggregates)))
+        c_ang = uniform_angles(arng, len(clumps))
+    forbidden = (carbon_mask > 0.01) | (blobs > 0.01) | clump_region
     if forbidden.any():
         from scipy.ndimage import binary_dilation  # noqa: PLC0415
 
@@ -215,6 +255,10 @@ def make_scene(spec: MicrographSpec, index: int, seed: int, molecules: list[Mole
             proj = project_molecule(mol, A[part], box, p)
             for img, (r, c) in zip(proj, centres[part]):
                 phi[r - box // 2 : r - box // 2 + box, c - box // 2 : c - box // 2 + box] += img
+    if len(clumps):
+        proj = project_molecule(molecules[0], euler_to_matrix(c_ang[:, 0], c_ang[:, 1], c_ang[:, 2]), box, p)
+        for img, (r, c) in zip(proj, clumps):
+            phi[r - box // 2 : r - box // 2 + box, c - box // 2 : c - box // 2 + box] += img
     phi += np.float32(spec.ice_texture * proj_sd) * pink_field(rng, (size, size), p).astype(np.float32)
     if carbon:
         phi += (carbon_mask * proj_sd * (3.0 + pink_field(rng, (size, size), p, 10.0))).astype(np.float32)
@@ -237,7 +281,11 @@ def make_scene(spec: MicrographSpec, index: int, seed: int, molecules: list[Mole
             "rlnClassNumber": cls.astype(np.int64),
         }
     )
-    return Scene(contrast, coords, tuple(float(d) for d in defocus), bool(carbon))
+    regions = np.zeros((size, size), np.uint8)
+    regions[carbon_mask > 0.5] = 1
+    regions[clump_region] = 3
+    regions[blobs > 0.5] = 2
+    return Scene(contrast, coords, tuple(float(d) for d in defocus), bool(carbon), regions)
 
 
 def record_counts(rng, contrast: np.ndarray, dose: float, pixel_size: float) -> np.ndarray:
@@ -261,12 +309,14 @@ def optics_table(spec, original_pixel_size: float | None = None) -> pd.DataFrame
 
 
 def write_truth(out: Path, spec, names: list[str], scenes_info: list[tuple], molecules, provenance,
-                extra: dict | None = None) -> None:
+                extra: dict | None = None, regions: list | None = None) -> None:
     """Coordinates per micrograph, their index, CTF truth and the class maps, under ``out/truth``.
 
     ``names`` are the rlnMicrographName of each scene; ``extra`` adds columns
-    (e.g. rlnMicrographMovieName) to ``truth/micrographs_ctf.star``.
+    (e.g. rlnMicrographMovieName) to ``truth/micrographs_ctf.star``; ``regions``
+    (one uint8 label map per scene) go to ``truth/regions/<stem>.mrc``.
     """
+    from spa.io.mrc import write_mrc  # noqa: PLC0415
     from spa.io.star import write_micrographs, write_star  # noqa: PLC0415
     from spa.simulate.density import render_map, write_map  # noqa: PLC0415
     from spa.simulate.molecule import write_pdb  # noqa: PLC0415
@@ -291,6 +341,9 @@ def write_truth(out: Path, spec, names: list[str], scenes_info: list[tuple], mol
     for k, mol in enumerate(molecules, start=1):
         write_map(truth / f"class{k:03d}.mrc", render_map(mol, spec.particle_box, spec.pixel_size), spec.pixel_size, provenance)
         write_pdb(truth / f"class{k:03d}.pdb", mol)
+    for name, labels in zip(names, regions or []):
+        # small integers, exact in float16 (spa writes MRC as float32/float16 only)
+        write_mrc(truth / "regions" / f"{Path(name).stem}.mrc", labels.astype(np.float16), spec.pixel_size, provenance)
 
 
 def simulate_micrographs(output_dir, spec: MicrographSpec, seed: int = 0, *, provenance: dict | None = None,
@@ -303,7 +356,7 @@ def simulate_micrographs(output_dir, spec: MicrographSpec, seed: int = 0, *, pro
     out = Path(output_dir)
     molecules = molecules_for(spec, seed)
     kappa, proj_sd = contrast_scale(spec, molecules, seed)
-    names, info = [], []
+    names, info, regions = [], [], []
     for m in range(spec.n):
         scene = make_scene(spec, m, seed, molecules, kappa, proj_sd)
         counts = record_counts(np.random.default_rng([int(seed), 4, m]), scene.contrast, spec.dose, spec.pixel_size)
@@ -311,9 +364,10 @@ def simulate_micrographs(output_dir, spec: MicrographSpec, seed: int = 0, *, pro
         write_mrc(out / name, counts, spec.pixel_size, provenance)
         names.append(name)
         info.append((scene.coordinates, scene.defocus, scene.carbon))
+        regions.append(scene.regions)
         if progress:
             progress(m + 1, spec.n)
-    write_truth(out, spec, names, info, molecules, provenance)
+    write_truth(out, spec, names, info, molecules, provenance, regions=regions)
     star = out / "micrographs.star"
     write_micrographs(star, pd.DataFrame({"rlnMicrographName": names, "rlnOpticsGroup": 1}), optics_table(spec), provenance)
     return star

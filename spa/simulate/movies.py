@@ -210,7 +210,7 @@ def simulate_movies(output_dir, spec: MovieSpec, seed: int = 0, *, provenance: d
     kappa, proj_sd = contrast_scale(spec, molecules, seed)
     sensitivity = detector_sensitivity(np.random.default_rng([int(seed), 8]), spec.size, spec.gain_sd)
     write_mrc(out / "gain.mrc", (1.0 / sensitivity).astype(np.float32), spec.pixel_size, provenance)
-    names, truth_names, info = [], [], []
+    names, truth_names, info, regions = [], [], [], []
     ext = "tif" if spec.tiff else "mrc"
     for m in range(spec.n):
         scene = make_scene(spec, m, seed, molecules, kappa, proj_sd)
@@ -253,9 +253,10 @@ def simulate_movies(output_dir, spec: MovieSpec, seed: int = 0, *, provenance: d
         names.append(name)
         truth_names.append(f"truth/micrographs/{stem}.mrc")
         info.append((scene.coordinates, scene.defocus, scene.carbon))
+        regions.append(scene.regions)
         if progress:
             progress(m + 1, spec.n)
-    write_truth(out, spec, truth_names, info, molecules, provenance, {"rlnMicrographMovieName": names})
+    write_truth(out, spec, truth_names, info, molecules, provenance, {"rlnMicrographMovieName": names}, regions=regions)
     star = out / "movies.star"
     write_optics_table(star, "movies", pd.DataFrame({"rlnMicrographMovieName": names, "rlnOpticsGroup": 1}),
                        optics_table(spec), provenance)
