@@ -271,14 +271,14 @@ def aligned_features(half1, half2, counts, radius_px: float) -> pd.DataFrame:
 def analyse_particles(table: pd.DataFrame, source, averages: np.ndarray, sigma2: np.ndarray, pixel_size: float,
                       radius_px: float, *, rows=None, n_decoys: int = 1000, seed: int = 0, chunk: int = 256,
                       min_distance: float = 1.0, noise_mask_radius_px: float | None = None
-                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+                      ) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
     """Per-particle residual tests and per-class aligned features for ``rows`` of ``table`` (default all).
 
     ``table``: class2d's run_data.star particles (rlnClassNumber, rlnAnglePsi, rlnOriginX/YAngst, CTF);
     ``source``: their images (``read(positions)``); ``sigma2`` is the run's noise spectrum of images masked
     at class2d's mask radius ``noise_mask_radius_px`` (default ``radius_px``).  Returns (particles: rlnSpaEdgeScore, rlnSpaBlobScore,
     rlnSpaEdgePValue, rlnSpaBlobPValue, rlnSpaResidualPValue for every row of ``table``, NaN / 1 for rows not
-    analysed; classes: :func:`aligned_features` per class, 1-based rlnClassNumber).
+    analysed; classes: :func:`aligned_features` per class, 1-based rlnClassNumber; the per-class model scales).
     """
     from spa.em.decoys import decoy_rows, noise_images
     from spa.em.engine import particle_arrays, particle_ctfs, take
@@ -339,4 +339,4 @@ def analyse_particles(table: pd.DataFrame, source, averages: np.ndarray, sigma2:
                               "rlnSpaResidualPValue": np.minimum(1.0, 2.0 * np.minimum(p_edge, p_blob))})
     classes = aligned_features(h1, h2, counts, radius_px)
     classes.insert(0, "rlnClassNumber", np.arange(1, k + 1))
-    return particles, classes
+    return particles, classes, scales
