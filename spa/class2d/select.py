@@ -82,7 +82,7 @@ class SelectionRules:
     max_edge_score: float = 0.5  # class: variance fraction explained by one straight profile
     max_com_radius: float = 0.3  # class: centre of mass of the aligned average, ÷ particle radius
     max_gyration_ratio: float = 1.0  # class: radius of gyration of the aligned average, ÷ particle radius
-    min_residual_pvalue: float = 0.02  # per particle: edge / second particle in the residual; 0 keeps all
+    min_residual_pvalue: float = 0.05  # per particle: edge / second particle in the residual; 0 keeps all
 
     @classmethod
     def from_config(cls, cfg: dict | None) -> "SelectionRules":

@@ -12,7 +12,7 @@ noise p-value (class2d's rlnSpaNoisePValue) exceeds max_noise_pvalue (0.05)
 are dropped too: they match the class averages no better than images of pure
 noise do, and so are particles whose residual after subtracting their posed,
 CTF-modulated class average holds a straight edge or an off-centre second
-particle (rlnSpaResidualPValue < min_residual_pvalue, 0.02; the images are
+particle (rlnSpaResidualPValue < min_residual_pvalue, 0.05; the images are
 read: --particles names the STAR class2d read when the image paths do not
 resolve from here).  Classes are also judged on features of the unmasked
 average of their aligned particles (power outside vs inside the particle disc,
