@@ -110,7 +110,7 @@ def select_from_run(class2d_dir, rules: SelectionRules, *, auto: bool, classes: 
                     iteration: int | None = None, mask_diameter: float | None = None, per_particle: bool = False,
                     recentre_particles: bool = True, duplicate_distance: float | None = None,
                     particle_diameter: float | None = None, particles_star=None, residual_decoys: int = 1000,
-                    seed: int = 0) -> Selection:
+                    seed: int = 0, residual_test: bool = False) -> Selection:
     """Choose classes and particles of a class2d run (see the module docstring).
 
     ``classes``: "1,4,7" (manual choice) unless ``auto``; ``mask_diameter`` Å
@@ -121,7 +121,7 @@ def select_from_run(class2d_dir, rules: SelectionRules, *, auto: bool, classes: 
     for the aligned class features and the per-particle edge / second-particle
     tests (:mod:`spa.class2d.residual`), with ``particle_diameter`` Å (default
     ``mask_diameter``) as the particle's size and ``residual_decoys`` noise
-    decoys.
+    decoys; particles failing that test are dropped with ``auto`` or ``residual_test``.
     """
     from spa.io.mrc import read_mrc
     from spa.io.star import read_particles, read_star
@@ -145,7 +145,7 @@ def select_from_run(class2d_dir, rules: SelectionRules, *, auto: bool, classes: 
                            ssnr, counts, 0.5 * diam / pixel_size, _noise_std(model, box))
     notes: list = []
     scores = source = None
-    if auto or per_particle:
+    if auto or per_particle or residual_test:
         radius = 0.5 * (particle_diameter or diam) / pixel_size
         scores, aligned, scales, source = _residual_analysis(
             table, data_p, model, images, float(pixel_size), radius, _class2d_mask_radius(model_p, box, pixel_size),
@@ -167,7 +167,7 @@ def select_from_run(class2d_dir, rules: SelectionRules, *, auto: bool, classes: 
     in_kept = np.isin(table["rlnClassNumber"].to_numpy(), selected)
     noisy = noise_like(table, rules) if (auto or per_particle) else np.zeros(len(table), bool)
     noisy_per_class = np.bincount(table["rlnClassNumber"].to_numpy(np.int64)[noisy] - 1, minlength=k)[:k]
-    odd = residual_outliers(table, rules) & ~noisy if (auto or per_particle) else np.zeros(len(table), bool)
+    odd = residual_outliers(table, rules) & ~noisy if (auto or residual_test) else np.zeros(len(table), bool)
     odd_per_class = np.bincount(table["rlnClassNumber"].to_numpy(np.int64)[odd] - 1, minlength=k)[:k]
     examples = _examples(table, images, scales, source, in_kept, odd, pixel_size) if scores is not None else []
     rows = table[in_kept & ~noisy & ~odd].reset_index(drop=True)

@@ -76,7 +76,7 @@ def main(args) -> int:
                           particle_diameter=option(args, "particle_diameter", cfg, None),
                           particles_star=args.particles,
                           residual_decoys=int(option(args, "residual_decoys", cfg, 1000)),
-                          seed=seed_of(args, cfg))
+                          seed=seed_of(args, cfg), residual_test=cfg.get("min_residual_pvalue") is not None)
     for note in sel.notes:
         print(f"select: {note}", file=sys.stderr)
     record = make_record(args.argv, cfg, None, selected_classes=sel.selected)
