@@ -29,13 +29,15 @@ X_i − model_i is whitened with the run's noise spectrum σ² and tested twice:
   about one radius away when the pair overlaps; inside that radius the
   centred particle's own mismatch would dominate).
 
-Both scores are calibrated against decoys: images of Gaussian noise with the
-run's σ² (:func:`spa.em.decoys.noise_images`), each standing in for a random
-particle (its CTF and class), whose residual is the noise itself.  A
-particle's p-value for each test is the fraction of decoys scoring at least
-as high; the residual p-value is min(1, 2 · min(p_edge, p_blob))
-(Bonferroni over the two tests).  A small p: something in the box the class
-average does not explain, more than noise can make.
+Both scores are calibrated against the particle's own class (:func:`robust_z`):
+z = (score − median) / (1.4826 · MAD) over the class's members, and the
+one-sided normal p of z.  Junk is a minority of a class that is kept, so the
+median and MAD describe its good particles, residual mismatch of the average
+to their views included (pure-noise decoys lack that mismatch and were far too
+conservative: noise images never scored below p 0.2).  A small p: something in
+the box the class average does not explain, more than the class's good
+particles show.  The scores are right-skewed (maxima over angles and
+positions), so the p-values are a scale, not exact error rates.
 
 Per class (:func:`aligned_features`): each particle is phase-flipped
 (its CTF's sign), brought into its class's frame (the inverse of the pose)
@@ -213,6 +215,24 @@ def class_scales(images, averages, cls, psi, origins_px, ctfs, n_classes: int) -
     return np.where(mm > 0, xm / np.maximum(mm, 1e-30), 1.0)
 
 
+def robust_z(scores, cls, min_members: int = 10) -> np.ndarray:
+    """(score − median) / (1.4826 · MAD) over the members of each particle's class (0-based ``cls``); classes
+    with fewer than ``min_members`` particles use the median and MAD of all of them."""
+    scores, cls = np.asarray(scores, np.float64), np.asarray(cls, np.int64)
+
+    def centre_scale(v):
+        med = np.median(v)
+        return med, max(1.4826 * np.median(np.abs(v - med)), 1e-12)
+
+    z = np.empty_like(scores)
+    pooled = centre_scale(scores) if len(scores) else (0.0, 1.0)
+    for c in np.unique(cls):
+        m = cls == c
+        med, mad = centre_scale(scores[m]) if m.sum() >= min_members else pooled
+        z[m] = (scores[m] - med) / mad
+    return z
+
+
 def pvalues(scores, decoy_scores) -> np.ndarray:
     """(1 + #decoys ≥ score) / (1 + #decoys) per score."""
     null = np.sort(np.asarray(decoy_scores, np.float64))
@@ -269,18 +289,20 @@ def aligned_features(half1, half2, counts, radius_px: float) -> pd.DataFrame:
 
 # -- the whole analysis over a class2d run's particles -------------------------------------
 def analyse_particles(table: pd.DataFrame, source, averages: np.ndarray, sigma2: np.ndarray, pixel_size: float,
-                      radius_px: float, *, rows=None, n_decoys: int = 1000, seed: int = 0, chunk: int = 256,
-                      min_distance: float = 1.0, noise_mask_radius_px: float | None = None
+                      radius_px: float, *, rows=None, chunk: int = 256, min_distance: float = 1.0,
+                      min_members: int = 10
                       ) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
     """Per-particle residual tests and per-class aligned features for ``rows`` of ``table`` (default all).
 
     ``table``: class2d's run_data.star particles (rlnClassNumber, rlnAnglePsi, rlnOriginX/YAngst, CTF);
-    ``source``: their images (``read(positions)``); ``sigma2`` is the run's noise spectrum of images masked
-    at class2d's mask radius ``noise_mask_radius_px`` (default ``radius_px``).  Returns (particles: rlnSpaEdgeScore, rlnSpaBlobScore,
-    rlnSpaEdgePValue, rlnSpaBlobPValue, rlnSpaResidualPValue for every row of ``table``, NaN / 1 for rows not
-    analysed; classes: :func:`aligned_features` per class, 1-based rlnClassNumber; the per-class model scales).
+    ``source``: their images (``read(positions)``); ``sigma2`` the run's noise spectrum (whitening).
+    Each score is calibrated against its class's members (:func:`robust_z`; classes of fewer than
+    ``min_members`` analysed particles against all of them).  Returns (particles: rlnSpaEdgeScore,
+    rlnSpaBlobScore, rlnSpaEdgeZ, rlnSpaBlobZ, rlnSpaEdgePValue, rlnSpaBlobPValue (one-sided normal p of the
+    z) for every row of ``table``, NaN / 1 for rows not analysed; classes: :func:`aligned_features` per class, 1-based rlnClassNumber; the per-class model scales).
     """
-    from spa.em.decoys import decoy_rows, noise_images
+    from scipy.stats import norm
+
     from spa.em.engine import particle_arrays, particle_ctfs, take
 
     n, k = len(table), averages.shape[0]
@@ -321,22 +343,17 @@ def analyse_particles(table: pd.DataFrame, source, averages: np.ndarray, sigma2:
         res = residual_images(read(idx), averages, cls[idx], psi[idx], origins[idx], ctfs, scales)
         edge[idx], blob[idx] = ctx.scores(res, ctfs, parts["group"][idx])
 
-    # the null: decoys of pure noise (the run's σ²), each in place of a random analysed particle
-    d_rows = rows[decoy_rows(len(rows), n_decoys, seed)]
-    d_edge, d_blob = [], []
-    for start in range(0, len(d_rows), chunk):
-        idx = d_rows[start : start + chunk]
-        noise = noise_images(idx, parts["group"][idx], sigma2, box, noise_mask_radius_px or radius_px, seed)
-        e, b = ctx.scores(np.asarray(noise, np.float64), ctfs_of(idx), parts["group"][idx])
-        d_edge.append(e)
-        d_blob.append(b)
+    # the null: the same score over the class's own members (robust z, median / MAD, one-sided normal p).
+    # Pure-noise decoys proved too conservative (noise images never scored below p 0.2): a good particle's
+    # residual also holds the class average's mismatch to its view, which decoys lack; junk is a minority
+    # of a class, so the median and MAD of its members describe its good particles.
     p_edge, p_blob = np.ones(n), np.ones(n)
-    if d_rows.size:
-        p_edge[rows] = pvalues(edge[rows], np.concatenate(d_edge))
-        p_blob[rows] = pvalues(blob[rows], np.concatenate(d_blob))
-    particles = pd.DataFrame({"rlnSpaEdgeScore": edge, "rlnSpaBlobScore": blob, "rlnSpaEdgePValue": p_edge,
-                              "rlnSpaBlobPValue": p_blob,
-                              "rlnSpaResidualPValue": np.minimum(1.0, 2.0 * np.minimum(p_edge, p_blob))})
+    z_edge, z_blob = np.full(n, np.nan), np.full(n, np.nan)
+    z_edge[rows] = robust_z(edge[rows], cls[rows], min_members)
+    z_blob[rows] = robust_z(blob[rows], cls[rows], min_members)
+    p_edge[rows], p_blob[rows] = norm.sf(z_edge[rows]), norm.sf(z_blob[rows])
+    particles = pd.DataFrame({"rlnSpaEdgeScore": edge, "rlnSpaBlobScore": blob, "rlnSpaEdgeZ": z_edge,
+                              "rlnSpaBlobZ": z_blob, "rlnSpaEdgePValue": p_edge, "rlnSpaBlobPValue": p_blob})
     classes = aligned_features(h1, h2, counts, radius_px)
     classes.insert(0, "rlnClassNumber", np.arange(1, k + 1))
     return particles, classes, scales

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from spa.class2d.recentre import recentre, remove_duplicates
-from spa.class2d.select import (SelectionRules, auto_select, class_features, noise_like, parse_class_list,
-                                rejection_reasons, residual_outliers)
+from spa.class2d.select import (SelectionRules, auto_select, class_features, feature_failures, noise_like,
+                                parse_class_list, rejection_reasons, rescued, residual_outliers)
 from spa.errors import SpaInputError
 
 
@@ -44,6 +44,8 @@ class Selection:
     residual_per_class: np.ndarray | None = None  # (K,) particles dropped for an edge / second particle
     n_residual: int = 0  # of the kept classes' particles (not already noise-like)
     examples: list = field(default_factory=list)  # (title, image, model, residual) for the residual figure
+    n_rescued: int = 0  # particles of dropped classes kept (they match far better than noise)
+    analysed: pd.DataFrame | None = None  # every particle of the run with its scores and why it went (or "")
 
     @property
     def selected(self) -> list[int]:
@@ -73,18 +75,8 @@ def _noise_std(model: dict, box: int) -> float | None:
     return float(2.0 * np.sqrt((s2 * shell_pixel_counts(box)).sum()) / box**2)
 
 
-def _class2d_mask_radius(model_p: Path, box: int, pixel_size: float) -> float:
-    """class2d's mask radius (px) from its provenance (its σ² are of images masked so), else its default."""
-    from spa.em.run import mask_radius_px
-    from spa.provenance import read_record
-
-    record = read_record(str(model_p))
-    diameter = record.get("config", {}).get("particle_diameter") if isinstance(record, dict) else None
-    return mask_radius_px(diameter, box, pixel_size)
-
-
 def _residual_analysis(table, data_p: Path, model: dict, images, pixel_size: float, radius_px: float,
-                       noise_radius_px: float, particles_star, n_decoys: int, seed: int, notes: list):
+                       particles_star, notes: list):
     """(per-particle scores, per-class aligned features, scales, image source) or Nones with a note when the
     particle images cannot be read (:mod:`spa.class2d.residual`)."""
     from spa.class2d.residual import analyse_particles
@@ -102,15 +94,15 @@ def _residual_analysis(table, data_p: Path, model: dict, images, pixel_size: flo
                      f"edge / second-particle tests skipped (give --particles)")
         return None, None, None, None
     scores, aligned, scales = analyse_particles(table, source, images, sigma2, pixel_size, radius_px,
-                                                n_decoys=n_decoys, seed=seed, noise_mask_radius_px=noise_radius_px)
+                                                )
     return scores, aligned, scales, source
 
 
 def select_from_run(class2d_dir, rules: SelectionRules, *, auto: bool, classes: str | None = None,
                     iteration: int | None = None, mask_diameter: float | None = None, per_particle: bool = False,
                     recentre_particles: bool = True, duplicate_distance: float | None = None,
-                    particle_diameter: float | None = None, particles_star=None, residual_decoys: int = 1000,
-                    seed: int = 0, residual_test: bool = False) -> Selection:
+                    particle_diameter: float | None = None, particles_star=None,
+                    residual_test: bool = False) -> Selection:
     """Choose classes and particles of a class2d run (see the module docstring).
 
     ``classes``: "1,4,7" (manual choice) unless ``auto``; ``mask_diameter`` Å
@@ -120,8 +112,9 @@ def select_from_run(class2d_dir, rules: SelectionRules, *, auto: bool, classes: 
     resolved from the cwd, beside run_data.star, or beside ``particles_star``)
     for the aligned class features and the per-particle edge / second-particle
     tests (:mod:`spa.class2d.residual`), with ``particle_diameter`` Å (default
-    ``mask_diameter``) as the particle's size and ``residual_decoys`` noise
-    decoys; particles failing that test are dropped with ``auto`` or ``residual_test``.
+    ``mask_diameter``) as the particle's size; particles failing those tests are dropped with ``auto`` or
+    ``residual_test``.  With ``auto``, particles of classes dropped by a noise-like rule that match far
+    better than noise are kept (:func:`spa.class2d.select.rescued`).
     """
     from spa.io.mrc import read_mrc
     from spa.io.star import read_particles, read_star
@@ -148,8 +141,7 @@ def select_from_run(class2d_dir, rules: SelectionRules, *, auto: bool, classes: 
     if auto or per_particle or residual_test:
         radius = 0.5 * (particle_diameter or diam) / pixel_size
         scores, aligned, scales, source = _residual_analysis(
-            table, data_p, model, images, float(pixel_size), radius, _class2d_mask_radius(model_p, box, pixel_size),
-            particles_star, residual_decoys, seed, notes)
+            table, data_p, model, images, float(pixel_size), radius, particles_star, notes)
         if scores is not None:
             feats = feats.merge(aligned, on="rlnClassNumber", how="left")
             table = pd.concat([table.reset_index(drop=True), scores], axis=1)
@@ -165,11 +157,14 @@ def select_from_run(class2d_dir, rules: SelectionRules, *, auto: bool, classes: 
         reasons = ["" if kept else f"not among the classes chosen ({classes})" for kept in keep]
     selected = feats["rlnClassNumber"].to_numpy()[keep].tolist()
     in_kept = np.isin(table["rlnClassNumber"].to_numpy(), selected)
+    saved = rescued(table, keep, feature_failures(feats, rules), rules) if auto else np.zeros(len(table), bool)
+    in_kept = in_kept | saved
     noisy = noise_like(table, rules) if (auto or per_particle) else np.zeros(len(table), bool)
     noisy_per_class = np.bincount(table["rlnClassNumber"].to_numpy(np.int64)[noisy] - 1, minlength=k)[:k]
     odd = residual_outliers(table, rules) & ~noisy if (auto or residual_test) else np.zeros(len(table), bool)
     odd_per_class = np.bincount(table["rlnClassNumber"].to_numpy(np.int64)[odd] - 1, minlength=k)[:k]
     examples = _examples(table, images, scales, source, in_kept, odd, pixel_size) if scores is not None else []
+    analysed = table.assign(spaClassKept=in_kept, spaNoiseLike=noisy, spaEdgeOrPair=odd)
     rows = table[in_kept & ~noisy & ~odd].reset_index(drop=True)
     n_noisy = int((in_kept & noisy).sum())
     if len(rows) == 0:
@@ -185,7 +180,8 @@ def select_from_run(class2d_dir, rules: SelectionRules, *, auto: bool, classes: 
             notes.append(note)
     return Selection(rows, optics, len(table), images, float(pixel_size), feats, keep,
                      noisy_per_class.astype(np.int64), n_noisy, int(removed), notes, reasons,
-                     odd_per_class.astype(np.int64), int((in_kept & odd).sum()), examples)
+                     odd_per_class.astype(np.int64), int((in_kept & odd).sum()), examples,
+                     int((saved & ~noisy & ~odd).sum()), analysed.assign(spaRescued=saved))
 
 
 def _examples(table, images, scales, source, in_kept, odd, pixel_size, n: int = 4) -> list:
@@ -194,7 +190,7 @@ def _examples(table, images, scales, source, in_kept, odd, pixel_size, n: int = 
     from spa.class2d.residual import model_image
     from spa.em.engine import particle_arrays, particle_ctfs, take
 
-    p = table["rlnSpaResidualPValue"].to_numpy(np.float64)
+    p = np.minimum(table["rlnSpaEdgePValue"].to_numpy(np.float64), table["rlnSpaBlobPValue"].to_numpy(np.float64))
     removed = np.flatnonzero(in_kept & odd)
     removed = removed[np.argsort(p[removed], kind="stable")][:n]
     kept = np.flatnonzero(in_kept & ~odd)[:n]
@@ -295,7 +291,8 @@ def write_selection_summary(path, sel: Selection, rules: SelectionRules) -> None
                "classes": int(len(f)), "classes_kept": [int(c) for c in sel.selected], "classes_dropped": dropped,
                "particles_in_dropped_classes": int(sum(d["particles"] for d in dropped)),
                "noise_like_removed": int(sel.n_noise_like), "max_noise_pvalue": rules.max_noise_pvalue,
-               "edge_or_pair_removed": int(sel.n_residual), "min_residual_pvalue": rules.min_residual_pvalue,
+               "edge_or_pair_removed": int(sel.n_residual), "max_edge_pvalue": rules.max_edge_pvalue,
+               "max_overlap_pvalue": rules.max_overlap_pvalue, "rescued_from_dropped_classes": int(sel.n_rescued),
                "duplicates_removed": int(sel.n_duplicates)}
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(summary, indent=1) + "\n")
@@ -307,5 +304,7 @@ def summary(sel: Selection, rules: SelectionRules) -> str:
             + (f" ({sel.n_noise_like} in them removed as matching no better than noise, "
                f"p > {rules.max_noise_pvalue:g})" if sel.n_noise_like else "")
             + (f", {sel.n_residual} removed for an edge or a second particle in the box "
-               f"(p < {rules.min_residual_pvalue:g})" if sel.n_residual else "")
+               f"(edge p < {rules.max_edge_pvalue:g}, second particle p < {rules.max_overlap_pvalue:g})"
+               if sel.n_residual else "")
+            + (f", {sel.n_rescued} kept from dropped noise-like classes" if sel.n_rescued else "")
             + (f", {sel.n_duplicates} duplicates removed" if sel.n_duplicates else ""))

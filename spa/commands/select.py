@@ -8,11 +8,13 @@ micrograph closer than that after recentring are reduced to the one with the
 highest rlnMaxValueProbDistribution), class_averages.star (all classes with
 their measures and rlnSelected), selected_classes.mrcs and a gallery PNG with
 the kept classes framed.  With --auto, particles of the kept classes whose
-noise p-value (class2d's rlnSpaNoisePValue) exceeds max_noise_pvalue (0.05)
+noise p-value (class2d's rlnSpaNoisePValue) exceeds max_noise_pvalue (0.1)
 are dropped too: they match the class averages no better than images of pure
 noise do, and so are particles whose residual after subtracting their posed,
 CTF-modulated class average holds a straight edge or an off-centre second
-particle (rlnSpaResidualPValue < min_residual_pvalue, 0.05; the images are
+particle, more than the good particles of its class show (robust z over the
+class's members: rlnSpaEdgePValue < max_edge_pvalue, 0.001; rlnSpaBlobPValue <
+max_overlap_pvalue, 0.02; the images are
 read: --particles names the STAR class2d read when the image paths do not
 resolve from here).  Classes are also judged on features of the unmasked
 average of their aligned particles (power outside vs inside the particle disc,
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import sys
 
-from spa.commands._common import load_config, option, seed_of
+from spa.commands._common import load_config, option
 
 COMMON_ARGS = True
 
@@ -47,7 +49,7 @@ def add_args(p):
                    help="a selection threshold (spa.class2d.select.SelectionRules: min_fraction, max_resolution, "
                    "max_resolution_ratio, min_contrast_ratio, min_concentration, min_ssnr, "
                    "min_particle_ssnr_ratio, max_noise_pvalue, max_outside_ratio, max_edge_score, max_com_radius, "
-                   "max_gyration_ratio, min_residual_pvalue); repeatable, wins over the config's select section")
+                   "max_gyration_ratio, max_edge_pvalue, max_overlap_pvalue, rescue_noise_pvalue); repeatable, wins over the config's select section")
     p.add_argument("--mask-diameter", type=float, default=None, help="mask diameter in Å for the measures "
                    "(default: 90%% of the box)")
     p.add_argument("--particle-diameter", type=float, default=None, metavar="Å",
@@ -56,8 +58,6 @@ def add_args(p):
     p.add_argument("--particles", default=None, metavar="STAR",
                    help="the STAR file class2d read: its folder resolves image names run_data.star does not "
                         "(default: the current directory, then the class2d folder)")
-    p.add_argument("--residual-decoys", type=int, default=None,
-                   help="noise decoys calibrating the edge / second-particle tests (default 1000)")
 
 
 def main(args) -> int:
@@ -75,8 +75,8 @@ def main(args) -> int:
                           duplicate_distance=option(args, "remove_duplicates", cfg, None),
                           particle_diameter=option(args, "particle_diameter", cfg, None),
                           particles_star=args.particles,
-                          residual_decoys=int(option(args, "residual_decoys", cfg, 1000)),
-                          seed=seed_of(args, cfg), residual_test=cfg.get("min_residual_pvalue") is not None)
+                          residual_test=any(cfg.get(k) is not None for k in ("max_edge_pvalue",
+                                                                             "max_overlap_pvalue")))
     for note in sel.notes:
         print(f"select: {note}", file=sys.stderr)
     record = make_record(args.argv, cfg, None, selected_classes=sel.selected)
