@@ -8,9 +8,18 @@ micrograph closer than that after recentring are reduced to the one with the
 highest rlnMaxValueProbDistribution), class_averages.star (all classes with
 their measures and rlnSelected), selected_classes.mrcs and a gallery PNG with
 the kept classes framed.  With --auto, particles of the kept classes whose
-noise p-value (class2d's rlnSpaNoisePValue) exceeds max_noise_pvalue (0.05)
+noise p-value (class2d's rlnSpaNoisePValue) exceeds max_noise_pvalue (0.1)
 are dropped too: they match the class averages no better than images of pure
-noise do.  Thresholds come from --threshold NAME=VALUE or the config's
+noise do, and so are particles whose residual after subtracting their posed,
+CTF-modulated class average holds a straight edge or an off-centre second
+particle, more than the good particles of its class show (robust z over the
+class's members: rlnSpaEdgePValue < max_edge_pvalue, 0.001; rlnSpaBlobPValue <
+max_overlap_pvalue, 0.02; the images are
+read: --particles names the STAR class2d read when the image paths do not
+resolve from here).  Classes are also judged on features of the unmasked
+average of their aligned particles (power outside vs inside the particle disc,
+a straight-edge score, centre of mass and radius of gyration; columns of
+class_averages.star).  Thresholds come from --threshold NAME=VALUE or the config's
 ``select`` section (see spa.class2d.select.SelectionRules).
 
 Example:  spa select --class2d-dir Class2D --auto --output-dir Select --remove-duplicates 40
@@ -39,9 +48,16 @@ def add_args(p):
     p.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
                    help="a selection threshold (spa.class2d.select.SelectionRules: min_fraction, max_resolution, "
                    "max_resolution_ratio, min_contrast_ratio, min_concentration, min_ssnr, "
-                   "min_particle_ssnr_ratio, max_noise_pvalue); repeatable, wins over the config's select section")
+                   "min_particle_ssnr_ratio, max_noise_pvalue, max_outside_ratio, max_edge_score, max_com_radius, "
+                   "max_gyration_ratio, max_edge_pvalue, max_overlap_pvalue, rescue_noise_pvalue); repeatable, wins over the config's select section")
     p.add_argument("--mask-diameter", type=float, default=None, help="mask diameter in Å for the measures "
                    "(default: 90%% of the box)")
+    p.add_argument("--particle-diameter", type=float, default=None, metavar="Å",
+                   help="particle diameter for the class features and the edge / second-particle tests "
+                        "(default: the mask diameter)")
+    p.add_argument("--particles", default=None, metavar="STAR",
+                   help="the STAR file class2d read: its folder resolves image names run_data.star does not "
+                        "(default: the current directory, then the class2d folder)")
 
 
 def main(args) -> int:
@@ -56,7 +72,11 @@ def main(args) -> int:
                           mask_diameter=option(args, "mask_diameter", cfg, None),
                           per_particle=cfg.get("max_noise_pvalue") is not None,
                           recentre_particles=option(args, "recentre", cfg, True),
-                          duplicate_distance=option(args, "remove_duplicates", cfg, None))
+                          duplicate_distance=option(args, "remove_duplicates", cfg, None),
+                          particle_diameter=option(args, "particle_diameter", cfg, None),
+                          particles_star=args.particles,
+                          residual_test=any(cfg.get(k) is not None for k in ("max_edge_pvalue",
+                                                                             "max_overlap_pvalue")))
     for note in sel.notes:
         print(f"select: {note}", file=sys.stderr)
     record = make_record(args.argv, cfg, None, selected_classes=sel.selected)

@@ -84,9 +84,11 @@ def add_args(p):
     g = p.add_argument_group("particles")
     g.add_argument("--n-particles", type=int, default=None, help="number of particle images")
     g.add_argument("--box", type=int, default=None, help="particle box size, px")
-    g.add_argument("--junk-fraction", type=float, default=None, help="fraction of junk images (noise or blobs), 0-1")
-    g.add_argument("--junk-kinds", choices=("noise", "blob", "both"), default=None,
-                   help="junk images: pure noise, contaminant blobs, or both (half each; the default)")
+    g.add_argument("--junk-fraction", type=float, default=None, help="fraction of junk images, 0-1")
+    g.add_argument("--junk-kinds", default=None, metavar="KINDS",
+                   help="junk images: noise (pure noise), blob (contaminant blobs), edge (a carbon edge across the "
+                        "box), overlap (two overlapping particles), a comma-separated list of these (equal shares), "
+                        "both (noise and blob, half each; the default) or all")
     g.add_argument("--bfactor-min", type=float, default=None, help="per-particle B envelope, lower bound, Å² (0: none)")
     g.add_argument("--bfactor-max", type=float, default=None, help="per-particle B envelope, upper bound, Å²")
     g = p.add_argument_group("molecule and imaging")

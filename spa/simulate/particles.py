@@ -14,6 +14,16 @@ Image formation (for particle i of class k, pose A_i, origin o_i in Å):
 * protein is white (positive density), as RELION's extracted particles;
 * noise: Gaussian, part white, part coloured (:func:`spa.simulate.noise.noise_filter`).
 
+Junk images (``junk_kinds``, a name or a comma-separated list of names; "both"
+is "noise,blob" drawn as before): ``noise`` — noise only; ``blob`` — a few
+broad Gaussians of about the particle's mass; ``edge`` — a straight carbon
+edge across the box (:func:`edge_signals`: a smoothed step of density at a
+random angle and offset, CTF applied on a box twice as large so the step does
+not wrap around, the crop's mean removed as extraction's normalisation would),
+half of them with a particle too; ``overlap`` — the particle at its pose and
+origin plus a second one in another pose whose centre is 0.5–0.8 diameters
+away (:func:`overlap_partner`).  Truth rows of junk have rlnClassNumber 0.
+
 SNR definition: ``snr`` = (mean over particles of the variance, over all B×B
 pixels of the box, of the CTF-modulated clean signal) / (noise variance per
 pixel).  The noise level is fixed once per data set from a calibration set
@@ -27,8 +37,8 @@ Files (under the output directory):
   rlnRandomSubset, rlnOpticsGroup — no poses, origins or classes;
 * ``truth/particles.star`` — the same rows (rlnImageName ``i@../particles.zarr``)
   plus rlnAngleRot/Tilt/Psi, rlnOriginXAngst/YAngst, rlnClassNumber (0 for
-  junk), rlnSpaIsJunk (1 = junk: pure noise or a contaminant blob),
-  rlnSpaJunkKind (0 particle, 1 noise, 2 blob), rlnCtfBfactor;
+  junk), rlnSpaIsJunk (1 = junk), rlnSpaJunkKind (0 particle, 1 pure noise,
+  2 contaminant blob, 3 carbon edge, 4 overlapping pair; :data:`JUNK_KINDS`), rlnCtfBfactor;
 * ``truth/class001.mrc`` … — the true map of each class (box B, same pixel size);
 * ``truth/class001.pdb`` … — the pseudo-atoms.
 """
@@ -53,6 +63,23 @@ from spa.simulate.projection import project_atoms, project_molecule
 
 CHUNK = 256  # images rendered (and written) per task; also the Zarr chunk length
 
+# rlnSpaJunkKind codes of the truth table
+JUNK_KINDS = {"noise": 1, "blob": 2, "edge": 3, "overlap": 4}
+
+
+def junk_kind_codes(kinds: str) -> list[int]:
+    """'noise,edge' → [1, 3]; 'both' → [1, 2]; 'all' → [1, 2, 3, 4].  Raises ValueError for unknown names."""
+    text = str(kinds).strip().lower()
+    if text == "both":
+        return [1, 2]
+    if text == "all":
+        return sorted(JUNK_KINDS.values())
+    names = [k.strip() for k in text.split(",") if k.strip()]
+    bad = [k for k in names if k not in JUNK_KINDS]
+    if bad or not names:
+        raise ValueError(f"junk kinds must be names among {sorted(JUNK_KINDS)} (or 'both', 'all'), got {kinds!r}")
+    return sorted({JUNK_KINDS[k] for k in names})
+
 
 @dataclass
 class ParticleSpec:
@@ -73,7 +100,7 @@ class ParticleSpec:
     bfactor_max: float = 0.0
     offset_sigma: float = 2.0  # px, SD of rlnOrigin (clipped at 3 SD)
     junk_fraction: float = 0.0
-    junk_kinds: str = "both"  # "noise" (pure noise images), "blob" (contaminant blobs) or "both" (half each)
+    junk_kinds: str = "both"  # "noise", "blob", "edge", "overlap", a comma list of them, "both" (noise,blob), "all"
     conformations: int = 1
     symmetry: str = "C1"
     n_domains: int = 3
@@ -91,7 +118,8 @@ class ParticleSpec:
             (self.snr > 0, "SNR must be > 0"),
             (0 < self.defocus_min <= self.defocus_max, "need 0 < defocus min ≤ defocus max (Å)"),
             (0 <= self.junk_fraction < 1, "junk fraction must be in [0, 1)"),
-            (self.junk_kinds in ("noise", "blob", "both"), "junk kinds must be 'noise', 'blob' or 'both'"),
+            (_known_kinds(self.junk_kinds), f"junk kinds must be among {sorted(JUNK_KINDS)} (comma-separated), "
+                                            f"'both' or 'all', got {self.junk_kinds!r}"),
             (self.conformations >= 1, "conformations must be ≥ 1"),
             (0 < self.diameter <= self.box * self.pixel_size, "diameter must fit in the box"),
             (self.subsets in ("alternate", "random"), "subsets must be 'alternate' or 'random'"),
@@ -100,6 +128,14 @@ class ParticleSpec:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+
+
+def _known_kinds(kinds) -> bool:
+    try:
+        junk_kind_codes(kinds)
+    except ValueError:
+        return False
+    return True
 
 
 def molecules_for(spec: ParticleSpec, seed: int) -> list[Molecule]:
@@ -139,7 +175,13 @@ def draw_truth(spec: ParticleSpec, seed: int, stack_name: str = "particles.zarr"
     if n_junk:
         idx = rng.choice(n, n_junk, replace=False)
         kinds = rng.integers(1, 3, n_junk)  # 1 = pure noise, 2 = contaminant blob (drawn always: same stream)
-        junk_kind[idx] = {"noise": 1, "blob": 2}.get(spec.junk_kinds, kinds)
+        codes = junk_kind_codes(spec.junk_kinds)
+        if spec.junk_kinds.strip().lower() == "both":
+            junk_kind[idx] = kinds
+        elif len(codes) == 1:
+            junk_kind[idx] = codes[0]
+        else:  # equal shares of each kind, from a stream of their own (the main one stays as it was)
+            junk_kind[idx] = np.asarray(codes)[np.random.default_rng([int(seed), 3]).permutation(n_junk) % len(codes)]
         cls[idx] = 0
     bfac = rng.uniform(spec.bfactor_min, spec.bfactor_max, n) if spec.bfactor_max > 0 else np.zeros(n)
     subset = (np.arange(n) % 2) + 1 if spec.subsets == "alternate" else rng.integers(1, 3, n)
@@ -202,14 +244,61 @@ def clean_projections(spec: ParticleSpec, truth: pd.DataFrame, molecules: list[M
         sel = np.flatnonzero(cls == k)
         if len(sel):
             out[sel] = project_molecule(mol, A[sel], spec.box, spec.pixel_size, shifts[sel])
-    blobs = np.flatnonzero(truth["rlnSpaJunkKind"].to_numpy() == 2)
+    kind = truth["rlnSpaJunkKind"].to_numpy()
+    blobs = np.flatnonzero(kind == 2)
     if len(blobs):
         rng = rng or np.random.default_rng(0)
         mass = float(molecules[0].weights.sum())
         for i in blobs:
             c, w, s = _blob(rng, spec, mass)
             out[i] = project_atoms(c, w, s, np.eye(3)[None], spec.box, spec.pixel_size)[0]
+    for i in np.flatnonzero((kind == 3) | (kind == 4)):
+        rng = rng or np.random.default_rng(0)
+        mol = molecules[int(rng.integers(len(molecules)))]
+        if kind[i] == 3 and rng.random() < 0.5:  # an edge without a particle
+            continue
+        out[i] = project_molecule(mol, A[i : i + 1], spec.box, spec.pixel_size, shifts[i : i + 1])[0]
+        if kind[i] == 4:
+            a2, shift2 = overlap_partner(rng, spec, shifts[i])
+            out[i] += project_molecule(molecules[int(rng.integers(len(molecules)))], a2, spec.box, spec.pixel_size,
+                                       shift2)[0]
     return out
+
+
+def overlap_partner(rng: np.random.Generator, spec: ParticleSpec, centre_px) -> tuple[np.ndarray, np.ndarray]:
+    """(rotation (1, 3, 3), shift (1, 2) px) of a second particle overlapping the one centred at ``centre_px``:
+    a uniform random pose, its centre 0.5–0.8 diameters away in a random direction."""
+    angles = uniform_angles(rng, 1)
+    dist = rng.uniform(0.5, 0.8) * spec.diameter / spec.pixel_size
+    phi = rng.uniform(0.0, 2 * np.pi)
+    shift = np.asarray(centre_px, np.float64) + dist * np.array([np.cos(phi), np.sin(phi)])
+    return euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2]), shift[None]
+
+
+def edge_signals(spec: ParticleSpec, truth: pd.DataFrame, molecules: list[Molecule], rng) -> np.ndarray:
+    """CTF-modulated carbon edges (n, B, B) for the rows of ``truth``: a step of density (width ~1 px) at a
+    random angle, its line 0–0.3 box from the centre, carbon on one side, of height 0.5–1.5 × the peak of the
+    molecule's projection.  The step is drawn and CTF-modulated on a 2B box and cropped; the crop's mean is
+    removed (extraction normalises the background to zero mean)."""
+    from scipy.special import erf  # noqa: PLC0415
+
+    n, box, pad = len(truth), spec.box, 2 * spec.box
+    peak = float(project_molecule(molecules[0], np.eye(3)[None], box, spec.pixel_size)[0].max())
+    c = np.arange(pad) - pad // 2
+    yy, xx = np.meshgrid(c, c, indexing="ij")
+    clean = np.empty((n, pad, pad), np.float32)
+    for j in range(n):
+        alpha = rng.uniform(0.0, 2 * np.pi)
+        t0 = rng.uniform(0.0, 0.3) * box
+        height = rng.uniform(0.5, 1.5) * peak
+        d = np.cos(alpha) * xx + np.sin(alpha) * yy - t0
+        clean[j] = height * 0.5 * (1.0 + erf(d / np.sqrt(2.0)))
+    ctf = ctf_2d(pad, spec.pixel_size, truth["rlnDefocusU"].to_numpy(), truth["rlnDefocusV"].to_numpy(),
+                 truth["rlnDefocusAngle"].to_numpy(), spec.voltage, spec.cs, spec.amplitude_contrast, 0.0,
+                 truth["rlnCtfBfactor"].to_numpy()).reshape(n, pad, pad // 2 + 1)
+    lo = (pad - box) // 2
+    out = apply_ctf(clean, ctf)[:, lo : lo + box, lo : lo + box]
+    return out - out.mean(axis=(1, 2), keepdims=True)
 
 
 def ctfs_for(spec: ParticleSpec, truth: pd.DataFrame) -> np.ndarray:
@@ -243,6 +332,9 @@ def render_chunk(spec, truth_rows, molecules, sigma, filt, rng, parts: bool = Fa
     """Final images of some rows: CTF · projection + noise (float32); ``parts`` also returns (signal, noise)."""
     clean = clean_projections(spec, truth_rows, molecules, rng)
     signal = apply_ctf(clean, ctfs_for(spec, truth_rows))
+    edges = np.flatnonzero(truth_rows["rlnSpaJunkKind"].to_numpy() == 3)
+    if len(edges):
+        signal[edges] += edge_signals(spec, truth_rows.iloc[edges], molecules, rng)
     noise = coloured_noise(rng, len(truth_rows), spec.box, filt) * np.float32(sigma)
     images = signal + noise
     return (images, signal, noise) if parts else images

@@ -1,0 +1,89 @@
+"""2D selection against edge and overlap junk (`spa simulate --junk-kinds all`): class features in
+class_averages.star and the per-particle edge / second-particle residual test, against the simulated truth."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from spa.cli import main as spa_main
+from spa.class2d.residual import Radon, ResidualContext, pvalues
+from spa.io.star import read_star
+from spa.simulate.particles import ParticleSpec, draw_truth, junk_kind_codes
+from tests.conftest import listed_figures
+
+
+def test_junk_kinds_parse_and_old_kinds_draw_as_before():
+    assert junk_kind_codes("both") == [1, 2] and junk_kind_codes("edge, overlap") == [3, 4]
+    assert junk_kind_codes("all") == [1, 2, 3, 4]
+    with pytest.raises(ValueError):
+        ParticleSpec(junk_kinds="carbon")
+    # the main random stream is untouched: poses and junk rows of "noise" equal those of "edge,overlap"
+    a = draw_truth(ParticleSpec(n=200, junk_fraction=0.3, junk_kinds="noise"), 4)
+    b = draw_truth(ParticleSpec(n=200, junk_fraction=0.3, junk_kinds="edge,overlap"), 4)
+    assert np.array_equal(a["rlnAnglePsi"], b["rlnAnglePsi"])
+    assert np.array_equal(a["rlnSpaIsJunk"], b["rlnSpaIsJunk"])
+    assert set(b.loc[b["rlnSpaIsJunk"] == 1, "rlnSpaJunkKind"]) == {3, 4}
+    assert abs((b["rlnSpaJunkKind"] == 3).sum() - (b["rlnSpaJunkKind"] == 4).sum()) <= 1
+
+
+def test_edge_test_finds_a_straight_step_in_noise_and_not_a_compact_blob():
+    """Decoy-calibrated: a zero-mean, CTF-free step of 0.5 σ across the box is found (p ≤ 0.01); a centred blob of the
+    same power scores far lower."""
+    box, rng = 40, np.random.default_rng(3)
+    c = np.arange(box) - box // 2
+    yy, xx = np.meshgrid(c, c, indexing="ij")
+    step = 0.5 * (np.cos(0.7) * xx + np.sin(0.7) * yy > 4)
+    step -= step.mean()  # the residuals' mean is not tested (whitening drops it)
+    blob = np.exp(-(xx**2 + yy**2) / (2 * 4.0**2))
+    blob = (blob - blob.mean()) * np.sqrt(step.var() / blob.var())
+    radon = Radon(box)
+    null = radon.edge_score(rng.standard_normal((400, box, box)))
+    noise = rng.standard_normal((20, box, box))
+    assert (pvalues(radon.edge_score(noise + step), null) <= 0.01).mean() >= 0.9
+    # a compact blob of the same power raises every angle's energy: it scores, but far below the edge
+    assert np.median(radon.edge_score(noise + blob)) < 0.5 * np.median(radon.edge_score(noise + step))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """400 particles, box 48, SNR 0.1, 40 % junk of the four kinds; class2d K = 6; select --auto."""
+    d = tmp_path_factory.mktemp("junk")
+    assert spa_main(["simulate", "--n-particles", "400", "--box", "48", "--pixel-size", "3", "--snr", "0.1",
+                     "--junk-fraction", "0.4", "--junk-kinds", "all", "--output-dir", str(d / "sim"),
+                     "--seed", "2"]) == 0
+    assert spa_main(["class2d", "--particles", str(d / "sim" / "particles.star"), "--classes", "6", "--iter", "6",
+                     "--noise-decoys", "300", "--output-dir", str(d / "c2d"), "--seed", "2"]) == 0
+    assert spa_main(["select", "--class2d-dir", str(d / "c2d"), "--auto", "--output-dir", str(d / "sel"),
+                     "--particle-diameter", "86.4", "--particles", str(d / "sim" / "particles.star")]) == 0
+    kind = read_star(d / "sim" / "truth" / "particles.star")["particles"]["rlnSpaJunkKind"].to_numpy()
+    names = read_star(d / "c2d" / "run_data.star")["particles"]["rlnImageName"].to_list()
+    kept = np.isin(names, read_star(d / "sel" / "particles.star")["particles"]["rlnImageName"])
+    return d, kind, kept
+
+
+def test_select_removes_edges_and_overlapping_pairs_and_keeps_good_particles(run):
+    d, kind, kept = run
+    removed = {k: float((~kept[kind == k]).mean()) for k in range(5)}
+    print("removed fraction per junk kind", removed)
+    assert removed[0] <= 0.05, removed  # ≥ 95 % of the good particles kept
+    assert removed[1] >= 0.9, removed  # pure noise, as before
+    assert removed[3] >= 0.9, removed  # carbon edges
+    assert removed[4] >= 0.5, removed  # overlapping pairs
+
+
+def test_class_features_are_in_class_averages_star_and_figures(run):
+    d, _, _ = run
+    ca = read_star(d / "sel" / "class_averages.star")["model_classes"]
+    for col in ("spaOutsideInsideRatio", "spaEdgeScore", "spaCentreOfMassRadius", "spaGyrationRatio",
+                "spaEdgeOrPairCount"):
+        assert col in ca and np.isfinite(ca[col].to_numpy(np.float64)).all(), col
+    kept = ca["rlnSelected"].to_numpy() == 1
+    assert (ca["spaOutsideInsideRatio"][kept] <= 0.25).all()
+    parts = read_star(d / "sel" / "particles.star")["particles"]
+    assert (parts["rlnSpaEdgePValue"] >= 0.001).all() and (parts["rlnSpaBlobPValue"] >= 0.02).all()
+    report = json.loads((d / "sel" / "selection.json").read_text())
+    assert report["edge_or_pair_removed"] == int(ca["spaEdgeOrPairCount"][kept].sum()) > 0
+    assert listed_figures(d / "sel") == ["selected_classes.png", "residual_examples.png"]
