@@ -28,10 +28,13 @@ SNAKEFILE = REPO / "Snakefile"
 SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
 DEFAULT_CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
-# The demo's stages and how many jobs each has (true_poses: the map from the true
+# The demo's stages and how many jobs each has (from simulated movies to extracted particles, beside the
+# particle stages on simulated particles; true_poses: the map from the true
 # poses of refine3d's particles, made as refine3d's; class3d: two seeds; fsc: halves,
 # truth, true poses vs truth).
-DEMO_JOBS = {"simulate": 1, "class2d": 1, "select": 1, "initial_model": 1, "class3d": 2, "class3d_consensus": 1,
+DEMO_JOBS = {"simulate_movies": 1, "import_data": 1, "motion": 1, "ctf": 2, "ctf_consensus": 1, "pick": 1,
+             "pick_agreed": 1, "pick_learned": 1, "pick_consensus": 1, "clean": 1, "extract": 1,
+             "simulate": 1, "class2d": 1, "select": 1, "initial_model": 1, "class3d": 2, "class3d_consensus": 1,
              "refine3d": 1, "true_poses": 1, "fsc": 3, "mask": 1, "postprocess": 1, "locres": 1, "validate": 1,
              "summary": 1, "report_config": 1, "report": 1, "all": 1}
 

@@ -78,7 +78,7 @@ def _local_rules() -> set[str]:
 
 # The demo on the tiny preset, shortened to the least that still runs a job of every cluster rule but the
 # 3D classification (the suite has a time budget; the local end-to-end test runs the whole demo).
-SLURM_DEMO = {"simulate": {"preset": "tiny", "n_particles": 300, "snr": 1.0},
+SLURM_DEMO = {"simulate": {"preset": "tiny", "n_particles": 300, "snr": 1.0, "movies": {"enabled": False}},
               "class2d": {"classes": 4, "iter": 3}, "initial_model": {"iter": 4, "candidates": 1},
               "class3d": {"runs": 0}, "refine3d": {"max_iter": 2, "max_healpix_order": 2}}
 

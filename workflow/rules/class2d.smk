@@ -35,6 +35,7 @@ rule class2d:
 rule select:
     input:
         data=rules.class2d.output.data,
+        particles=input_particles(),
     output:
         particles=result("select", "particles.star"),
         averages=result("select", "class_averages.star"),
@@ -49,10 +50,11 @@ rule select:
     params:
         class2d_dir=lambda w, input: os.path.dirname(input.data),
         outdir=lambda w, output: os.path.dirname(output.particles),
-        diameter=option("--mask-diameter", config["particle_diameter"]),
+        diameter=lambda w: " ".join([option("--mask-diameter", config["particle_diameter"]),
+                                     option("--particle-diameter", config["particle_diameter"])]),
         thresholds=selection_thresholds(),
         duplicates=option("--remove-duplicates", config["select"]["remove_duplicates"]),
         common=spa_common(),
     shell:
         "spa select --class2d-dir {params.class2d_dir} --auto {params.thresholds} {params.duplicates} "
-        "{params.diameter} --output-dir {params.outdir} {params.common} > {log} 2>&1"
+        "{params.diameter} --particles {input.particles} --output-dir {params.outdir} {params.common} > {log} 2>&1"

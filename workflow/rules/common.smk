@@ -104,7 +104,9 @@ USER_PARTICLES = bool(INPUT.get("particles"))
 # Preprocessing (workflow/rules/preprocess.smk): the user's movies (input.movies) or simulated ones
 # (simulate.movies.enabled) -> import -> motion; or the user's micrographs (input.micrographs) -> import.
 # Until particles are picked from them, the particle stages start from input.particles or the simulation.
-SIMULATED_MOVIES = bool((config["simulate"].get("movies") or {}).get("enabled")) and not INPUT.get("movies")
+# (not beside the user's own particles or micrographs: simulated movies are the demo's, or a test's)
+SIMULATED_MOVIES = (bool((config["simulate"].get("movies") or {}).get("enabled")) and not INPUT.get("movies")
+                    and not INPUT.get("particles") and not INPUT.get("micrographs"))
 MOVIES = bool(INPUT.get("movies")) or SIMULATED_MOVIES
 MICROGRAPHS = bool(INPUT.get("micrographs")) and not MOVIES
 # simulated micrographs with their truth (config/examples/micrographs_ctf.yaml) -> CTF -> consensus
@@ -194,6 +196,31 @@ def simulated_truth_dir():
 # particles picked from simulated data: their truth comes from matching picks to the true centres (rule
 # picked_truth, workflow/rules/micrographs.smk)
 PICKED_TRUTH = PICKED_PARTICLES and simulated_truth_dir() is not None
+
+# Pickers (workflow/rules/micrographs.smk): LoG always; template matching when pick.template names class
+# averages (.mrcs) or a map (.mrc); with pick.consensus a learned picker and the consensus of them all.
+PICK_TEMPLATE = config["pick"].get("template")
+PICK_CONSENSUS = bool(config["pick"].get("consensus"))
+
+
+def pick_diameter():
+    """The particle diameter (Å) the template and learned pickers, the consensus and cleaning use."""
+    pick = config["pick"]
+    return pick.get("diameter") or 0.5 * (pick["diameter_min"] + pick["diameter_max"])
+
+
+def picker_indexes():
+    """autopick.star of every picker that runs on its own (LoG, and template matching where configured)."""
+    return [result("pick", "autopick.star")] + ([result("pick_template", "autopick.star")] if PICK_TEMPLATE else [])
+
+
+def picks_before_cleaning():
+    return result("pick_consensus", "autopick.star") if PICK_CONSENSUS else result("pick", "autopick.star")
+
+
+def final_picks():
+    """The coordinates extraction reads: cleaned, else the consensus, else LoG's."""
+    return result("clean", "autopick.star") if config["clean"]["enabled"] else picks_before_cleaning()
 
 
 def micrographs_for_ctf():

@@ -1,16 +1,21 @@
 # From the selected micrographs (workflow/rules/ctf.smk: CTF by two estimators -> consensus and
-# selection) to particles: LoG picking -> extraction.  Runs when the workflow starts from movies or
+# selection) to particles: several pickers (LoG; template matching when config pick.template names class
+# averages or a map; a learned scorer trained on what the others agree on) -> their consensus -> micrograph
+# cleaning (carbon, contamination, aggregates) -> extraction.  Runs when the workflow starts from movies or
 # micrographs (workflow/rules/preprocess.smk); the particle stages use its particles when config
 # pick.use_for_particles is true.
 
 
 rule pick:
+    """LoG picking (needs only the particle size)."""
     input:
         micrographs=rules.ctf_consensus.output.selected,
     output:
         index=result("pick", "autopick.star"),
     log:
         log_file("pick"),
+    benchmark:
+        benchmark_file("pick")
     params:
         outdir=lambda w, output: os.path.dirname(output.index),
         dmin=config["pick"]["diameter_min"],
@@ -23,10 +28,154 @@ rule pick:
         "{params.common} > {log} 2>&1"
 
 
+if PICK_TEMPLATE:
+
+    rule pick_template:
+        """Template matching with the user's 2D class averages (.mrcs) or the projections of a map (.mrc)."""
+        input:
+            micrographs=rules.ctf_consensus.output.selected,
+            templates=PICK_TEMPLATE,
+        output:
+            index=result("pick_template", "autopick.star"),
+        log:
+            log_file("pick_template"),
+        benchmark:
+            benchmark_file("pick_template")
+        params:
+            outdir=lambda w, output: os.path.dirname(output.index),
+            source=lambda w, input: ("--templates " if str(input.templates).endswith(".mrcs") else "--reference ")
+            + str(input.templates),
+            diameter=pick_diameter(),
+            threshold=config["pick"]["template_threshold"],
+            lowpass=config["pick"]["template_lowpass"],
+            common=spa_common(),
+        shell:
+            "spa pick --micrographs {input.micrographs} --method template --diameter {params.diameter} "
+            "{params.source} --threshold {params.threshold} --lowpass {params.lowpass} "
+            "--output-dir {params.outdir} {params.common} > {log} 2>&1"
+
+
+if PICK_CONSENSUS:
+
+    if PICK_TEMPLATE:
+
+        rule pick_agreed:
+            """What LoG and template matching agree on: the positives the learned picker learns from."""
+            input:
+                micrographs=rules.ctf_consensus.output.selected,
+                picks=[rules.pick.output.index, rules.pick_template.output.index],
+            output:
+                index=result("pick_agreed", "autopick.star"),
+            log:
+                log_file("pick_agreed"),
+            params:
+                outdir=lambda w, output: os.path.dirname(output.index),
+                diameter=pick_diameter(),
+                distance=config["pick"]["consensus_distance"],
+                common=spa_common(),
+            shell:
+                "spa consensus pick --micrographs {input.micrographs} --picks {input.picks} --mode and "
+                "--diameter {params.diameter} --distance {params.distance} --output-dir {params.outdir} "
+                "{params.common} > {log} 2>&1"
+
+    else:
+
+        rule pick_agreed:
+            """With LoG the only picker: its confident picks (twice the threshold) are the positives."""
+            input:
+                micrographs=rules.ctf_consensus.output.selected,
+            output:
+                index=result("pick_agreed", "autopick.star"),
+            log:
+                log_file("pick_agreed"),
+            params:
+                outdir=lambda w, output: os.path.dirname(output.index),
+                dmin=config["pick"]["diameter_min"],
+                dmax=config["pick"]["diameter_max"],
+                threshold=2 * config["pick"]["threshold"],
+                common=spa_common(),
+            shell:
+                "spa pick --micrographs {input.micrographs} --method log --diameter-min {params.dmin} "
+                "--diameter-max {params.dmax} --threshold {params.threshold} --output-dir {params.outdir} "
+                "{params.common} > {log} 2>&1"
+
+    rule pick_learned:
+        """A scorer trained on these micrographs: positives from pick_agreed, negatives from background and
+        single-picker picks."""
+        input:
+            micrographs=rules.ctf_consensus.output.selected,
+            positives=rules.pick_agreed.output.index,
+            negatives=picker_indexes(),
+        output:
+            index=result("pick_learned", "autopick.star"),
+        log:
+            log_file("pick_learned"),
+        benchmark:
+            benchmark_file("pick_learned")
+        params:
+            outdir=lambda w, output: os.path.dirname(output.index),
+            diameter=pick_diameter(),
+            min_score=config["pick"]["learned_min_score"],
+            common=spa_common(),
+        shell:
+            "spa pick --micrographs {input.micrographs} --method learned --diameter {params.diameter} "
+            "--positives {input.positives} --negatives {input.negatives} --min-score {params.min_score} "
+            "--output-dir {params.outdir} {params.common} > {log} 2>&1"
+
+    rule pick_consensus:
+        """Picks at least pick.min_pickers of the pickers (LoG, template, learned) agree on."""
+        input:
+            micrographs=rules.ctf_consensus.output.selected,
+            picks=[*picker_indexes(), rules.pick_learned.output.index],
+        output:
+            index=result("pick_consensus", "autopick.star"),
+        log:
+            log_file("pick_consensus"),
+        params:
+            outdir=lambda w, output: os.path.dirname(output.index),
+            diameter=pick_diameter(),
+            distance=config["pick"]["consensus_distance"],
+            min_pickers=config["pick"]["min_pickers"],
+            rescue="--rescue" if config["pick"]["rescue"] else "",
+            common=spa_common(),
+        shell:
+            "spa consensus pick --micrographs {input.micrographs} --picks {input.picks} --mode at-least "
+            "--min-pickers {params.min_pickers} {params.rescue} --diameter {params.diameter} "
+            "--distance {params.distance} --output-dir {params.outdir} {params.common} > {log} 2>&1"
+
+
+if config["clean"]["enabled"]:
+
+    rule clean:
+        """Drops the picks on carbon, ice contamination and aggregates."""
+        input:
+            micrographs=rules.ctf_consensus.output.selected,
+            coordinates=picks_before_cleaning(),
+        output:
+            index=result("clean", "autopick.star"),
+        log:
+            log_file("clean"),
+        benchmark:
+            benchmark_file("clean")
+        params:
+            outdir=lambda w, output: os.path.dirname(output.index),
+            diameter=pick_diameter(),
+            margin=config["clean"]["margin"],
+            kinds=config["clean"]["kinds"],
+            thresholds=lambda w: (f"--contaminant-threshold {config['clean']['contaminant_threshold']} "
+                                  f"--aggregate-threshold {config['clean']['aggregate_threshold']} "
+                                  f"--carbon-threshold {config['clean']['carbon_threshold']}"),
+            common=spa_common(),
+        shell:
+            "spa clean --micrographs {input.micrographs} --coordinates {input.coordinates} "
+            "--diameter {params.diameter} --margin {params.margin} --kinds {params.kinds} {params.thresholds} "
+            "--output-dir {params.outdir} {params.common} > {log} 2>&1"
+
+
 rule extract:
     input:
         micrographs=rules.ctf_consensus.output.selected,
-        coordinates=rules.pick.output.index,
+        coordinates=final_picks(),
     output:
         particles=result("extract", "particles.star"),
     log:
