@@ -352,6 +352,10 @@ def analyse_particles(table: pd.DataFrame, source, averages: np.ndarray, sigma2:
     z_edge[rows] = robust_z(edge[rows], cls[rows], min_members)
     z_blob[rows] = robust_z(blob[rows], cls[rows], min_members)
     p_edge[rows], p_blob[rows] = norm.sf(z_edge[rows]), norm.sf(z_blob[rows])
+    # particles not tested (too few in their class, or not read) carry score 0, z 0 and p 1: a STAR column
+    # with NaN is refused downstream, and an untested particle is not evidence of junk
+    edge, blob, z_edge, z_blob = (np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) for v in (edge, blob, z_edge, z_blob))
+    p_edge, p_blob = (np.nan_to_num(v, nan=1.0) for v in (p_edge, p_blob))
     particles = pd.DataFrame({"rlnSpaEdgeScore": edge, "rlnSpaBlobScore": blob, "rlnSpaEdgeZ": z_edge,
                               "rlnSpaBlobZ": z_blob, "rlnSpaEdgePValue": p_edge, "rlnSpaBlobPValue": p_blob})
     classes = aligned_features(h1, h2, counts, radius_px)
