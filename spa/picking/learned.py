@@ -46,7 +46,8 @@ import pandas as pd
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from spa.picking.log import _refine, _robust_z, fourier_bin
+from spa.picking.log import fourier_bin
+from spa.picking.peaks import robust_z, select_peaks
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def feature_maps(micrograph: np.ndarray, pixel_size: float, opts: LearnedOptions
                            s=img.shape) ** 2
     maps = []
     for m in (low, energy):
-        med, sd = _robust_z(m)
+        med, sd = robust_z(m)
         maps.append((m - med) / sd)
     low, energy = maps
     kernels = _ring_kernels(opts.diameter / 2 / apix, opts.rings)
@@ -238,25 +239,12 @@ def pick_learned(scorer: LearnedScorer, features: np.ndarray, factor: int, pixel
     score = scorer.score_map(features)
     apix = pixel_size * factor
     distance = (opts.min_distance if opts.min_distance else 0.8 * opts.diameter) / apix
-    size = max(3, int(2 * np.floor(distance / 2) + 1))
-    peaks = score == ndimage.maximum_filter(score, size=size, mode="nearest")
     edge = opts.diameter / 2 / apix
-    rows, cols = np.nonzero(peaks & (score >= opts.threshold))
-    keep = (rows >= edge) & (cols >= edge) & (rows < score.shape[0] - edge) & (cols < score.shape[1] - edge)
-    rows, cols = rows[keep], cols[keep]
-    merit = score[rows, cols]
-    order = np.argsort(-merit, kind="stable")
-    rows, cols, merit = rows[order], cols[order], merit[order]
-    chosen: list[int] = []
-    for i in range(len(rows)):  # plateaus and maxima closer than the distance: the best of each cluster
-        if all((rows[i] - rows[j]) ** 2 + (cols[i] - cols[j]) ** 2 >= distance**2 for j in chosen):
-            chosen.append(i)
-    idx = np.asarray(chosen, int)
-    fine_rows, fine_cols = _refine(score, rows[idx], cols[idx])
+    fine_rows, fine_cols, merit = select_peaks(score, score, distance, edge, opts.threshold)
     return pd.DataFrame({
         "rlnCoordinateX": np.round(fine_cols * factor, 1),
         "rlnCoordinateY": np.round(fine_rows * factor, 1),
-        "rlnAutopickFigureOfMerit": merit[idx].astype(float),
+        "rlnAutopickFigureOfMerit": merit.astype(float),
     })
 
 

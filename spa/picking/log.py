@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from spa.picking.peaks import robust_z, select_peaks
+
 
 @dataclass(frozen=True)
 class LoGOptions:
@@ -61,12 +63,6 @@ def fourier_bin(image: np.ndarray, factor: int) -> np.ndarray:
     return (np.fft.irfft2(cropped, s=(out_r, out_c)) / factor**2).astype(np.float32)
 
 
-def _robust_z(values: np.ndarray) -> tuple[float, float]:
-    med = float(np.median(values))
-    mad = float(np.median(np.abs(values - med))) * 1.4826
-    return med, max(mad, 1e-12)
-
-
 def response_map(micrograph: np.ndarray, pixel_size: float, opts: LoGOptions) -> tuple[np.ndarray, int]:
     """(response map of the binned micrograph, binning factor): see the module docstring."""
     r_min = opts.diameter_min / 2 / pixel_size
@@ -79,7 +75,7 @@ def response_map(micrograph: np.ndarray, pixel_size: float, opts: LoGOptions) ->
     s = np.sqrt(kx**2 + ky**2) / apix  # 1/Å
     band = (s > 2.0 / opts.diameter_max) & (s < 1.0 / max(opts.high_resolution, 2.0 * apix))
     energy = np.fft.irfft2(f * band, s=img.shape) ** 2
-    med, sd = _robust_z(energy)
+    med, sd = robust_z(energy)
     energy = ((energy - med) / sd).astype(np.float32)
     radii = np.linspace(opts.diameter_min / 2, opts.diameter_max / 2, max(1, opts.radii)) / apix
     best = np.full(img.shape, -np.inf, np.float32)
@@ -89,46 +85,17 @@ def response_map(micrograph: np.ndarray, pixel_size: float, opts: LoGOptions) ->
     return best, factor
 
 
-def _refine(response: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sub-pixel peak positions: the vertex of a parabola through each peak and its two neighbours, per axis."""
-    r = np.clip(rows, 1, response.shape[0] - 2)
-    c = np.clip(cols, 1, response.shape[1] - 2)
-
-    def vertex(minus, centre, plus):
-        denom = minus - 2 * centre + plus
-        return np.where(np.abs(denom) > 1e-12, 0.5 * (minus - plus) / np.where(denom == 0, 1, denom), 0.0)
-
-    dy = vertex(response[r - 1, c], response[r, c], response[r + 1, c])
-    dx = vertex(response[r, c - 1], response[r, c], response[r, c + 1])
-    return rows + np.clip(dy, -0.5, 0.5), cols + np.clip(dx, -0.5, 0.5)
-
-
 def pick_log(micrograph: np.ndarray, pixel_size: float, opts: LoGOptions) -> pd.DataFrame:
     """Picks of one micrograph (rows, cols), sorted by figure of merit: rlnCoordinateX, rlnCoordinateY
     (full-size pixels), rlnAutopickFigureOfMerit (robust σ of the response)."""
     response, factor = response_map(micrograph, pixel_size, opts)
     apix = pixel_size * factor
     distance = (opts.min_distance if opts.min_distance else 0.8 * opts.diameter_min) / apix
-    size = max(3, int(2 * np.floor(distance / 2) + 1))
-    peaks = (response == ndimage.maximum_filter(response, size=size, mode="nearest"))
-    med, sd = _robust_z(response)
-    fom = (response - med) / sd
+    med, sd = robust_z(response)
     edge = (opts.edge if opts.edge is not None else opts.diameter_max / 2) / apix
-    rows, cols = np.nonzero(peaks & (fom >= opts.threshold))
-    keep = (rows >= edge) & (cols >= edge) & (rows < response.shape[0] - edge) & (cols < response.shape[1] - edge)
-    rows, cols = rows[keep], cols[keep]
-    merit = fom[rows, cols]
-    order = np.argsort(-merit, kind="stable")
-    rows, cols, merit = rows[order], cols[order], merit[order]
-    # maxima on a plateau or closer than the distance: keep the best of each cluster
-    chosen: list[int] = []
-    for i in range(len(rows)):
-        if all((rows[i] - rows[j]) ** 2 + (cols[i] - cols[j]) ** 2 >= distance**2 for j in chosen):
-            chosen.append(i)
-    idx = np.asarray(chosen, int)
-    fine_rows, fine_cols = _refine(response, rows[idx], cols[idx])
+    fine_rows, fine_cols, merit = select_peaks(response, (response - med) / sd, distance, edge, opts.threshold)
     return pd.DataFrame({
         "rlnCoordinateX": np.round(fine_cols * factor, 1),
         "rlnCoordinateY": np.round(fine_rows * factor, 1),
-        "rlnAutopickFigureOfMerit": merit[idx].astype(float),
+        "rlnAutopickFigureOfMerit": merit.astype(float),
     })

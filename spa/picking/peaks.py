@@ -1,6 +1,6 @@
 """Picks from a score map: local maxima above a threshold, at least a distance apart, away from the edges.
 
-Shared by the pickers whose score maps are images (template matching, learned scorers).  The figure of merit
+Shared by every picker (LoG, template matching, the learned scorer).  The figure of merit
 is the score in robust standard deviations of the map, (S − median) / (1.4826·MAD), computed over the map
 inside the edge margin; positions are refined to sub-pixel by a parabola through each peak and its neighbours.
 """
@@ -38,8 +38,7 @@ def pick_peaks(score: np.ndarray, distance: float, edge: float, threshold: float
     """(rows, cols, figure of merit) of the picks on ``score`` (rows, cols), best first.
 
     ``distance``: closest two picks (pixels of the map); ``edge``: pixels kept free at each edge;
-    ``threshold``: smallest figure of merit (robust σ).  Greedy: the best maximum is taken, every candidate
-    closer than ``distance`` is dropped, and so on.
+    ``threshold``: smallest figure of merit (robust σ of the map inside the edge margin).
     """
     score = np.asarray(score, np.float32)
     e = int(np.ceil(edge))
@@ -47,16 +46,25 @@ def pick_peaks(score: np.ndarray, distance: float, edge: float, threshold: float
     if inner.size == 0:
         return np.zeros(0), np.zeros(0), np.zeros(0)
     med, sd = robust_z(inner)
-    fom = (score - med) / sd
+    return select_peaks(score, (score - med) / sd, distance, edge, threshold)
+
+
+def select_peaks(score: np.ndarray, merit: np.ndarray, distance: float, edge: float, threshold: float):
+    """(rows, cols, merit) of the local maxima of ``score`` whose ``merit`` (a map of the same shape, e.g. the
+    score in robust σ) is at least ``threshold``, ``edge`` pixels from the edges, best merit first, sub-pixel.
+
+    Greedy: the best maximum is taken, every candidate closer than ``distance`` (pixels) is dropped, and so on
+    (maxima on a plateau or closer than the distance: the best of each cluster).
+    """
     size = max(3, int(2 * np.floor(distance / 2) + 1))
-    peaks = (score == ndimage.maximum_filter(score, size=size, mode="nearest")) & (fom >= threshold)
+    peaks = (score == ndimage.maximum_filter(score, size=size, mode="nearest")) & (merit >= threshold)
     rows, cols = np.nonzero(peaks)
     keep = (rows >= edge) & (cols >= edge) & (rows < score.shape[0] - edge) & (cols < score.shape[1] - edge)
     rows, cols = rows[keep], cols[keep]
-    merit = fom[rows, cols]
-    order = np.argsort(-merit, kind="stable")
-    rows, cols, merit = rows[order], cols[order], merit[order]
-    if len(rows) > 1:  # maxima on a plateau or closer than the distance: the best of each cluster
+    values = merit[rows, cols]
+    order = np.argsort(-values, kind="stable")
+    rows, cols, values = rows[order], cols[order], values[order]
+    if len(rows) > 1:
         pts = np.column_stack([rows, cols]).astype(float)
         near = cKDTree(pts).query_ball_point(pts, np.nextafter(distance, 0))
         dropped = np.zeros(len(rows), bool)
@@ -66,6 +74,6 @@ def pick_peaks(score: np.ndarray, distance: float, edge: float, threshold: float
                 chosen.append(i)
                 dropped[near[i]] = True
         idx = np.asarray(chosen, int)
-        rows, cols, merit = rows[idx], cols[idx], merit[idx]
+        rows, cols, values = rows[idx], cols[idx], values[idx]
     fine_rows, fine_cols = refine_peaks(score, rows, cols)
-    return fine_rows, fine_cols, merit
+    return fine_rows, fine_cols, values
