@@ -105,7 +105,7 @@ def main(args) -> int:
     from spa.em.run import code_digest
     from spa.errors import SpaInputError
     from spa.io.images import resolve_image_path
-    from spa.io.mrc import read_mrc, write_mrc
+    from spa.io.mrc import read_micrograph, write_mrc
     from spa.io.star import read_micrographs, read_star, write_star
     from spa.picking.clean import LABELS, CleanOptions, clean_micrograph, drop_masked
     from spa.picking.coordinates import (coordinate_file_name, read_coordinates, write_coordinate_index,
@@ -154,12 +154,7 @@ def main(args) -> int:
             dropped = next(iter(dropped.values())) if dropped else pd.DataFrame()
             info = previous.get("clean", {})
         else:
-            image, pixel = read_mrc(path)
-            image = image.squeeze()
-            if image.ndim != 2:
-                raise SpaInputError(path, f"a micrograph must be one 2D image, not shape {image.shape}")
-            if not np.isfinite(image).all() or float(image.std()) == 0.0:
-                raise SpaInputError(path, "micrograph is empty or holds NaN/inf values")
+            image, pixel = read_micrograph(path)
             pixel = float(row.rlnMicrographPixelSize) if hasattr(row, "rlnMicrographPixelSize") else float(pixel)
             if len(picks):
                 x, y = picks.rlnCoordinateX.to_numpy(float), picks.rlnCoordinateY.to_numpy(float)

@@ -206,7 +206,7 @@ def main(args) -> int:
 
     from spa.errors import SpaInputError
     from spa.io.images import resolve_image_path
-    from spa.io.mrc import read_mrc
+    from spa.io.mrc import read_micrograph
     from spa.io.star import read_micrographs, write_star
     from spa.picking.coordinates import (coordinate_file_name, read_coordinates, write_coordinate_index,
                                          write_coordinates)
@@ -254,12 +254,7 @@ def main(args) -> int:
         if isinstance(previous, dict) and previous.get("options") == options and previous.get("micrograph") == str(path):
             picks = read_coordinates(coord)  # done by an earlier run with the same options
         else:
-            image, pixel = read_mrc(path)
-            image = image.squeeze()
-            if image.ndim != 2:
-                raise SpaInputError(path, f"a micrograph must be one 2D image, not shape {image.shape}")
-            if not np.isfinite(image).all() or float(image.std()) == 0.0:
-                raise SpaInputError(path, "micrograph is empty or holds NaN/inf values")
+            image, pixel = read_micrograph(path)
             pixel = float(row.rlnMicrographPixelSize) if hasattr(row, "rlnMicrographPixelSize") else pixel
             picks = picker.pick(image, pixel, row)
             write_coordinates(coord, picks, provenance=make_record(args.argv, None, None, options=options,

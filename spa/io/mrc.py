@@ -141,6 +141,18 @@ def read_mrc(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     return data, header.pixel_size
 
 
+def read_micrograph(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+    """One micrograph (rows, cols) and its header pixel size (Å); a stack, an empty (constant) image or
+    NaN/inf values are refused naming the file."""
+    image, pixel = read_mrc(path)
+    image = image.squeeze()
+    if image.ndim != 2:
+        raise SpaInputError(path, f"a micrograph must be one 2D image, not shape {image.shape}")
+    if not np.isfinite(image).all() or float(image.std()) == 0.0:
+        raise SpaInputError(path, "micrograph is empty or holds NaN/inf values")
+    return image, pixel
+
+
 def _to_host(data) -> np.ndarray:
     if isinstance(data, np.ndarray):
         return data
