@@ -204,8 +204,10 @@ def choose_candidate(scores: list[np.ndarray], methods: list[str] | None = None,
     return rival
 
 
-def scores_table(candidates: list[Candidate], scores: list[np.ndarray], chosen: int, files: list[str]) -> pd.DataFrame:
-    """One row per candidate: file, method, seed, median / mean / quartiles of the correlations, chosen flag."""
+def scores_table(candidates: list[Candidate], scores: list[np.ndarray], chosen: int, files: list[str], *,
+                 agreement=None) -> pd.DataFrame:
+    """One row per candidate: file, method, seed, median / mean / quartiles of the correlations, chosen flag,
+    and with ``agreement`` (per candidate) its median aligned correlation with the other candidates."""
     rows = []
     for i, (c, s) in enumerate(zip(candidates, scores)):
         rows.append({
@@ -220,6 +222,8 @@ def scores_table(candidates: list[Candidate], scores: list[np.ndarray], chosen: 
             "spaNumberOfImages": int(len(s)),
             "spaChosen": int(i == chosen),
         })
+        if agreement is not None:
+            rows[-1]["spaCandidateAgreement"] = float(agreement[i])
     return pd.DataFrame(rows)
 
 

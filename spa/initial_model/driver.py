@@ -25,6 +25,7 @@ import numpy as np
 
 from spa.fourier import fourier_resize
 from spa.geometry.euler import euler_to_matrix, matrix_to_euler
+from spa.initial_model.agreement import MIN_CANDIDATES, agreement_matrix, agreement_scores, choose_by_agreement
 from spa.initial_model.choose import (Candidate, choose_candidate, plot_scores, score_candidates,
                                       scores_table)
 from spa.initial_model.sgd import SGDOptions, SGDRun, constrain_map
@@ -52,6 +53,7 @@ class InitialModelResult:
     table: object  # particles with poses (DataFrame)
     notes: list = field(default_factory=list)
     symmetry_score: float | None = None
+    agreement: np.ndarray | None = None  # per candidate: median aligned correlation with the others
 
 
 def _sgd_candidate(ws: WorkingSet, opts: SGDOptions):
@@ -223,7 +225,19 @@ def run_initial_model(ws: WorkingSet, opts: InitialModelOptions, *, class_averag
     scores = _score_sets(candidates, images, ctfs, ws, opts, mask_r, log)
     chosen = choose_candidate(scores, [c.method for c in candidates])
     top = int(np.argmax([np.median(s) for s in scores]))
-    if chosen != top:
+    agreement = None
+    if len(candidates) >= MIN_CANDIDATES and opts.sgd.n_classes == 1:
+        matrix = agreement_matrix([c.volume[0] for c in candidates], ws.pixel_size,
+                                  resolution=max(opts.sgd.final_resolution, 2.5 * ws.pixel_size), log=log)
+        agreement = agreement_scores(matrix)
+        by_agreement = choose_by_agreement(matrix)
+        if by_agreement != chosen:
+            notes.append(f"{candidates[by_agreement].name} chosen as the candidate the others reproduce best "
+                         f"(median aligned correlation {agreement[by_agreement]:.3f}); the best reprojection "
+                         f"match, {candidates[chosen].name}, agrees with the others at {agreement[chosen]:.3f}")
+            log(f"initial-model: {notes[-1]}")
+        chosen = by_agreement
+    elif chosen != top:
         notes.append(f"{candidates[top].name} scored a higher median than {candidates[chosen].name} but not image by "
                      "image (sign test, p ≥ 0.05): the SGD map, fitted to the particles at a finer resolution, is kept")
         log(f"initial-model: {notes[-1]}")
@@ -232,6 +246,8 @@ def run_initial_model(ws: WorkingSet, opts: InitialModelOptions, *, class_averag
     seed = candidates[chosen].seed if candidates[chosen].seed is not None else opts.sgd.seed
     run = SGDRun(ws, replace(opts.sgd, seed=seed), log=log)
     run.start_from(candidates[chosen].volume)
+    if opts.sgd.centre:
+        run.centre_maps()  # the final pass's poses and the written maps share the centred frame
     if candidates[chosen].method != "sgd":
         run.opts = replace(run.opts, final_passes=max(2, run.opts.final_passes))
     final = run.final_pass(progress=progress)
@@ -266,7 +282,8 @@ def run_initial_model(ws: WorkingSet, opts: InitialModelOptions, *, class_averag
     table["rlnLogLikeliContribution"] = final["loglike"]
     notes.append("hand undetermined: projections cannot distinguish the map from its mirror image "
                  "(initial_model_mirror.mrc is the other hand)")
-    return InitialModelResult(full, ws.original_pixel_size, chosen, candidates, scores, table, notes, sym_score)
+    return InitialModelResult(full, ws.original_pixel_size, chosen, candidates, scores, table, notes, sym_score,
+                              agreement)
 
 
 def write_outputs(out_dir, result: InitialModelResult, ws: WorkingSet, optics, provenance, *, what: str,
@@ -308,7 +325,7 @@ def write_outputs(out_dir, result: InitialModelResult, ws: WorkingSet, optics, p
             written.append(p)
             if k == 0:
                 files.append(str(p.relative_to(out)))
-    table = scores_table(result.candidates, result.scores, result.chosen, files)
+    table = scores_table(result.candidates, result.scores, result.chosen, files, agreement=result.agreement)
     write_star(out / "candidates.star", {"candidates": table}, provenance)
     written.append(out / "candidates.star")
     plot_scores(out / "candidate_scores.png", result.candidates, result.scores, result.chosen, what)
@@ -321,6 +338,7 @@ def write_outputs(out_dir, result: InitialModelResult, ws: WorkingSet, optics, p
         "matched_against": what,
         "notes": result.notes,
         "symmetry_score": result.symmetry_score,
+        "agreement": None if result.agreement is None else [float(a) for a in result.agreement],
         "working_box": ws.box,
         "working_pixel_size": ws.pixel_size,
         "provenance": provenance,

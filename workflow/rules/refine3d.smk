@@ -25,6 +25,7 @@ rule refine3d:
         outdir=lambda w, output: os.path.dirname(output.map),
         sym=config["symmetry"],
         max_iter=config["refine3d"]["max_iter"],
+        ini_high=config["refine3d"]["ini_high"],
         offsets=config["refine3d"]["offset_range"],
         max_order=config["refine3d"]["max_healpix_order"],
         diameter=option("--particle-diameter", config["particle_diameter"]),
@@ -32,5 +33,5 @@ rule refine3d:
         split=em_split(),
     shell:
         "spa refine3d --particles {input.particles} --reference {input.reference} --sym {params.sym} "
-        "--max-iter {params.max_iter} --offset-range {params.offsets} --max-healpix-order {params.max_order} {params.diameter} "
+        "--max-iter {params.max_iter} --ini-high {params.ini_high} --offset-range {params.offsets} --max-healpix-order {params.max_order} {params.diameter} "
         "--output-dir {params.outdir} {params.split} {params.common} --workers {resources.dask_workers} --resume > {log} 2>&1"
