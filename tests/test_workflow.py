@@ -34,7 +34,7 @@ DEFAULT_CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 # truth, true poses vs truth).
 DEMO_JOBS = {"simulate_movies": 1, "import_data": 1, "motion": 1, "ctf": 2, "ctf_consensus": 1, "pick": 1,
              "pick_agreed": 1, "pick_learned": 1, "pick_consensus": 1, "clean": 1, "extract": 1,
-             "simulate": 1, "class2d": 1, "select": 1, "initial_model": 1, "class3d": 2, "class3d_consensus": 1,
+             "picked_truth": 1, "class2d": 1, "select": 1, "initial_model": 1, "class3d": 2, "class3d_consensus": 1,
              "refine3d": 1, "true_poses": 1, "fsc": 3, "mask": 1, "postprocess": 1, "locres": 1, "validate": 1,
              "summary": 1, "report_config": 1, "report": 1, "all": 1}
 
@@ -64,7 +64,7 @@ def test_dry_run_shows_the_demo_graph(tmp_path):
     out = run.stdout + run.stderr
     assert job_counts(out) == DEMO_JOBS
     # outputs lie under results/<stage>/ of the working directory
-    for path in ["results/simulate/particles.star", "results/class2d/run_data.star",
+    for path in ["results/extract/particles.star", "results/class2d/run_data.star",
                  "results/initial_model/initial_model.mrc", "results/class3d/run1/run_data.star",
                  "results/refine3d/run_class001.mrc", "results/fsc/truth/fsc.star", "results/summary.json",
                  "results/report/index.html"]:
@@ -135,7 +135,7 @@ def test_examples_are_valid(example):
 
 
 def test_partial_config_gets_defaults(tmp_path):
-    cfg = write_config(tmp_path / "tiny.yaml", {"simulate": {"preset": "tiny"}})
+    cfg = write_config(tmp_path / "tiny.yaml", {"simulate": {"preset": "tiny", "movies": {"enabled": False}}})
     run = snakemake(tmp_path, "--dry-run", "--cores", "1", "--configfile", str(cfg), "--printshellcmds")
     assert run.returncode == 0, run.stderr
     assert "--preset tiny" in run.stdout
@@ -273,7 +273,8 @@ def _class2d_outputs(results: Path):
 def test_a_rerun_after_a_change_equals_a_clean_run(tmp_path):
     """Snakemake reruns a stage whose params or inputs changed; the stage then starts afresh (its
     checkpoint belongs to another run), so the result is that of a clean run with the new config."""
-    base = {"results": "res", "simulate": {"preset": "tiny", "n_particles": 300, "snr": 1.0},
+    base = {"results": "res", "simulate": {"preset": "tiny", "n_particles": 300, "snr": 1.0,
+                                           "movies": {"enabled": False}},
             "class2d": {"classes": 3, "iter": 3}}
     target = "res/class2d/run_data.star"
     work, clean = tmp_path / "work", tmp_path / "clean"
@@ -288,7 +289,7 @@ def test_a_rerun_after_a_change_equals_a_clean_run(tmp_path):
 
     run(work, base)
     for change in ({"class2d": {"classes": 4, "iter": 3}},
-                   {"simulate": {"preset": "tiny", "n_particles": 300, "snr": 0.5}}):
+                   {"simulate": {"preset": "tiny", "n_particles": 300, "snr": 0.5, "movies": {"enabled": False}}}):
         cfg = {**base, **change}
         log = run(work, cfg)
         assert "class2d" in job_counts(log)  # the changed config reran the stage
@@ -331,7 +332,8 @@ def test_replaced_particles_rerun_from_scratch(tmp_path):
 def test_micrographs_to_particles_in_the_dag(tmp_path):
     """From movies: CTF by both estimators, their consensus, picking and extraction; with
     pick.use_for_particles the particle stages start from the extracted particles."""
-    cfg = write_config(tmp_path / "movies.yaml", {"simulate": {"movies": {"enabled": True}}})
+    cfg = write_config(tmp_path / "movies.yaml", {"simulate": {"movies": {"enabled": True}},
+                                                   "pick": {"use_for_particles": False}})
     run = snakemake(tmp_path, "--dry-run", "--cores", "2", "--printshellcmds", "--configfile", str(cfg))
     assert run.returncode == 0, run.stderr
     counts = job_counts(run.stdout + run.stderr)
