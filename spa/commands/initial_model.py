@@ -11,7 +11,10 @@ With --class-averages (a 2D class-average stack, e.g. class2d's
 run_classes.mrcs), a second candidate comes from common lines between the
 averages (voting + synchronisation), and all candidates are matched against
 the averages; without it they are matched against random particles.  The
-candidate whose reprojections match best (median correlation) is chosen,
+candidate whose reprojections match best (median correlation) is chosen —
+from 3 candidates on, the one the other candidates reproduce best instead
+(median correlation after aligning the maps, mirror allowed: a wrong map can
+match blurred averages better) —
 aligned against every particle once more at the final resolution, optionally
 symmetrised (--sym: axes found and put in RELION's setting), and written at
 the particles' original box and pixel size.
