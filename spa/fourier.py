@@ -184,6 +184,14 @@ def phase_shift_2d(f, shift_x, shift_y, box: int | None = None):
     return f * phase
 
 
+def phase_ramp_3d(box: int, shift_xyz, xp=np):
+    """exp(−2πi k·t) on a (B, B, B//2+1) rfft grid (z, y, x): multiplying a map's transform by it moves the
+    map by t = (+x, +y, +z) voxels."""
+    kz, ky, kx = freq_3d(box, xp)
+    sx, sy, sz = (float(a) for a in shift_xyz)
+    return xp.exp((-2j * np.pi) * (kx * sx + ky * sy + kz * sz))
+
+
 def shift_image(img, shift_x, shift_y):
     """Real-space images moved by (+shift_x, +shift_y) pixels (sub-pixel, periodic)."""
     box = img.shape[-1]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from spa.fourier import phase_ramp_3d
 from spa.em.projector import Projector, trilinear_setup
 from spa.geometry.euler import euler_to_matrix
 from spa.geometry.sampling import orientation_grid
@@ -179,12 +180,8 @@ def centre_of_mass_shift(volume) -> np.ndarray:
 def shift_volume(volume, shift_xyz) -> np.ndarray:
     """Map moved by (+x, +y, +z) voxels (sub-voxel, periodic, by a Fourier phase ramp)."""
     v = np.asarray(volume, np.float32)
-    box = v.shape[-1]
-    k = np.fft.fftfreq(box)
-    kz, ky, kx = np.meshgrid(k, k, np.fft.rfftfreq(box), indexing="ij")
-    sx, sy, sz = shift_xyz
-    ph = np.exp(-2j * np.pi * (kx * sx + ky * sy + kz * sz))
-    return np.fft.irfftn(np.fft.rfftn(v) * ph, s=v.shape, axes=(0, 1, 2)).astype(np.float32)
+    ramp = phase_ramp_3d(v.shape[-1], shift_xyz)
+    return np.fft.irfftn(np.fft.rfftn(v) * ramp, s=v.shape, axes=(0, 1, 2)).astype(np.float32)
 
 
 def _best_translation(moving, reference) -> np.ndarray:

@@ -59,7 +59,7 @@ from spa.em.estep import ActivePixels, prepare_chunk
 from spa.em.expectation import expectation
 from spa.em.noise import initial_sigma2, sigma2_sums, update_sigma2
 from spa.em.sampling3d import Sampling3D
-from spa.fourier import freq_3d, irfft_centered, real_radius, rfft_centered, shells_to, soft_spherical_mask
+from spa.fourier import phase_ramp_3d, real_radius, shells_to, soft_spherical_mask
 from spa.geometry.sampling import angular_step, random_euler
 from spa.initial_model.refs import AbInitioReferences, SliceGeometryCache
 
@@ -156,19 +156,6 @@ def constrain_map(vol, mask_radius_px: float, xp=np):
     level = vol[solvent].mean() if bool(solvent.any()) else 0.0
     out = xp.maximum(vol - level, 0)
     return (out * soft_spherical_mask(box, mask_radius_px, SOLVENT_EDGE_PX * 2, xp)).astype(xp.float32)
-
-
-def shift_phase(box: int, shift_xyz, xp=np):
-    """exp(−2πi k·t) on a (B, B, B//2+1) rfft grid (z, y, x): moves a map by t = (+x, +y, +z) voxels."""
-    kz, ky, kx = freq_3d(box, xp)
-    sx, sy, sz = (float(a) for a in shift_xyz)
-    return xp.exp((-2j * np.pi) * (kx * sx + ky * sy + kz * sz))
-
-
-def shift_map(vol, shift_xyz, xp=np):
-    """Map moved by (+x, +y, +z) voxels (sub-voxel, periodic)."""
-    box = vol.shape[-1]
-    return irfft_centered(rfft_centered(vol, 3) * shift_phase(box, shift_xyz, xp), box, 3).astype(xp.float32)
 
 
 def _extend_tau2(tau2, reliable_shells: int):
@@ -271,7 +258,7 @@ class SGDRun:
         if shifts is not None:
             for k, t in enumerate(shifts):
                 if np.linalg.norm(t) > 0:
-                    self.sums["data"][k] *= shift_phase(self.sums["data"].shape[1], t, self.xp)
+                    self.sums["data"][k] *= phase_ramp_3d(self.sums["data"].shape[1], t, self.xp)
         new, _ = self.refs.reconstruct(self.sums, tau2, self.opts.tau2_fudge, max_shell=shells - 1)
         vols = self.xp.stack([constrain_map(v, self.mask_radius_px, self.xp) for v in new.images])
         self.refs = self.refs.with_volumes(vols)
@@ -289,11 +276,14 @@ class SGDRun:
     def centre_maps(self):
         """Move the current maps' positive mass to the box centre (a candidate made in another frame, e.g.
         common lines from class averages centred on their mass)."""
-        from spa.initial_model.align import centre_of_mass_shift
+        from spa.initial_model.align import centre_of_mass_shift, shift_volume
 
         xp = self.xp
-        vols = [constrain_map(shift_map(v, -centre_of_mass_shift(self.be.to_numpy(v)), xp), self.mask_radius_px, xp)
-                for v in self.refs.images]
+        vols = []
+        for v in self.refs.images:
+            host = self.be.to_numpy(v)
+            vols.append(constrain_map(xp.asarray(shift_volume(host, -centre_of_mass_shift(host))),
+                                      self.mask_radius_px, xp))
         self.refs = self.refs.with_volumes(xp.stack(vols))
 
     # -- one step ---------------------------------------------------------------------------

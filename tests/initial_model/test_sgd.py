@@ -125,8 +125,7 @@ def test_held_subset_bounds_memory_and_the_final_pass_reads_every_particle(data)
 
 def test_centring_moves_the_running_sums_with_the_map(data):
     """The phase ramp on the padded sums moves the rebuilt map exactly as the map itself is moved."""
-    from spa.initial_model.align import centre_of_mass_shift
-    from spa.initial_model.sgd import shift_map
+    from spa.initial_model.align import centre_of_mass_shift, shift_volume
 
     _, ws = data
     small = ws.subset(np.arange(300))
@@ -135,7 +134,7 @@ def test_centring_moves_the_running_sums_with_the_map(data):
     run.initialise()
     run.step(0)
     vol = backend_of(run.refs.images).to_numpy(run.refs.images)[0]
-    moved = shift_map(vol, (2.0, -1.0, 1.5))
+    moved = shift_volume(vol, (2.0, -1.0, 1.5))
     assert np.allclose(centre_of_mass_shift(moved) - centre_of_mass_shift(vol), (2.0, -1.0, 1.5), atol=0.3)
     shells = shells_to(run.opts.initial_resolution, ws.box, ws.pixel_size)
     run._rebuild(shells, tau2=None, shifts=[(2.0, -1.0, 1.5)])
@@ -166,7 +165,6 @@ def test_sgd_map_stays_centred_on_off_centre_particles():
 
 def shift_map_for_test(vol):
     """The test molecule with its mass moved to the box centre (picks centre a particle's mass)."""
-    from spa.initial_model.align import centre_of_mass_shift
-    from spa.initial_model.sgd import shift_map
+    from spa.initial_model.align import centre_of_mass_shift, shift_volume
 
-    return shift_map(vol, -centre_of_mass_shift(vol))
+    return shift_volume(vol, -centre_of_mass_shift(vol))
