@@ -14,7 +14,11 @@ Options every method shares: --diameter D (particle diameter, Å), --threshold
 spa.picking.log): blobs of local band-limited power between --diameter-min
 and --diameter-max (default 0.75 × and 1.1 × --diameter), a figure of merit in
 robust standard deviations of the response (--threshold, default 2), none
-closer than half the largest diameter to an edge.
+closer than half the largest diameter to an edge; each pick moved to the
+centroid of the band power around it; picks whose power lies along a line
+(carbon edges, contaminant rims: --min-roundness, default 0.35) or is far
+stronger than the micrograph's other picks (ice contaminants:
+--max-energy-ratio, default 4, like RELION's LoG upper threshold) dropped.
 
 --method template (see spa.picking.template): normalised cross-correlation of
 the inverted, whitened, low-passed micrograph (--lowpass Å, default 20) with
@@ -62,6 +66,10 @@ def add_args(p):
     g = p.add_argument_group("--method log")
     g.add_argument("--diameter-min", type=float, default=None, help="smallest particle diameter, Å (default 0.75 × --diameter)")
     g.add_argument("--diameter-max", type=float, default=None, help="largest particle diameter, Å (default 1.1 × --diameter)")
+    g.add_argument("--min-roundness", type=float, default=0.35,
+                   help="smallest ratio of the band power's second moments at a pick (edges → 0; default 0.35, 0: off)")
+    g.add_argument("--max-energy-ratio", type=float, default=4.0,
+                   help="largest band power at a pick / the micrograph's median pick (default 4, 0: off)")
     g = p.add_argument_group("--method template")
     g.add_argument("--templates", default=None, help="MRC stack of 2D class averages (white on black)")
     g.add_argument("--template-classes", default=None, help="1-based images of --templates to use, e.g. 1,3 (default all)")
@@ -117,9 +125,11 @@ def _log_picker(args, mics) -> Picker:
     if d_min is None or d_max is None:
         raise ValueError("--method log needs --diameter, or --diameter-min and --diameter-max (Å)")
     opts = LoGOptions(d_min, d_max, threshold=2.0 if args.threshold is None else args.threshold,
-                      min_distance=args.min_distance)
+                      min_distance=args.min_distance, min_roundness=args.min_roundness,
+                      max_energy_ratio=args.max_energy_ratio or None)
     options = {"method": "log", **{k: getattr(opts, k) for k in ("diameter_min", "diameter_max", "threshold",
-                                                                 "min_distance", "radii", "high_resolution")}}
+                                                                 "min_distance", "radii", "high_resolution",
+                                                                 "recentre", "min_roundness", "max_energy_ratio")}}
     return Picker(lambda image, pixel, row: pick_log(image, pixel, opts), options, d_max, "LoG")
 
 
