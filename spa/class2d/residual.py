@@ -233,6 +233,17 @@ def robust_z(scores, cls, min_members: int = 10) -> np.ndarray:
     return z
 
 
+def calibration_scores(scores, log_scores: bool) -> np.ndarray:
+    """The scores the class null is fitted to: the scores themselves, or with ``log_scores`` their logarithms
+    (scores below 1e-3 count as 1e-3).  Both residual scores are maxima (over angles, over positions) and
+    right-skewed: a robust z of the raw score puts too many good particles in the upper tail (measured, 1500
+    particles, K = 16–20: 2.8–3.9 % of good particles with blob z > 2.05, nominal 2 %; edge z > 3.09 0.5 %,
+    nominal 0.1 %).  The logarithm makes the good particles' scores nearly symmetric (skewness 0.4–1.2 →
+    −0.3–0.1) and the p-values error rates (blob p < 0.02: 1.0 % of good; edge p < 0.01: 0.5 %)."""
+    scores = np.asarray(scores, np.float64)
+    return np.log(np.maximum(scores, 1e-3)) if log_scores else scores
+
+
 def pvalues(scores, decoy_scores) -> np.ndarray:
     """(1 + #decoys ≥ score) / (1 + #decoys) per score."""
     null = np.sort(np.asarray(decoy_scores, np.float64))
@@ -290,14 +301,15 @@ def aligned_features(half1, half2, counts, radius_px: float) -> pd.DataFrame:
 # -- the whole analysis over a class2d run's particles -------------------------------------
 def analyse_particles(table: pd.DataFrame, source, averages: np.ndarray, sigma2: np.ndarray, pixel_size: float,
                       radius_px: float, *, rows=None, chunk: int = 256, min_distance: float = 1.0,
-                      min_members: int = 10
+                      min_members: int = 10, log_scores: bool = False
                       ) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
     """Per-particle residual tests and per-class aligned features for ``rows`` of ``table`` (default all).
 
     ``table``: class2d's run_data.star particles (rlnClassNumber, rlnAnglePsi, rlnOriginX/YAngst, CTF);
     ``source``: their images (``read(positions)``); ``sigma2`` the run's noise spectrum (whitening).
     Each score is calibrated against its class's members (:func:`robust_z`; classes of fewer than
-    ``min_members`` analysed particles against all of them).  Returns (particles: rlnSpaEdgeScore,
+    ``min_members`` analysed particles against all of them); with ``log_scores`` the robust z is taken of
+    the scores' logarithms (:func:`calibration_scores`).  Returns (particles: rlnSpaEdgeScore,
     rlnSpaBlobScore, rlnSpaEdgeZ, rlnSpaBlobZ, rlnSpaEdgePValue, rlnSpaBlobPValue (one-sided normal p of the
     z) for every row of ``table``, NaN / 1 for rows not analysed; classes: :func:`aligned_features` per class, 1-based rlnClassNumber; the per-class model scales).
     """
@@ -349,8 +361,8 @@ def analyse_particles(table: pd.DataFrame, source, averages: np.ndarray, sigma2:
     # of a class, so the median and MAD of its members describe its good particles.
     p_edge, p_blob = np.ones(n), np.ones(n)
     z_edge, z_blob = np.full(n, np.nan), np.full(n, np.nan)
-    z_edge[rows] = robust_z(edge[rows], cls[rows], min_members)
-    z_blob[rows] = robust_z(blob[rows], cls[rows], min_members)
+    z_edge[rows] = robust_z(calibration_scores(edge[rows], log_scores), cls[rows], min_members)
+    z_blob[rows] = robust_z(calibration_scores(blob[rows], log_scores), cls[rows], min_members)
     p_edge[rows], p_blob[rows] = norm.sf(z_edge[rows]), norm.sf(z_blob[rows])
     # particles not tested (too few in their class, or not read) carry score 0, z 0 and p 1: a STAR column
     # with NaN is refused downstream, and an untested particle is not evidence of junk

@@ -76,7 +76,7 @@ def _noise_std(model: dict, box: int) -> float | None:
 
 
 def _residual_analysis(table, data_p: Path, model: dict, images, pixel_size: float, radius_px: float,
-                       particles_star, notes: list):
+                       particles_star, notes: list, log_scores: bool = False):
     """(per-particle scores, per-class aligned features, scales, image source) or Nones with a note when the
     particle images cannot be read (:mod:`spa.class2d.residual`)."""
     from spa.class2d.residual import analyse_particles
@@ -94,7 +94,7 @@ def _residual_analysis(table, data_p: Path, model: dict, images, pixel_size: flo
                      f"edge / second-particle tests skipped (give --particles)")
         return None, None, None, None
     scores, aligned, scales = analyse_particles(table, source, images, sigma2, pixel_size, radius_px,
-                                                )
+                                                log_scores=log_scores)
     return scores, aligned, scales, source
 
 
@@ -141,7 +141,8 @@ def select_from_run(class2d_dir, rules: SelectionRules, *, auto: bool, classes: 
     if auto or per_particle or residual_test:
         radius = 0.5 * (particle_diameter or diam) / pixel_size
         scores, aligned, scales, source = _residual_analysis(
-            table, data_p, model, images, float(pixel_size), radius, particles_star, notes)
+            table, data_p, model, images, float(pixel_size), radius, particles_star, notes,
+            bool(rules.residual_log_scores))
         if scores is not None:
             feats = feats.merge(aligned, on="rlnClassNumber", how="left")
             table = pd.concat([table.reset_index(drop=True), scores], axis=1)

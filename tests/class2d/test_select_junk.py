@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from spa.cli import main as spa_main
-from spa.class2d.residual import Radon, ResidualContext, pvalues
+from spa.class2d.residual import Radon, ResidualContext, calibration_scores, pvalues, robust_z
 from spa.io.star import read_star
 from spa.simulate.particles import ParticleSpec, draw_truth, junk_kind_codes
 from tests.conftest import listed_figures
@@ -45,6 +45,22 @@ def test_edge_test_finds_a_straight_step_in_noise_and_not_a_compact_blob():
     assert (pvalues(radon.edge_score(noise + step), null) <= 0.01).mean() >= 0.9
     # a compact blob of the same power raises every angle's energy: it scores, but far below the edge
     assert np.median(radon.edge_score(noise + blob)) < 0.5 * np.median(radon.edge_score(noise + step))
+
+
+def test_log_scores_make_the_class_null_p_values_error_rates():
+    """The edge score of pure white noise (a good particle's residual when the average fits) is a maximum over
+    angles, right-skewed: p-values from the robust z of the raw score are far too small (measured 1.8 % below
+    0.001), from the robust z of its logarithm close to nominal."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(0)
+    scores = Radon(32).edge_score(rng.standard_normal((1500, 32, 32)))
+    cls = np.repeat(np.arange(3), 500)
+    raw = norm.sf(robust_z(calibration_scores(scores, False), cls))
+    log = norm.sf(robust_z(calibration_scores(scores, True), cls))
+    assert (raw < 0.001).mean() > 0.005 and (raw < 0.02).mean() > 0.04
+    assert (log < 0.001).mean() <= 0.004 and 0.01 <= (log < 0.02).mean() <= 0.03
+    assert 0.03 <= (log < 0.05).mean() <= 0.07
 
 
 @pytest.fixture(scope="module")
