@@ -345,3 +345,23 @@ def test_micrographs_to_particles_in_the_dag(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "--particles results/extract/particles.star" in run.stdout
     assert "simulate" not in job_counts(run.stdout + run.stderr)
+
+
+def test_auto_templates_come_from_the_selected_classes_of_log_particles(tmp_path):
+    """pick.template: auto: LoG's particles are extracted, classified and selected, and the template picker
+    matches the selected class averages; its picks join the consensus and are negatives of the learned picker.
+    Every select threshold the config holds reaches the command line in a form it accepts (booleans too)."""
+    cfg = write_config(tmp_path / "auto.yaml", {"pick": {"template": "auto", "template_classes": 6}})
+    run = snakemake(tmp_path, "--dry-run", "--cores", "2", "--printshellcmds", "--configfile", str(cfg))
+    assert run.returncode == 0, run.stderr
+    counts = job_counts(run.stdout + run.stderr)
+    for rule in ("template_extract", "template_class2d", "template_select", "pick_template"):
+        assert counts.get(rule) == 1, (rule, counts)
+    assert "--classes 6" in run.stdout
+    assert "--templates results/template_select/selected_classes.mrcs" in run.stdout
+    consensus = next(line for line in run.stdout.splitlines() if "spa consensus pick" in line and "--mode at-least" in line)
+    assert "results/pick_template/autopick.star" in consensus
+    from spa.commands.select import _parse_thresholds
+
+    select = next(line for line in run.stdout.splitlines() if "spa select" in line)
+    _parse_thresholds([item.split()[0] for item in select.split("--threshold ")[1:]])  # raises on a bad value

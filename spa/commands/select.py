@@ -102,6 +102,9 @@ def _parse_thresholds(items) -> dict:
         if value.strip().lower() in ("null", "none", ""):
             out[name] = None
             continue
+        if value.strip().lower() in ("true", "false"):  # switches (residual_log_scores)
+            out[name] = value.strip().lower() == "true"
+            continue
         try:
             out[name] = float(value)
         except ValueError:

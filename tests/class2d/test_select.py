@@ -159,6 +159,12 @@ def test_select_thresholds_on_the_command_line(tmp_path):
         assert spa_main(["select", "--class2d-dir", str(tmp_path / "c2d"), "--auto", "--threshold", bad,
                          "--output-dir", str(tmp_path / "bad")]) == 1
     assert not (tmp_path / "bad").exists()
+    from spa.commands.select import _parse_thresholds
+
+    # switches as the workflow writes them (Python's str of a YAML boolean)
+    assert _parse_thresholds(["residual_log_scores=False", "max_edge_pvalue=0.01"]) == {
+        "residual_log_scores": False, "max_edge_pvalue": 0.01}
+    assert _parse_thresholds(["residual_log_scores=true"]) == {"residual_log_scores": True}
 
 
 def test_per_particle_ssnr_rejects_a_large_noise_class_and_keeps_a_small_good_one():

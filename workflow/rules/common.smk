@@ -198,8 +198,24 @@ def simulated_truth_dir():
 PICKED_TRUTH = PICKED_PARTICLES and simulated_truth_dir() is not None
 
 # Pickers (workflow/rules/micrographs.smk): LoG always; template matching when pick.template names class
-# averages (.mrcs) or a map (.mrc); with pick.consensus a learned picker and the consensus of them all.
+# averages (.mrcs) or a map (.mrc), or is "auto" (the selected 2D class averages of LoG's particles, as a
+# practitioner makes templates in RELION); with pick.consensus a learned picker and the consensus of them all.
 PICK_TEMPLATE = config["pick"].get("template")
+AUTO_TEMPLATES = PICK_TEMPLATE == "auto"
+
+
+def template_source():
+    """The templates of the template picker: the auto-selected class averages of LoG's particles, or the user's."""
+    return result("template_select", "selected_classes.mrcs") if AUTO_TEMPLATES else PICK_TEMPLATE
+
+
+def extract_options():
+    """spa extract's options from config extract (box, rescaling, stack format, dust, normalisation, flipping)."""
+    e = config["extract"]
+    return " ".join([f"--box {e['box']}", option("--rescale", e["rescale"]),
+                     f"--format {e['format']} --chunk {e['chunk']}", f"--dust {e['dust']}",
+                     option("--bg-radius", e["bg_radius"]), "--phase-flip" if e["phase_flip"] else "",
+                     "--float16" if e["float16"] else ""])
 PICK_CONSENSUS = bool(config["pick"].get("consensus"))
 
 

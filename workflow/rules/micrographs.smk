@@ -28,13 +28,81 @@ rule pick:
         "{params.common} > {log} 2>&1"
 
 
+if AUTO_TEMPLATES:
+
+    rule template_extract:
+        """LoG's particles, extracted for the templates' 2D classification."""
+        input:
+            micrographs=rules.ctf_consensus.output.selected,
+            coordinates=rules.pick.output.index,
+        output:
+            particles=result("template_extract", "particles.star"),
+        log:
+            log_file("template_extract"),
+        params:
+            outdir=lambda w, output: os.path.dirname(output.particles),
+            options=extract_options(),
+            common=spa_common(),
+        shell:
+            "spa extract --micrographs {input.micrographs} --coordinates {input.coordinates} {params.options} "
+            "--output-dir {params.outdir} {params.common} > {log} 2>&1"
+
+    rule template_class2d:
+        """2D classes of LoG's particles: the template picker's templates once selected."""
+        input:
+            particles=rules.template_extract.output.particles,
+        output:
+            data=result("template_class2d", "run_data.star"),
+        log:
+            log_file("template_class2d"),
+        benchmark:
+            benchmark_file("template_class2d")
+        threads: em_threads()
+        resources:
+            mem_mb=4000,
+            runtime=60,
+            dask_workers=dask_workers(),
+        params:
+            outdir=lambda w, output: os.path.dirname(output.data),
+            classes=config["pick"]["template_classes"],
+            iters=config["class2d"]["iter"],
+            diameter=option("--particle-diameter", config["particle_diameter"]),
+            common=spa_common(em=True),
+        shell:
+            "spa class2d --particles {input.particles} --classes {params.classes} --iter {params.iters} "
+            "{params.diameter} --output-dir {params.outdir} {params.common} --workers {resources.dask_workers} "
+            "--resume > {log} 2>&1"
+
+    rule template_select:
+        """The class averages a practitioner would pick as templates: spa select --auto (junk, edges and
+        noise classes rejected), recentred."""
+        input:
+            data=rules.template_class2d.output.data,
+            particles=rules.template_extract.output.particles,
+        output:
+            templates=result("template_select", "selected_classes.mrcs"),
+        log:
+            log_file("template_select"),
+        params:
+            class2d_dir=lambda w, input: os.path.dirname(input.data),
+            outdir=lambda w, output: os.path.dirname(output.templates),
+            diameter=lambda w: " ".join([option("--mask-diameter", config["particle_diameter"]),
+                                         option("--particle-diameter", config["particle_diameter"])]),
+            thresholds=selection_thresholds(),
+            common=spa_common(),
+        shell:
+            "spa select --class2d-dir {params.class2d_dir} --auto {params.thresholds} {params.diameter} "
+            "--particles {input.particles} --output-dir {params.outdir} {params.common} > {log} 2>&1"
+
+
 if PICK_TEMPLATE:
 
     rule pick_template:
-        """Template matching with the user's 2D class averages (.mrcs) or the projections of a map (.mrc)."""
+        """Template matching with 2D class averages (.mrcs: the user's, or with pick.template "auto" the selected
+        classes of LoG's particles) or the projections of a map (.mrc)."""
         input:
             micrographs=rules.ctf_consensus.output.selected,
-            templates=PICK_TEMPLATE,
+            templates=template_source(),
         output:
             index=result("pick_template", "autopick.star"),
         log:
@@ -182,17 +250,11 @@ rule extract:
         log_file("extract"),
     params:
         outdir=lambda w, output: os.path.dirname(output.particles),
-        box=config["extract"]["box"],
-        rescale=option("--rescale", config["extract"]["rescale"]),
-        stack=lambda w: " ".join([f"--format {config['extract']['format']} --chunk {config['extract']['chunk']}",
-                                  f"--dust {config['extract']['dust']}",
-                                  option("--bg-radius", config["extract"]["bg_radius"]),
-                                  "--phase-flip" if config["extract"]["phase_flip"] else "",
-                                  "--float16" if config["extract"]["float16"] else ""]),
+        options=extract_options(),
         common=spa_common(),
     shell:
-        "spa extract --micrographs {input.micrographs} --coordinates {input.coordinates} --box {params.box} "
-        "{params.rescale} {params.stack} --output-dir {params.outdir} {params.common} > {log} 2>&1"
+        "spa extract --micrographs {input.micrographs} --coordinates {input.coordinates} {params.options} "
+        "--output-dir {params.outdir} {params.common} > {log} 2>&1"
 
 
 if PICKED_TRUTH:
