@@ -40,8 +40,9 @@ def _rules() -> dict[str, str]:
 
 
 def _local_rules() -> set[str]:
-    block = re.search(r"^localrules:\s*\n((?:[ \t]+\w+,?[ \t]*\n)+)", _workflow_text(), flags=re.MULTILINE)
-    return set(re.findall(r"\w+", block.group(1)))
+    """Rules named by every `localrules:` block (the Snakefile's, and those of optional rules under an `if`)."""
+    blocks = re.findall(r"^[ \t]*localrules:[ \t]*\n((?:[ \t]+\w+,?[ \t]*\n)+)", _workflow_text(), flags=re.MULTILINE)
+    return {name for block in blocks for name in re.findall(r"\w+", block)}
 
 
 def _uses_array_backend(command: str) -> bool:
@@ -67,7 +68,8 @@ def test_the_workflow_has_the_rules_these_tests_read():
     # the rules whose commands take the backend: the EM stages, reconstruct (also as true_poses), motion and
     # extract (not simulate, ctf, ...)
     assert {r for r, c in rules.items() if c and _uses_array_backend(c)} == {
-        "class2d", "initial_model", "class3d", "refine3d", "reconstruct", "true_poses", "motion", "extract"}
+        "class2d", "initial_model", "class3d", "refine3d", "reconstruct", "true_poses", "motion", "extract",
+        "template_extract", "template_class2d"}
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))

@@ -30,6 +30,9 @@ rule pick:
 
 if AUTO_TEMPLATES:
 
+    localrules:
+        template_select,
+
     rule template_extract:
         """LoG's particles, extracted for the templates' 2D classification."""
         input:
