@@ -358,7 +358,7 @@ def test_auto_templates_come_from_the_selected_classes_of_log_particles(tmp_path
     for rule in ("template_extract", "template_class2d", "template_select", "pick_template"):
         assert counts.get(rule) == 1, (rule, counts)
     assert "--classes 6" in run.stdout
-    assert "--templates results/template_select/selected_classes.mrcs" in run.stdout
+    assert "--templates results/template_select/class_averages.star" in run.stdout
     consensus = next(line for line in run.stdout.splitlines() if "spa consensus pick" in line and "--mode at-least" in line)
     assert "results/pick_template/autopick.star" in consensus
     from spa.commands.select import _parse_thresholds

@@ -107,6 +107,25 @@ def test_pick_command_with_templates_that_are_not_the_truth(sim, tmp_path):
                     "--templates", str(tmp_path / "classes.mrcs"), "--template-classes", "71",
                     "--output-dir", str(tmp_path / "bad"), cwd=out)
     assert rc == 1 and "classes.mrcs" in err
+    # a class-averages STAR (spa select's, RELION's Select): only its rlnSelected rows are templates
+    import pandas as pd
+
+    from spa.io.star import write_star
+
+    selected = [1 if i % 7 else 0 for i in range(1, 71)]
+    table = pd.DataFrame({"rlnReferenceImage": [f"{i:06d}@classes.mrcs" for i in range(1, 71)],
+                          "rlnClassNumber": range(1, 71), "rlnSelected": selected})
+    write_star(tmp_path / "class_averages.star", {"model_classes": table})
+    rc, err = _pick("--micrographs", "truth/micrographs_ctf.star", "--method", "template", "--diameter",
+                    str(DIAMETER), "--templates", str(tmp_path / "class_averages.star"),
+                    "--output-dir", str(tmp_path / "star"), cwd=out)
+    assert rc == 0, err
+    from_star = read_coordinates(tmp_path / "star" / "coordinates" / "mic0001_autopick.star")
+    assert len(from_star) == len(picks) and np.allclose(from_star.rlnCoordinateX, picks.rlnCoordinateX)
+    write_star(tmp_path / "none.star", {"model_classes": table.assign(rlnSelected=0)})
+    rc, err = _pick("--micrographs", "truth/micrographs_ctf.star", "--method", "template", "--diameter", "120",
+                    "--templates", str(tmp_path / "none.star"), "--output-dir", str(tmp_path / "bad"), cwd=out)
+    assert rc == 1 and "none.star" in err and "selected" in err
 
 
 def test_log_accepts_a_single_diameter(sim, tmp_path):

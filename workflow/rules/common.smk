@@ -206,7 +206,7 @@ AUTO_TEMPLATES = PICK_TEMPLATE == "auto"
 
 def template_source():
     """The templates of the template picker: the auto-selected class averages of LoG's particles, or the user's."""
-    return result("template_select", "selected_classes.mrcs") if AUTO_TEMPLATES else PICK_TEMPLATE
+    return result("template_select", "class_averages.star") if AUTO_TEMPLATES else PICK_TEMPLATE
 
 
 def extract_options():

@@ -83,7 +83,7 @@ if AUTO_TEMPLATES:
             data=rules.template_class2d.output.data,
             particles=rules.template_extract.output.particles,
         output:
-            templates=result("template_select", "selected_classes.mrcs"),
+            templates=result("template_select", "class_averages.star"),
         log:
             log_file("template_select"),
         params:
@@ -101,8 +101,8 @@ if AUTO_TEMPLATES:
 if PICK_TEMPLATE:
 
     rule pick_template:
-        """Template matching with 2D class averages (.mrcs: the user's, or with pick.template "auto" the selected
-        classes of LoG's particles) or the projections of a map (.mrc)."""
+        """Template matching with 2D class averages (an .mrcs stack or a class-averages STAR: the user's, or with
+        pick.template "auto" the selected classes of LoG's particles) or the projections of a map (.mrc)."""
         input:
             micrographs=rules.ctf_consensus.output.selected,
             templates=template_source(),
@@ -114,15 +114,15 @@ if PICK_TEMPLATE:
             benchmark_file("pick_template")
         params:
             outdir=lambda w, output: os.path.dirname(output.index),
-            source=lambda w, input: ("--templates " if str(input.templates).endswith(".mrcs") else "--reference ")
-            + str(input.templates),
+            source=lambda w, input: ("--templates " if str(input.templates).endswith((".mrcs", ".star"))
+                                     else "--reference ") + str(input.templates),
             diameter=pick_diameter(),
             threshold=config["pick"]["template_threshold"],
-            lowpass=config["pick"]["template_lowpass"],
+            lowpass=option("--lowpass", config["pick"]["template_lowpass"]),
             common=spa_common(),
         shell:
             "spa pick --micrographs {input.micrographs} --method template --diameter {params.diameter} "
-            "{params.source} --threshold {params.threshold} --lowpass {params.lowpass} "
+            "{params.source} --threshold {params.threshold} {params.lowpass} "
             "--output-dir {params.outdir} {params.common} > {log} 2>&1"
 
 
