@@ -23,12 +23,14 @@ rule initial_model:
         outdir=lambda w, output: os.path.dirname(output.model),
         iters=config["initial_model"]["iter"],
         candidates=config["initial_model"]["candidates"],
+        initial_resolution=config["initial_model"]["initial_resolution"],
         final_resolution=config["initial_model"]["final_resolution"],
         sym=config["symmetry"],
         diameter=option("--particle-diameter", config["particle_diameter"]),
         common=spa_common(em=True),
     shell:
         "spa initial-model --particles {input.particles} --class-averages {input.averages} "
-        "--iter {params.iters} --candidates {params.candidates} --final-resolution {params.final_resolution} "
+        "--iter {params.iters} --candidates {params.candidates} --initial-resolution {params.initial_resolution} "
+        "--final-resolution {params.final_resolution} "
         "--sym {params.sym} {params.diameter} "
         "--output-dir {params.outdir} {params.common} --workers {resources.dask_workers} > {log} 2>&1"
