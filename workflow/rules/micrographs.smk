@@ -93,9 +93,15 @@ if AUTO_TEMPLATES:
                                          option("--particle-diameter", config["particle_diameter"])]),
             thresholds=selection_thresholds(),
             common=spa_common(),
+            classes=config["pick"]["template_classes"],
+        # where --auto keeps no class (sparse or odd data) every class average is a template rather than the run
+        # stopping: the consensus with LoG and the learned picker still weeds out what they do not agree on
         shell:
             "spa select --class2d-dir {params.class2d_dir} --auto {params.thresholds} {params.diameter} "
-            "--particles {input.particles} --output-dir {params.outdir} {params.common} > {log} 2>&1"
+            "--particles {input.particles} --output-dir {params.outdir} {params.common} > {log} 2>&1 || "
+            "(echo 'template_select: select --auto kept no class: every class average is a template' >> {log}; "
+            "spa select --class2d-dir {params.class2d_dir} --classes 1-{params.classes} --particles "
+            "{input.particles} --output-dir {params.outdir} {params.common} >> {log} 2>&1)"
 
 
 if PICK_TEMPLATE:
