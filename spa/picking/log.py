@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from spa.picking.peaks import robust_z, select_peaks
+from spa.picking.peaks import keep_apart, robust_z, select_peaks
 
 
 @dataclass(frozen=True)
@@ -168,16 +168,6 @@ def shape_measures(energy: np.ndarray, rows: np.ndarray, cols: np.ndarray,
     return roundness, mean
 
 
-def _apart(rows, cols, merit, distance):
-    """Indices of the picks kept when, best merit first, each drops those closer than ``distance``."""
-    order = np.argsort(-merit, kind="stable")
-    kept: list[int] = []
-    for i in order:
-        if all((rows[i] - rows[j]) ** 2 + (cols[i] - cols[j]) ** 2 >= distance**2 for j in kept):
-            kept.append(i)
-    return np.asarray(kept, int)
-
-
 def pick_log(micrograph: np.ndarray, pixel_size: float, opts: LoGOptions) -> pd.DataFrame:
     """Picks of one micrograph (rows, cols), sorted by figure of merit: rlnCoordinateX, rlnCoordinateY
     (full-size pixels), rlnAutopickFigureOfMerit (robust σ of the response), rlnSpaRoundness and
@@ -193,7 +183,7 @@ def pick_log(micrograph: np.ndarray, pixel_size: float, opts: LoGOptions) -> pd.
     if opts.recentre and len(rows):
         rows, cols = recentre(energy, rows, cols, radius, opts.recentre)
         inside = (rows >= edge) & (cols >= edge) & (rows < energy.shape[0] - edge) & (cols < energy.shape[1] - edge)
-        keep = _apart(rows, cols, np.where(inside, merit, -np.inf), distance)
+        keep = keep_apart(rows, cols, np.where(inside, merit, -np.inf), distance)
         keep = keep[inside[keep]]
         rows, cols, merit = rows[keep], cols[keep], merit[keep]
     roundness, mean_energy = shape_measures(energy, rows, cols, radius)

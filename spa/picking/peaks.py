@@ -49,6 +49,23 @@ def pick_peaks(score: np.ndarray, distance: float, edge: float, threshold: float
     return select_peaks(score, (score - med) / sd, distance, edge, threshold)
 
 
+def keep_apart(rows, cols, merit, distance: float) -> np.ndarray:
+    """Indices of the points kept, best ``merit`` first, when each kept point drops every point closer than
+    ``distance`` (greedy non-maximum suppression; ties keep the earlier point)."""
+    order = np.argsort(-np.asarray(merit), kind="stable")
+    if len(order) < 2:
+        return order
+    pts = np.column_stack([np.asarray(rows, float)[order], np.asarray(cols, float)[order]])
+    near = cKDTree(pts).query_ball_point(pts, np.nextafter(distance, 0))
+    dropped = np.zeros(len(order), bool)
+    chosen = []
+    for i in range(len(order)):
+        if not dropped[i]:
+            chosen.append(order[i])
+            dropped[near[i]] = True
+    return np.asarray(chosen, int)
+
+
 def select_peaks(score: np.ndarray, merit: np.ndarray, distance: float, edge: float, threshold: float):
     """(rows, cols, merit) of the local maxima of ``score`` whose ``merit`` (a map of the same shape, e.g. the
     score in robust σ) is at least ``threshold``, ``edge`` pixels from the edges, best merit first, sub-pixel.
@@ -62,18 +79,7 @@ def select_peaks(score: np.ndarray, merit: np.ndarray, distance: float, edge: fl
     keep = (rows >= edge) & (cols >= edge) & (rows < score.shape[0] - edge) & (cols < score.shape[1] - edge)
     rows, cols = rows[keep], cols[keep]
     values = merit[rows, cols]
-    order = np.argsort(-values, kind="stable")
-    rows, cols, values = rows[order], cols[order], values[order]
-    if len(rows) > 1:
-        pts = np.column_stack([rows, cols]).astype(float)
-        near = cKDTree(pts).query_ball_point(pts, np.nextafter(distance, 0))
-        dropped = np.zeros(len(rows), bool)
-        chosen = []
-        for i in range(len(rows)):
-            if not dropped[i]:
-                chosen.append(i)
-                dropped[near[i]] = True
-        idx = np.asarray(chosen, int)
-        rows, cols, values = rows[idx], cols[idx], values[idx]
+    idx = keep_apart(rows, cols, values, distance)
+    rows, cols, values = rows[idx], cols[idx], values[idx]
     fine_rows, fine_cols = refine_peaks(score, rows, cols)
     return fine_rows, fine_cols, values
