@@ -30,14 +30,16 @@ KINDS = ("good", "noise", "blob", "edge", "overlap")
 
 
 def prepare(work: Path, seed: int, snr: float, n: int, box: int, classes: int, iters: int, junk: float,
-            pixel_size: float, decoys: int) -> Path:
-    d = work / f"n{n}_b{box}_snr{snr:g}_s{seed}_k{classes}_it{iters}"
+            pixel_size: float, decoys: int, overlap_offset: float = 0.0) -> Path:
+    d = work / (f"n{n}_b{box}_snr{snr:g}_s{seed}_k{classes}_it{iters}"
+                + (f"_off{overlap_offset:g}" if overlap_offset else ""))
     quiet = contextlib.redirect_stdout(io.StringIO())
     if not (d / "sim" / "particles.star").exists():
         with quiet:
             assert spa_main(["simulate", "--n-particles", str(n), "--box", str(box), "--pixel-size", str(pixel_size),
                              "--snr", str(snr), "--junk-fraction", str(junk), "--junk-kinds", "all",
-                             "--output-dir", str(d / "sim"), "--seed", str(seed)]) == 0
+                             "--overlap-offset", str(overlap_offset), "--output-dir", str(d / "sim"),
+                             "--seed", str(seed)]) == 0
     if not (d / "c2d" / "run_data.star").exists():
         with contextlib.redirect_stdout(io.StringIO()):
             assert spa_main(["class2d", "--particles", str(d / "sim" / "particles.star"), "--classes", str(classes),
@@ -81,11 +83,14 @@ def main(argv=None):
     p.add_argument("--iter", type=int, default=6)
     p.add_argument("--junk-fraction", type=float, default=0.4)
     p.add_argument("--noise-decoys", type=int, default=300)
+    p.add_argument("--overlap-offset", type=float, default=0.0,
+                   help="overlap pairs moved off-centre by up to this × their separation (spa simulate)")
     p.add_argument("--particle-diameter", type=float, default=None, help="Å (default 0.6 × box × pixel size)")
     p.add_argument("--work", default="/tmp/select_truth")
     p.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE")
     a = p.parse_args(argv)
-    over = {k: float(v) for k, v in (t.split("=", 1) for t in a.threshold)}
+    over = {k: (v.lower() == "true" if v.lower() in ("true", "false") else float(v))
+            for k, v in (t.split("=", 1) for t in a.threshold)}
     rules = SelectionRules.from_config(over)
     diam = a.particle_diameter or 0.6 * a.box * a.pixel_size
     print("| seed | SNR | good lost | noise | blob | edge | overlap | good lost by: class / noise p / edge / pair "
@@ -93,7 +98,7 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|---|---|")
     for seed in [int(s) for s in a.seeds.split(",")]:
         d = prepare(Path(a.work), seed, a.snr, a.n, a.box, a.classes, a.iter, a.junk_fraction, a.pixel_size,
-                    a.noise_decoys)
+                    a.noise_decoys, a.overlap_offset)
         r = evaluate(d, rules, diam)
         print(f"| {seed} | {a.snr:g} | {r['good']:.3f} | {r['noise']:.2f} | {r['blob']:.2f} | {r['edge']:.2f} | "
               f"{r['overlap']:.2f} | {r['lost_class']} / {r['lost_noise_p']} / {r['lost_edge_test']} / "

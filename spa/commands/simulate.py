@@ -57,6 +57,7 @@ OPTIONS = {
     "conformations": ("conformations", ("particles", "micrographs", "movies")),
     "junk_fraction": ("junk_fraction", ("particles",)),
     "junk_kinds": ("junk_kinds", ("particles",)),
+    "overlap_offset": ("overlap_offset", ("particles",)),
     "defocus_min": ("defocus_min", ("particles", "micrographs", "movies")),
     "defocus_max": ("defocus_max", ("particles", "micrographs", "movies")),
     "bfactor_min": ("bfactor_min", ("particles",)),
@@ -89,6 +90,9 @@ def add_args(p):
                    help="junk images: noise (pure noise), blob (contaminant blobs), edge (a carbon edge across the "
                         "box), overlap (two overlapping particles), a comma-separated list of these (equal shares), "
                         "both (noise and blob, half each; the default) or all")
+    g.add_argument("--overlap-offset", type=float, default=None, metavar="F",
+                   help="overlap junk: the first particle moves off-centre, away from the second, by up to F × "
+                        "their separation (0: centred, the default; 0.5: the pair centred on the box)")
     g.add_argument("--bfactor-min", type=float, default=None, help="per-particle B envelope, lower bound, Å² (0: none)")
     g.add_argument("--bfactor-max", type=float, default=None, help="per-particle B envelope, upper bound, Å²")
     g = p.add_argument_group("molecule and imaging")

@@ -22,7 +22,9 @@ random angle and offset, CTF applied on a box twice as large so the step does
 not wrap around, the crop's mean removed as extraction's normalisation would),
 half of them with a particle too; ``overlap`` — the particle at its pose and
 origin plus a second one in another pose whose centre is 0.5–0.8 diameters
-away (:func:`overlap_partner`).  Truth rows of junk have rlnClassNumber 0.
+away (:func:`overlap_partner`); with ``overlap_offset`` > 0 the first particle
+moves away from the second by a fraction of their separation drawn in
+[0, overlap_offset] (0.5: the pair centred on the box, both off-centre).  Truth rows of junk have rlnClassNumber 0.
 
 SNR definition: ``snr`` = (mean over particles of the variance, over all B×B
 pixels of the box, of the CTF-modulated clean signal) / (noise variance per
@@ -101,6 +103,7 @@ class ParticleSpec:
     offset_sigma: float = 2.0  # px, SD of rlnOrigin (clipped at 3 SD)
     junk_fraction: float = 0.0
     junk_kinds: str = "both"  # "noise", "blob", "edge", "overlap", a comma list of them, "both" (noise,blob), "all"
+    overlap_offset: float = 0.0  # overlap pairs: largest shift of the first particle off-centre, × the separation
     conformations: int = 1
     symmetry: str = "C1"
     n_domains: int = 3
@@ -124,6 +127,7 @@ class ParticleSpec:
             (0 < self.diameter <= self.box * self.pixel_size, "diameter must fit in the box"),
             (self.subsets in ("alternate", "random"), "subsets must be 'alternate' or 'random'"),
             (0 <= self.bfactor_min <= self.bfactor_max, "need 0 ≤ B min ≤ B max"),
+            (0 <= self.overlap_offset <= 1, "overlap offset must be in [0, 1]"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -252,16 +256,25 @@ def clean_projections(spec: ParticleSpec, truth: pd.DataFrame, molecules: list[M
         for i in blobs:
             c, w, s = _blob(rng, spec, mass)
             out[i] = project_atoms(c, w, s, np.eye(3)[None], spec.box, spec.pixel_size)[0]
+    offsets = None
     for i in np.flatnonzero((kind == 3) | (kind == 4)):
         rng = rng or np.random.default_rng(0)
+        if offsets is None and spec.overlap_offset > 0:
+            # a spawned stream leaves ``rng``'s own draws (the noise after this) as they were: an overlap
+            # offset changes the overlap images and nothing else
+            offsets = rng.spawn(1)[0]
         mol = molecules[int(rng.integers(len(molecules)))]
         if kind[i] == 3 and rng.random() < 0.5:  # an edge without a particle
             continue
-        out[i] = project_molecule(mol, A[i : i + 1], spec.box, spec.pixel_size, shifts[i : i + 1])[0]
+        centre = shifts[i : i + 1]
         if kind[i] == 4:
             a2, shift2 = overlap_partner(rng, spec, shifts[i])
-            out[i] += project_molecule(molecules[int(rng.integers(len(molecules)))], a2, spec.box, spec.pixel_size,
-                                       shift2)[0]
+            if spec.overlap_offset > 0:
+                centre = centre - offsets.uniform(0.0, spec.overlap_offset) * (shift2 - centre)
+                shift2 = centre + (shift2 - shifts[i : i + 1])
+            out[i] = project_molecule(molecules[int(rng.integers(len(molecules)))], a2, spec.box, spec.pixel_size,
+                                      shift2)[0]
+        out[i] += project_molecule(mol, A[i : i + 1], spec.box, spec.pixel_size, centre)[0]
     return out
 
 

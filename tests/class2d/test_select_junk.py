@@ -11,7 +11,8 @@ import pytest
 from spa.cli import main as spa_main
 from spa.class2d.residual import Radon, ResidualContext, calibration_scores, pvalues, robust_z
 from spa.io.star import read_star
-from spa.simulate.particles import ParticleSpec, draw_truth, junk_kind_codes
+from spa.simulate.molecule import make_molecule
+from spa.simulate.particles import ParticleSpec, clean_projections, draw_truth, junk_kind_codes
 from tests.conftest import listed_figures
 
 
@@ -27,6 +28,28 @@ def test_junk_kinds_parse_and_old_kinds_draw_as_before():
     assert np.array_equal(a["rlnSpaIsJunk"], b["rlnSpaIsJunk"])
     assert set(b.loc[b["rlnSpaIsJunk"] == 1, "rlnSpaJunkKind"]) == {3, 4}
     assert abs((b["rlnSpaJunkKind"] == 3).sum() - (b["rlnSpaJunkKind"] == 4).sum()) <= 1
+
+
+def test_overlap_offset_moves_pairs_off_centre_and_changes_no_other_image():
+    spec = ParticleSpec(n=120, box=48, pixel_size=3.0, junk_fraction=0.5, junk_kinds="overlap,noise")
+    truth = draw_truth(spec, 3)
+    molecules = [make_molecule(spec.diameter, seed=0)]
+    centred = clean_projections(spec, truth, molecules, np.random.default_rng(5))
+    shifted = clean_projections(ParticleSpec(**{**spec.__dict__, "overlap_offset": 0.5}), truth, molecules,
+                                np.random.default_rng(5))
+    pairs = truth["rlnSpaJunkKind"].to_numpy() == 4
+    assert pairs.sum() >= 20
+    assert np.array_equal(centred[~pairs], shifted[~pairs])
+
+    def centroid_radius(images):  # distance (px) of the positive mass's centroid from the box centre
+        c = np.arange(spec.box) - spec.box // 2
+        w = np.maximum(images, 0)
+        y = (w.sum(2) * c).sum(1) / w.sum((1, 2))
+        x = (w.sum(1) * c).sum(1) / w.sum((1, 2))
+        return np.hypot(x, y)
+
+    # centred: the pair's centroid half a separation (0.25–0.4 diameters) out; offset up to 0.5: a quarter
+    assert centroid_radius(shifted[pairs]).mean() < 0.75 * centroid_radius(centred[pairs]).mean()
 
 
 def test_edge_test_finds_a_straight_step_in_noise_and_not_a_compact_blob():
