@@ -21,13 +21,20 @@ X_i − model_i is whitened with the run's noise spectrum σ² and tested twice:
   The energy of the profile at angle θ, E_θ = Σ_t q_θ(t)², is large for an
   edge at θ; residue of the centred particle or a second particle raise E_θ
   at every angle alike, so the score is max_θ E_θ − median_θ E_θ.
-* ``blob``: a compact object of particle size off-centre.  The whitened
-  residual is correlated with a matched filter: the rotational average of
-  the class averages, multiplied by the particle's CTF, over σ²; the score is
-  the largest normalised correlation z at distances ≥ ``min_distance`` ×
+* ``blob``: a second particle off-centre.  The whitened residual is
+  correlated with matched filters: every class average (its disc of particle
+  radius) at in-plane rotations every ``rotation_step`` degrees, multiplied
+  by the particle's CTF, over σ²; the score is the largest normalised
+  correlation z over the templates and over positions ≥ ``min_distance`` ×
   particle radius from the centre (a second particle's centre lies at least
   about one radius away when the pair overlaps; inside that radius the
-  centred particle's own mismatch would dominate).
+  centred particle's own mismatch would dominate).  The search runs on the
+  transforms cropped to ``view_resolution`` (default diameter / 8): a whole
+  particle is found at low resolution, and the finer shells only add noise.
+  A second particle is another view of the same molecule, so the class
+  averages match it far better than one rotationally averaged blob did
+  (measured, 5000 images, K = 20: pairs found at the score that 2 % of good
+  particles pass, SNR 0.1: 0.79 → 0.97; SNR 0.05: 0.42–0.44 → 0.76–0.86).
 
 Both scores are calibrated against the particle's own class (:func:`robust_z`):
 z = (score − median) / (1.4826 · MAD) over the class's members, and the
@@ -157,6 +164,9 @@ class ResidualContext:
     pixel_size: float
     radius_px: float  # particle (mask) radius
     min_distance: float = 1.0  # blob search from this many particle radii out
+    view_resolution: float | None = None  # Å the blob search is cropped to (None: particle diameter / 8)
+    rotation_step: float = 30.0  # degrees between the in-plane rotations of the blob templates
+    template_classes: np.ndarray | None = None  # 0-based classes whose averages are blob templates (None: all)
 
     def __post_init__(self):
         from spa.fourier import shells_2d
@@ -164,18 +174,39 @@ class ResidualContext:
         self.box = self.averages.shape[-1]
         self.shells = np.minimum(shells_2d(self.box), self.sigma2.shape[1] - 1)
         self.radon = Radon(self.box)
-        # the blob template: rotational average of the mean class average (a particle of no particular view)
-        from spa.fourier import radial_average, real_radius
-
-        mean = self.averages.mean(axis=0)
-        r = real_radius(self.box, 2)
-        rbin = np.minimum(np.round(r).astype(np.int64), self.box)
-        prof = radial_average(mean, rbin, self.box + 1)
-        template = np.where(r <= self.radius_px + 2, prof[rbin], 0.0)
-        self.template_ft = np.fft.rfft2(np.fft.ifftshift(template))
-        xx, yy = _centred_grid(self.box)
-        dist = np.fft.ifftshift(np.hypot(xx, yy))  # correlation lags in FFT order
+        resolution = self.view_resolution or 2.0 * self.radius_px * self.pixel_size / 8.0
+        self.small = min(self.box, 2 * int(np.ceil(self.box * self.pixel_size / max(resolution, 1e-6))))
+        self.small += self.small % 2
+        self.view_templates = self._view_templates()
+        lags = np.arange(self.small)
+        lags = np.minimum(lags, self.small - lags) * (self.box / self.small)  # px of the full box, FFT order
+        dist = np.hypot(lags[:, None], lags[None, :])
         self.search = (dist >= self.min_distance * self.radius_px) & (dist <= self.box / 2 - 2)
+
+    def crop(self, f: np.ndarray) -> np.ndarray:
+        """rfft arrays (..., B, B//2+1) cropped to the blob search's box (..., b, b//2+1)."""
+        if self.small >= self.box:
+            return f
+        h = self.small // 2
+        return np.concatenate([f[..., :h, : h + 1], f[..., self.box - h :, : h + 1]], axis=-2)
+
+    def _view_templates(self) -> np.ndarray:
+        """Cropped transforms (T, b, b//2+1) of the class averages' particle discs at every rotation, centred on
+        the origin; averages with no signal (empty classes) are left out."""
+        xx, yy = _centred_grid(self.box)
+        disc = np.hypot(xx, yy) <= self.radius_px + 2
+        classes = range(len(self.averages)) if self.template_classes is None else self.template_classes
+        templates = []
+        for k in classes:
+            average = self.averages[int(k)]
+            if not np.isfinite(average).all() or float(np.abs(average * disc).max()) <= 0:
+                continue
+            for psi in np.arange(0.0, 360.0, self.rotation_step):
+                t = model_image(average, float(psi), np.zeros(2)) * disc
+                templates.append(self.crop(np.fft.rfft2(np.fft.ifftshift(t))))
+        if not templates:  # no class with signal: a disc, so the test still runs (and finds nothing special)
+            templates.append(self.crop(np.fft.rfft2(np.fft.ifftshift(disc.astype(np.float64)))))
+        return np.stack(templates)
 
     def whiten_ft(self, groups) -> np.ndarray:
         """1/σ per rfft pixel (n, B, B//2+1) for optics groups ``groups`` (0-based)."""
@@ -189,11 +220,15 @@ class ResidualContext:
         iw = self.whiten_ft(groups)
         white = np.fft.irfft2(f * iw, s=(self.box, self.box))
         edge = self.radon.edge_score(white)
-        h = ctfs * self.template_ft[None] * iw * iw  # matched filter C·T/σ²
-        norm = np.sqrt(2.0 * (np.abs(ctfs * self.template_ft[None]) ** 2 * iw * iw).sum(axis=(1, 2)))
-        corr = np.fft.irfft2(f * np.conj(h), s=(self.box, self.box)) * self.box * self.box
-        z = corr / norm[:, None, None]
-        blob = np.where(self.search[None], z, -np.inf).max(axis=(1, 2))
+        f, iw, ctfs = self.crop(f), self.crop(iw), self.crop(ctfs)
+        white_ft = f * iw
+        blob = np.full(len(residuals), -np.inf)
+        for template in self.view_templates:  # a loop: (n, T, b, b) at once would not fit for large T
+            filtered = ctfs * template[None] * iw  # the template as the whitened residual sees it
+            norm = np.sqrt(2.0 * (np.abs(filtered) ** 2).sum(axis=(1, 2)))  # rfft half plane: ×2
+            corr = np.fft.irfft2(white_ft * np.conj(filtered), s=(self.small, self.small)) * self.small**2
+            z = corr / np.maximum(norm, 1e-30)[:, None, None]
+            blob = np.maximum(blob, np.where(self.search[None], z, -np.inf).max(axis=(1, 2)))
         return edge, blob
 
 

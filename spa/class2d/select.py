@@ -88,7 +88,7 @@ class SelectionRules:
     max_com_radius: float = 0.3  # class: centre of mass of the aligned average, ÷ particle radius
     max_gyration_ratio: float = 1.0  # class: radius of gyration of the aligned average, ÷ particle radius
     max_edge_pvalue: float = 0.001  # per particle: straight edge in the residual (robust z in its class); 0 off
-    max_overlap_pvalue: float = 0.02  # per particle: off-centre second particle in the residual; 0 off
+    max_overlap_pvalue: float = 0.01  # per particle: off-centre second particle in the residual; 0 off
     residual_log_scores: bool = False  # residual p-values from the log of the scores (calibrated; less power)
     rescue_noise_pvalue: float = 0.01  # particles of a class dropped by a non-feature rule kept when p_noise ≤ this
 

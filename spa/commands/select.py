@@ -14,7 +14,7 @@ noise do, and so are particles whose residual after subtracting their posed,
 CTF-modulated class average holds a straight edge or an off-centre second
 particle, more than the good particles of its class show (robust z over the
 class's members: rlnSpaEdgePValue < max_edge_pvalue, 0.001; rlnSpaBlobPValue <
-max_overlap_pvalue, 0.02; the images are
+max_overlap_pvalue, 0.01; the images are
 read: --particles names the STAR class2d read when the image paths do not
 resolve from here).  Classes are also judged on features of the unmasked
 average of their aligned particles (power outside vs inside the particle disc,

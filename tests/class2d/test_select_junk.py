@@ -10,6 +10,7 @@ import pytest
 
 from spa.cli import main as spa_main
 from spa.class2d.residual import Radon, ResidualContext, calibration_scores, pvalues, robust_z
+from spa.class2d.select import SelectionRules
 from spa.io.star import read_star
 from spa.simulate.molecule import make_molecule
 from spa.simulate.particles import ParticleSpec, clean_projections, draw_truth, junk_kind_codes
@@ -50,6 +51,32 @@ def test_overlap_offset_moves_pairs_off_centre_and_changes_no_other_image():
 
     # centred: the pair's centroid half a separation (0.25–0.4 diameters) out; offset up to 0.5: a quarter
     assert centroid_radius(shifted[pairs]).mean() < 0.75 * centroid_radius(centred[pairs]).mean()
+
+
+def test_second_particle_search_finds_another_view_off_centre_in_noise():
+    """The blob statistic: class averages (three views) at in-plane rotations as matched filters. A second
+    particle — a fourth view, turned in plane, 1.3 radii off-centre — scores above what white noise reaches."""
+    from spa.geometry.euler import euler_to_matrix
+    from spa.simulate.projection import project_molecule
+
+    box, pixel, diameter = 48, 3.0, 86.0
+    molecule = make_molecule(diameter, seed=1)
+    views = euler_to_matrix(np.array([0.0, 60.0, 120.0, 200.0]), np.array([0.0, 50.0, 90.0, 130.0]),
+                            np.array([0.0, 0.0, 0.0, 70.0]))
+    projections = project_molecule(molecule, views, box, pixel)
+    radius = diameter / 2 / pixel
+    sigma2 = np.full((1, box // 2 + 1), float(box * box))  # white noise of unit σ per pixel (numpy's FFT scale)
+    ctx = ResidualContext(projections[:3], sigma2, pixel, radius)
+    assert ctx.small < box and len(ctx.view_templates) == 3 * 12  # cropped to diameter / 8, 12 rotations
+    rng = np.random.default_rng(0)
+    second = project_molecule(molecule, views[3:], box, pixel, np.array([[1.3 * radius, 0.0]]))[0]
+    second *= 0.15 / second.std()  # weak: a matched-filter z of about 5
+    noise = rng.normal(size=(60, box, box))
+    ctfs = np.ones((60, box, box // 2 + 1))
+    _, z_noise = ctx.scores(noise, ctfs, np.zeros(60, int))
+    _, z_pair = ctx.scores(noise + second, ctfs, np.zeros(60, int))
+    assert np.isfinite(z_noise).all() and 1.5 < np.median(z_noise) < 5.0  # a maximum of ~N(0, 1) correlations
+    assert np.mean(z_pair > np.quantile(z_noise, 0.98)) >= 0.9
 
 
 def test_edge_test_finds_a_straight_step_in_noise_and_not_a_compact_blob():
@@ -122,7 +149,9 @@ def test_class_features_are_in_class_averages_star_and_figures(run):
     kept = ca["rlnSelected"].to_numpy() == 1
     assert (ca["spaOutsideInsideRatio"][kept] <= 0.25).all()
     parts = read_star(d / "sel" / "particles.star")["particles"]
-    assert (parts["rlnSpaEdgePValue"] >= 0.001).all() and (parts["rlnSpaBlobPValue"] >= 0.02).all()
+    rules = SelectionRules()  # the defaults the run used
+    assert (parts["rlnSpaEdgePValue"] >= rules.max_edge_pvalue).all()
+    assert (parts["rlnSpaBlobPValue"] >= rules.max_overlap_pvalue).all()
     report = json.loads((d / "sel" / "selection.json").read_text())
     assert report["edge_or_pair_removed"] == int(ca["spaEdgeOrPairCount"][kept].sum()) > 0
     assert listed_figures(d / "sel") == ["selected_classes.png", "residual_examples.png"]
