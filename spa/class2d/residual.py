@@ -23,7 +23,8 @@ X_i − model_i is whitened with the run's noise spectrum σ² and tested twice:
   at every angle alike, so the score is max_θ E_θ − median_θ E_θ.
 * ``blob``: a second particle off-centre.  The whitened residual is
   correlated with matched filters: every class average (its disc of particle
-  radius) at in-plane rotations every ``rotation_step`` degrees, multiplied
+  radius; the 24 most populated classes where there are more) at in-plane
+  rotations every ``rotation_step`` degrees, multiplied
   by the particle's CTF, over σ²; the score is the largest normalised
   correlation z over the templates and over positions ≥ ``min_distance`` ×
   particle radius from the centre (a second particle's centre lies at least
@@ -71,6 +72,7 @@ import numpy as np
 import pandas as pd
 
 N_ANGLES = 36  # Radon angles over 180°
+MAX_TEMPLATE_CLASSES = 24  # class averages searched for a second particle (most populated first)
 
 
 # -- geometry -------------------------------------------------------------------------------
@@ -380,7 +382,13 @@ def analyse_particles(table: pd.DataFrame, source, averages: np.ndarray, sigma2:
         a, b, c = aligned_averages(images, cls[idx], psi[idx], origins[idx], ctfs, k)
         h1, h2, counts = h1 + a, h2 + b, counts + c
     scales = np.where(mm > 0, xm / np.maximum(mm, 1e-30), 1.0)
-    ctx = ResidualContext(averages, np.asarray(sigma2, np.float64), pixel_size, radius_px, min_distance)
+    # the blob templates: the most populated classes' averages (at most MAX_TEMPLATE_CLASSES views: the cost
+    # grows with their number, and a few dozen views already cover what a second particle can look like)
+    members = np.bincount(cls[rows], minlength=k)[:k]
+    populated = np.flatnonzero(members > 0)
+    templates = populated[np.argsort(-members[populated], kind="stable")][:MAX_TEMPLATE_CLASSES]
+    ctx = ResidualContext(averages, np.asarray(sigma2, np.float64), pixel_size, radius_px, min_distance,
+                          template_classes=np.sort(templates) if len(templates) else None)
 
     # pass 2: the residual scores of the particles
     edge, blob = np.full(n, np.nan), np.full(n, np.nan)
