@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +50,10 @@ def prepare(work: Path, seed: int, snr: float, n: int, box: int, classes: int, i
 
 
 def evaluate(d: Path, rules: SelectionRules, particle_diameter: float) -> dict:
+    start = time.perf_counter()
     sel = select_from_run(d / "c2d", rules, auto=True, particle_diameter=particle_diameter,
                           particles_star=d / "sim" / "particles.star")
+    seconds = time.perf_counter() - start
     kind = read_star(d / "sim" / "truth" / "particles.star")["particles"]["rlnSpaJunkKind"].to_numpy()
     a = sel.analysed
     kept = np.isin(a["rlnImageName"].to_numpy(), sel.particles["rlnImageName"].to_numpy())
@@ -69,6 +72,7 @@ def evaluate(d: Path, rules: SelectionRules, particle_diameter: float) -> dict:
     out["lost_blob_test"] = int((good & cls_kept & ~noisy & odd & ~edge_hit).sum())
     out["n_good"] = int(good.sum())
     out["classes_kept"] = f"{len(sel.selected)}/{len(sel.keep)}"
+    out["seconds"] = seconds
     return out
 
 
@@ -94,15 +98,15 @@ def main(argv=None):
     rules = SelectionRules.from_config(over)
     diam = a.particle_diameter or 0.6 * a.box * a.pixel_size
     print("| seed | SNR | good lost | noise | blob | edge | overlap | good lost by: class / noise p / edge / pair "
-          "| classes kept |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| classes kept | selection, s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for seed in [int(s) for s in a.seeds.split(",")]:
         d = prepare(Path(a.work), seed, a.snr, a.n, a.box, a.classes, a.iter, a.junk_fraction, a.pixel_size,
                     a.noise_decoys, a.overlap_offset)
         r = evaluate(d, rules, diam)
         print(f"| {seed} | {a.snr:g} | {r['good']:.3f} | {r['noise']:.2f} | {r['blob']:.2f} | {r['edge']:.2f} | "
               f"{r['overlap']:.2f} | {r['lost_class']} / {r['lost_noise_p']} / {r['lost_edge_test']} / "
-              f"{r['lost_blob_test']} (of {r['n_good']}) | {r['classes_kept']} |", flush=True)
+              f"{r['lost_blob_test']} (of {r['n_good']}) | {r['classes_kept']} | {r['seconds']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
