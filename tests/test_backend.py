@@ -98,7 +98,7 @@ def test_cupy_path_under_the_emulator_without_a_gpu():
     root = Path(__file__).resolve().parents[1]
     # the emulator first, then whatever the machine adds (a lent GPU machine keeps its packages in PYTHONPATH)
     path = [str(root / "tests" / "fakegpu"), str(root), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path), SPA_BACKEND="cupy")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path), SPA_BACKEND="cupy", SPA_FAKEGPU="1")
     tests = ["tests/em/test_gpu_backend.py", "tests/test_backend.py::test_cupy_matches_numpy_projection",
              "tests/refine3d/test_refine3d.py::test_writes_relion_named_outputs",
              "tests/class2d/test_select.py::test_class2d_and_select_commands_by_hand"]
